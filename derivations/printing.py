@@ -1,0 +1,201 @@
+"""Printing derived expressions: as NumPy code, as plain text and as LaTeX.
+
+A symbol prints as whatever the caller's ``names`` table says (the same SymPy symbol is ``f[t]`` inside
+the generated time loop, ``f`` in plain text and ``f_{t}`` in LaTeX). Products print adjoints first,
+so a formula reads like the textbook: ``d_z_o = d_o * o * (1 - o)``.
+"""
+
+from __future__ import annotations
+
+import sympy
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.str import StrPrinter
+
+from .functions import Identity, Sigmoid
+
+ADJOINT_KINDS = ("adj", "next", "cot")
+
+
+def reorder(expr, symbols):
+    """Rebuild ``expr`` unevaluated with adjoint factors first in products and terms carrying
+    incoming adjoints first in sums (printing with order='none' keeps that order)."""
+
+    def rank_factor(f):
+        if isinstance(f, sympy.Symbol) and f in symbols.info and symbols.info[f].kind in ADJOINT_KINDS:
+            return 0
+        if f.is_Number:
+            return 1
+        if isinstance(f, sympy.Symbol):
+            return 2
+        return 3
+
+    def walk(e):
+        if e.is_Atom:
+            return e
+        args = [walk(a) for a in e.args]
+        if isinstance(e, sympy.Mul):
+            order = sorted(range(len(args)), key=lambda k: (rank_factor(e.args[k]), k))
+            return sympy.Mul(*[args[k] for k in order], evaluate=False)
+        if isinstance(e, sympy.Add):
+            terms = list(e.as_ordered_terms())
+            incoming = [walk(a) for a in terms if _is_incoming(a, symbols)]
+            numbers = [walk(a) for a in terms if a.is_Number and not _is_incoming(a, symbols)]
+            rest = [walk(a) for a in terms if not a.is_Number and not _is_incoming(a, symbols)]
+            return sympy.Add(*(incoming + numbers + rest), evaluate=False)
+        return e.func(*args, evaluate=False) if isinstance(e, sympy.Pow) else e.func(*args)
+
+    return walk(expr)
+
+
+def _is_incoming(term, symbols):
+    return isinstance(term, sympy.Symbol) and term in symbols.info and symbols.info[term].kind in ("next", "cot", "adj")
+
+
+class CodePrinter(StrPrinter):
+    """NumPy code. Functions print as the runtime's names (sigmoid, tanh)."""
+
+    def __init__(self, names: dict):
+        super().__init__({"order": "none"})
+        self.names = names
+
+    def _print_Symbol(self, s):
+        return self.names[s]
+
+    def _print_Function(self, e):
+        from .functions import kind_of
+
+        return f"{kind_of(e.func).runtime_name}({self._print(e.args[0])})"
+
+    _print_Sigmoid = _print_Function
+    _print_tanh = _print_Function
+
+    def _print_Rational(self, e):
+        return f"({e.p}/{e.q})"
+
+    def _print_Mul(self, e):
+        """Factors in the given order, spaced: ``d_o * o[t] * (1 - o[t])``."""
+        from sympy.printing.precedence import precedence
+
+        factors = list(e.args)
+        sign = ""
+        if factors and factors[0] == -1:
+            sign, factors = "-", factors[1:]
+        num, den = [], []
+        for f in factors:
+            if f.is_Pow and f.exp.is_Integer and f.exp < 0:
+                den.append(sympy.Pow(f.base, -f.exp))
+            else:
+                num.append(f)
+        prec = precedence(e)
+        text = " * ".join(self.parenthesize(f, prec, strict=False) for f in num) or "1"
+        if den:
+            d = " * ".join(self.parenthesize(f, prec, strict=False) for f in den)
+            text += " / " + (d if len(den) == 1 and (den[0].is_Atom or den[0].is_Function) else f"({d})")
+        return sign + text
+
+
+class PlainPrinter(CodePrinter):
+    """Plain text for people: the spec's function names, '*' for the elementwise product."""
+
+    def __init__(self, names: dict, functions: dict):
+        super().__init__(names)
+        self.functions = functions  # sympy function class -> spec name
+
+    def _print_Function(self, e):
+        return f"{self.functions.get(e.func, e.func.__name__)}({self._print(e.args[0])})"
+
+    _print_Sigmoid = _print_Function
+    _print_tanh = _print_Function
+
+    def _print_Rational(self, e):
+        return f"{e.p}/{e.q}"
+
+
+class MathPrinter(LatexPrinter):
+    """LaTeX with ⊙ for the elementwise product of vectors."""
+
+    def __init__(self, names: dict):
+        super().__init__({"order": "none", "mul_symbol": None})
+        self.names = names
+
+    def _print_Symbol(self, s, style="plain"):
+        return self.names[s]
+
+    def _print_Mul(self, e):
+        factors = list(e.args)
+        sign = ""
+        if factors and factors[0] == -1:
+            sign, factors = "-", factors[1:]
+        parts = []
+        for f in factors:
+            text = self._print(f)
+            if isinstance(f, sympy.Add):
+                text = r"\left(%s\right)" % text
+            parts.append(text)
+        return sign + r" \odot ".join(parts)
+
+    def _print_Sigmoid(self, e, exp=None):
+        return r"\sigma\left(%s\right)" % self._print(e.args[0])
+
+
+__all__ = ["CodePrinter", "PlainPrinter", "MathPrinter", "reorder", "Sigmoid", "Identity"]
+
+
+# ----------------------------------------------------------------------------------------- spec ASTs
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 2}
+
+
+def print_ast(node, fmt: str, name, call, matmul=None) -> str:
+    """Print a spec-language tree. ``name(Name) -> str``, ``call(func, arg_text) -> str`` and
+    ``matmul(BinOp) -> str`` give the context's spelling of names, function calls and matrix products;
+    ``fmt`` is "code" or "latex"."""
+    from lstm_spec.spec.language import BinOp, Call, Name, Neg, Num, Pow
+
+    def prec(n):
+        if isinstance(n, BinOp):
+            return _PREC[n.op]
+        if isinstance(n, Neg):
+            return 3
+        if isinstance(n, Pow):
+            return 4
+        return 5
+
+    def paren(text):
+        return f"({text})" if fmt == "code" else r"\left(%s\right)" % text
+
+    def go(n):
+        if isinstance(n, Num):
+            v = n.value
+            return str(v.numerator) if v.denominator == 1 else (
+                f"({v.numerator}/{v.denominator})" if fmt == "code" else r"\frac{%d}{%d}" % (v.numerator, v.denominator))
+        if isinstance(n, Name):
+            return name(n)
+        if isinstance(n, Call):
+            return call(n.func, go(n.arg))
+        if isinstance(n, Neg):
+            inner = go(n.operand)
+            return "-" + (paren(inner) if prec(n.operand) < 3 else inner)
+        if isinstance(n, Pow):
+            base = go(n.base)
+            base = paren(base) if prec(n.base) < 5 else base
+            return f"{base}**{n.exponent}" if fmt == "code" else f"{{{base}}}^{{{n.exponent}}}"
+        if isinstance(n, BinOp):
+            p = _PREC[n.op]
+            if n.op == "@" and matmul is not None:
+                return matmul(n)
+            left, right = go(n.left), go(n.right)
+            if prec(n.left) < p:
+                left = paren(left)
+            if prec(n.right) < p or (prec(n.right) == p and (n.op in ("-", "/") or n.right.op != n.op)):
+                right = paren(right)
+            if n.op == "@":
+                return f"{left} @ {right}" if fmt == "code" else f"{left} {right}"
+            if fmt == "latex":
+                if n.op == "*":
+                    return rf"{left} \odot {right}"
+                if n.op == "/":
+                    return r"\frac{%s}{%s}" % (go(n.left), go(n.right))
+            return f"{left} {n.op} {right}"
+        raise TypeError(n)  # pragma: no cover
+
+    return go(node)

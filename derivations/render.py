@@ -1,0 +1,173 @@
+"""Every derived equation of a cell as plain text and as LaTeX (``lstm-spec derive CELL [--latex]``,
+the generated code's header, and the docs all print from here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from .functions import FUNCTIONS
+from .printing import MathPrinter, PlainPrinter, print_ast, reorder
+from .reverse import Derivation, Statement
+
+_KIND_TITLE = {
+    "value": "adjoint", "term": "adjoint of a matrix product", "prev": "sent back to step t-1",
+    "input": "input gradient", "param_vector": "parameter gradient", "param_matrix": "parameter gradient",
+    "cse": "common subexpression",
+}
+
+
+@dataclass
+class Rendered:
+    target: str
+    expression: str
+    kind: str
+
+    def __str__(self):
+        return f"{self.target} = {self.expression}"
+
+
+# ----------------------------------------------------------------------------------------- names
+def latex_name(derivation: Derivation, name: str, time: str | None) -> str:
+    """LaTeX for a quantity; ``time`` is "t", "t-1" or None (parameters)."""
+    cell = derivation.cell
+    aux = {fe.lhs: fe for fe in derivation.forward if fe.aux}
+    if name in aux:  # an auxiliary is shown as what it is: tanh(c_t)
+        return forward_latex(derivation, aux[name].ast, time or "t")
+    if name in cell.latex:
+        base, sub = cell.latex[name], None
+    elif "_" in name:
+        base, sub = name.split("_", 1)
+        sub = sub.replace("_", r"\_")
+    else:
+        base, sub = name, None
+    if len(base) > 1 and not base.startswith("\\") and name not in cell.latex:
+        base = r"\mathrm{%s}" % base
+    subs = [s for s in (sub, time) if s]
+    return base + (("_{%s}" % ",".join(subs)) if subs else "")
+
+
+def plain_names(d: Derivation) -> dict:
+    names = {}
+    for sym, info in d.symbols.info.items():
+        names[sym] = {
+            "value": info.name, "param": info.name, "prev": f"{info.name}[t-1]",
+            "term": info.name.replace("@", " @ "), "next": f"d_{info.name}_next", "cot": "dy",
+            "cse": info.name,
+        }.get(info.kind) or _plain_adjoint(d, info)
+    return names
+
+
+def _plain_adjoint(d, info):
+    of = d.symbols.info[info.of]
+    if of.kind == "prev":
+        return f"d_{of.name}_prev"
+    if of.kind == "term":
+        return "d_" + of.name.replace("@", "_").replace("[t-1]", "_prev")
+    return f"d_{of.name}"
+
+
+def latex_names(d: Derivation) -> dict:
+    names = {}
+    for sym, info in d.symbols.info.items():
+        if info.kind == "value":
+            names[sym] = latex_name(d, info.name, "t")
+        elif info.kind == "param":
+            names[sym] = latex_name(d, info.name, None)
+        elif info.kind == "prev":
+            names[sym] = latex_name(d, info.name, "t-1")
+        elif info.kind == "term":
+            names[sym] = latex_name(d, info.matrix, None) + " " + latex_name(
+                d, info.operand, "t-1" if info.prev else "t")
+        elif info.kind == "next":
+            names[sym] = r"\delta %s^{(t+1)}" % latex_name(d, info.name, "t")
+        elif info.kind == "cot":
+            names[sym] = r"\delta y_{t}"
+        elif info.kind == "cse":
+            names[sym] = r"r_{%s}" % info.name[1:]
+        else:
+            of = d.symbols.info[info.of]
+            inner = latex_name(d, of.name, None) if of.kind == "param" else names.get(info.of) or ""
+            if not inner:
+                inner = (latex_name(d, of.name, "t-1" if of.kind == "prev" else "t") if of.kind != "term" else
+                         latex_name(d, of.matrix, None) + " " + latex_name(d, of.operand, "t-1" if of.prev else "t"))
+            names[sym] = r"\delta %s" % inner if of.kind != "term" else r"\delta\left(%s\right)" % inner
+    return names
+
+
+def forward_latex(d: Derivation, ast, time="t") -> str:
+    cell = d.cell
+
+    def name(n):
+        if n.prev:
+            return latex_name(d, n.name, "t-1")
+        return latex_name(d, n.name, None if n.name in cell.parameters else time)
+
+    def call(func, arg):
+        kind = cell.functions[func]
+        head = {"logistic": r"\sigma", "tanh": r"\tanh"}.get(kind, r"\operatorname{%s}" % func)
+        return r"%s\left(%s\right)" % (head, arg)
+
+    return print_ast(ast, "latex", name, call)
+
+
+# ----------------------------------------------------------------------------------------- render
+def forward_equations(d: Derivation, latex: bool = False) -> list[Rendered]:
+    out = []
+    for fe in d.forward:
+        if latex and fe.aux:
+            continue  # in LaTeX an auxiliary is printed as what it is, tanh(c_t), wherever it is used
+        if latex:
+            out.append(Rendered(latex_name(d, fe.lhs, "t") if not fe.aux else fe.lhs, forward_latex(d, fe.ast),
+                                "aux" if fe.aux else "forward"))
+        else:
+            text = fe.text.split("=", 1)[1].strip() if not fe.aux else print_ast(
+                fe.ast, "code", lambda n: n.name + ("[t-1]" if n.prev else ""), lambda f, a: f"{f}({a})")
+            out.append(Rendered(fe.lhs, text, "aux" if fe.aux else "forward"))
+    return out
+
+
+def backward_equations(d: Derivation, latex: bool = False) -> list[Rendered]:
+    names = latex_names(d) if latex else plain_names(d)
+    fn_names = {FUNCTIONS[k].sympy_function: n for n, k in d.cell.functions.items()}
+    printer = MathPrinter(names) if latex else PlainPrinter(names, fn_names)
+    return [Rendered(names[st.target], _statement(st, d, printer, names, latex), st.kind) for st in d.statements]
+
+
+def _statement(st: Statement, d: Derivation, printer, names, latex: bool) -> str:
+    parts = []
+    if st.elementwise != 0 or not (st.matvec or st.outer):
+        text = printer.doprint(reorder(st.elementwise, d.symbols))
+        if st.kind == "param_vector":
+            text = (r"\sum_{t} %s" if latex else "sum_t %s") % (
+                r"\left(%s\right)" % text if latex and isinstance(st.elementwise, sympy.Add) else
+                f"({text})" if isinstance(st.elementwise, sympy.Add) else text)
+        parts.append(text)
+    for matrix, dl in st.matvec:
+        m = latex_name(d, matrix, None) if latex else matrix
+        parts.append(f"{m}^\\top {names[dl]}" if latex else f"{m}^T {names[dl]}")
+    for dl, v in st.outer:
+        parts.append(r"\sum_{t} %s\, {%s}^\top" % (names[dl], names[v]) if latex else f"sum_t {names[dl]} {names[v]}^T")
+    return " + ".join(parts)
+
+
+def describe(d: Derivation, latex: bool = False) -> str:
+    """The whole derivation as text: forward, backward step, recursion and boundary conditions."""
+    cell = d.cell
+    lines = [f"{cell.title} ({cell.name}): {cell.summary}", "", "Forward, one time step:"]
+    for r in forward_equations(d, latex):
+        lines.append(f"  {r}" + ("    (auxiliary, named by the derivation)" if r.kind == "aux" else ""))
+    lines += ["", "Backward, one time step (d_q = dL/dq, elementwise products; sums over the batch):"]
+    for r in backward_equations(d, latex):
+        lines.append(f"  {r}")
+    states = ", ".join(cell.states)
+    lines += [
+        "",
+        "Recursion over time: run the step for t = T, ..., 1. What a step computes as d_s_prev for a state s",
+        f"is d_s_next of the step before it (states: {states}). Boundary conditions at t = T: d_s_next is the",
+        f"cotangent of the final state s_T (zero if none); dy is the cotangent of the output y_t = {cell.output}_t.",
+        "The gradients of the initial states are the d_s_prev of step t = 1; input gradients are per step;",
+        "parameter gradients are sums over all steps (and the batch).",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,350 @@
+"""Symbolic reverse mode over a cell's equations: the adjoint of every quantity of one time step,
+and from it the backpropagation-through-time recursion.
+
+How it works
+------------
+1. Each equation is turned into a per-unit SymPy expression (``equations_to_sympy``). A matrix-vector
+   product ``M @ v`` becomes one opaque *linear-term* symbol; vectors (inputs, states, biases,
+   intermediates) become one symbol each, standing for unit k of that vector. Function applications
+   that are not a whole right-hand side are hoisted into auxiliary equations (``h = o * tanh(c)``
+   becomes ``tanh_c = tanh(c)`` and ``h = o * tanh_c``), so every function value has a name and every
+   derivative can be written through names (sigma'(z_f) = f (1 - f)).
+2. Walking the equations backwards, the adjoint of the left-hand side is the sum of the contributions
+   its consumers sent it; each argument ``a`` of the right-hand side F receives ``d_lhs * dF/da``
+   (``sympy.diff``, per unit). A linear term L = M @ v sends its adjoint on with the two
+   matrix-calculus rules of :mod:`lstm_spec.derivations.rules`: ``d_v += M^T d_L`` and
+   ``d_M += d_L v^T`` (summed over batch and time), and a vector parameter p used elementwise
+   receives the batch-and-time sum of its per-unit adjoint.
+3. A state s enters step t as ``s[t-1]`` and leaves it as ``s``. Its adjoint inside step t starts from
+   what step t+1 sent back (``d_s_next``; at t = T the cotangent of the final state) plus the
+   cotangent of the output y_t when s is the output. The adjoint of ``s[t-1]`` computed at step t is
+   what step t sends to step t-1: that is the whole BPTT recursion.
+
+Nothing in here knows about LSTMs: any spec goes through the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import sympy
+
+from lstm_spec.spec.cells import Cell
+from lstm_spec.spec.language import BinOp, Call, Name, Neg, Num, Pow
+
+from .functions import FUNCTIONS, kind_of
+
+
+# ----------------------------------------------------------------------------------------- symbols
+@dataclass(frozen=True)
+class SymInfo:
+    kind: str  # value | prev | term | param | adj | next | cot | cse
+    name: str  # quantity name (or term's "M@v"), used to print the symbol
+    matrix: str | None = None  # for terms
+    operand: str | None = None  # for terms
+    prev: bool = False  # for terms: operand is a state at t-1
+    of: sympy.Symbol | None = None  # for adjoints: the symbol whose adjoint this is
+
+
+class Symbols:
+    """Creates and remembers the SymPy symbols of one derivation, with what each one stands for."""
+
+    def __init__(self):
+        self.info: dict[sympy.Symbol, SymInfo] = {}
+        self._by_key: dict[tuple, sympy.Symbol] = {}
+
+    def _make(self, key, name, info):
+        if key not in self._by_key:
+            sym = sympy.Symbol(name, real=True)
+            self._by_key[key] = sym
+            self.info[sym] = info
+        return self._by_key[key]
+
+    def value(self, name):
+        return self._make(("value", name), name, SymInfo("value", name))
+
+    def param(self, name):
+        return self._make(("param", name), name, SymInfo("param", name))
+
+    def prev(self, name):
+        return self._make(("prev", name), f"{name}[t-1]", SymInfo("prev", name))
+
+    def term(self, matrix, operand, prev):
+        label = f"{matrix}@{operand}" + ("[t-1]" if prev else "")
+        return self._make(("term", matrix, operand, prev), label,
+                          SymInfo("term", label, matrix=matrix, operand=operand, prev=prev))
+
+    def adj(self, sym):
+        return self._make(("adj", sym), f"δ{sym.name}", SymInfo("adj", self.info[sym].name, of=sym))
+
+    def next(self, state):
+        return self._make(("next", state), f"δ{state}⁺", SymInfo("next", state))
+
+    def cot(self):
+        return self._make(("cot",), "δy", SymInfo("cot", "y"))
+
+    def cse(self, index):
+        return self._make(("cse", index), f"r{index}", SymInfo("cse", f"r{index}"))
+
+
+# ----------------------------------------------------------------------------------------- forward
+@dataclass
+class ForwardEquation:
+    lhs: str
+    expr: sympy.Expr  # per unit
+    aux: bool  # hoisted by the derivation, not written in the spec
+    text: str  # the spec's text ("" for auxiliaries)
+    ast: object  # the right-hand side as a spec-language tree (auxiliaries replaced by names)
+    shape: tuple = ()  # symbolic dims of the value, e.g. ("H",)
+
+
+@dataclass
+class Statement:
+    """One line of the derived backward pass: ``target = elementwise + sum(matvec) + sum(outer)``.
+
+    - elementwise: a per-unit SymPy expression (0 when there is none);
+    - matvec: ``[(M, dL)]``, each meaning M^T dL (per sample), i.e. ``dL @ M`` on batch-major arrays;
+    - outer: ``[(dL, v)]`` for a matrix parameter, each meaning sum over batch and time of dL v^T;
+    - reduce: the target is a vector parameter, the elementwise part is summed over batch and time.
+    """
+
+    target: sympy.Symbol
+    kind: str  # adjoint of: value | prev | term | input | param_vector | param_matrix | cse
+    elementwise: sympy.Expr = sympy.S.Zero
+    matvec: list = field(default_factory=list)
+    outer: list = field(default_factory=list)
+
+
+@dataclass
+class Derivation:
+    cell: Cell
+    symbols: Symbols
+    forward: list[ForwardEquation]
+    loop: list[Statement]  # backward statements inside the time loop, in order
+    after: list[Statement]  # input and parameter adjoints, computed once after the loop
+    adjoint_of: dict  # symbol -> its adjoint symbol (or alias) for every differentiated symbol
+
+    @property
+    def statements(self):
+        return self.loop + self.after
+
+
+# ----------------------------------------------------------------------------------------- sympy
+def equations_to_sympy(cell: Cell, symbols: Symbols) -> list[ForwardEquation]:
+    """The cell's equations as per-unit SymPy expressions. A function applied inside a larger
+    expression is hoisted into an auxiliary equation of its own (the same application once)."""
+    out: list[ForwardEquation] = []
+    taken = set(cell.shapes) | set(cell.inputs) | set(cell.states) | set(cell.parameters) | set(cell.functions)
+    hoisted: dict[Call, str] = {}
+
+    def hoist(node, lhs, top=False):
+        """A copy of the AST with every non-top-level call replaced by the name of its auxiliary."""
+        if isinstance(node, BinOp):
+            return BinOp(node.op, hoist(node.left, lhs), hoist(node.right, lhs))
+        if isinstance(node, Neg):
+            return Neg(hoist(node.operand, lhs))
+        if isinstance(node, Pow):
+            return Pow(hoist(node.base, lhs), node.exponent)
+        if isinstance(node, Call):
+            call = Call(node.func, hoist(node.arg, lhs))
+            if top or cell.functions[node.func] == "identity":
+                return call
+            if call not in hoisted:
+                arg = call.arg
+                base = f"{node.func}_{arg.name}" if isinstance(arg, Name) and not arg.prev else f"{node.func}_{lhs}"
+                name, k = base, 2
+                while name in taken:
+                    name, k = f"{base}{k}", k + 1
+                taken.add(name)
+                hoisted[call] = name
+                out.append(ForwardEquation(name, conv(call), True, "", call, cell.shapes[lhs]))
+            return Name(hoisted[call])
+        return node
+
+    def conv(node):
+        if isinstance(node, Num):
+            v: Fraction = node.value
+            return sympy.Rational(v.numerator, v.denominator)
+        if isinstance(node, Name):
+            if node.prev:
+                return symbols.prev(node.name)
+            if node.name in cell.parameters:
+                return symbols.param(node.name)
+            return symbols.value(node.name)
+        if isinstance(node, Neg):
+            return -conv(node.operand)
+        if isinstance(node, Pow):
+            return conv(node.base) ** node.exponent
+        if isinstance(node, BinOp):
+            if node.op == "@":
+                return symbols.term(node.left.name, node.right.name, node.right.prev)
+            left, right = conv(node.left), conv(node.right)
+            return {"+": lambda: left + right, "-": lambda: left - right,
+                    "*": lambda: left * right, "/": lambda: left / right}[node.op]()
+        if isinstance(node, Call):
+            return FUNCTIONS[cell.functions[node.func]].sympy_function(conv(node.arg))
+        raise TypeError(node)  # pragma: no cover
+
+    for eq in cell.equations:
+        rhs = hoist(eq.rhs, eq.lhs, top=True)
+        out.append(ForwardEquation(eq.lhs, conv(rhs), False, eq.text, rhs, cell.shapes[eq.lhs]))
+    return out
+
+
+def _name_function_values(expr, forward: list[ForwardEquation], symbols: Symbols):
+    """Replace every function application that some equation defines by that equation's name."""
+    table = {fe.expr: symbols.value(fe.lhs) for fe in forward if isinstance(fe.expr, sympy.Function)}
+    return expr.xreplace(table) if table else expr
+
+
+def _differentiable(expr, symbols: Symbols):
+    return sorted((s for s in expr.free_symbols if symbols.info[s].kind in ("value", "prev", "term", "param")),
+                  key=lambda s: s.name)
+
+
+# ----------------------------------------------------------------------------------------- reverse
+def derive(cell: Cell, simplify: bool = True) -> Derivation:
+    symbols = Symbols()
+    forward = equations_to_sympy(cell, symbols)
+    defined = {fe.lhs for fe in forward}
+
+    # contributions[sym] = [elementwise terms], matvecs[sym] = [(M, dL)], outers[M] = [(dL, v_sym)]
+    contributions: dict[sympy.Symbol, list] = {}
+    matvecs: dict[sympy.Symbol, list] = {}
+    outers: dict[str, list] = {}
+    adjoint_of: dict[sympy.Symbol, object] = {}
+    loop: list[Statement] = []
+
+    def add(sym, expr):
+        contributions.setdefault(sym, []).append(expr)
+
+    # Seeds: what arrives at the states from outside step t.
+    for s in cell.states:
+        add(symbols.value(s), symbols.next(s))
+    add(symbols.value(cell.output), symbols.cot())  # the cotangent of y_t
+
+    # first (in forward order) equation consuming each linear term: its adjoint is final after it
+    first_use: dict[sympy.Symbol, int] = {}
+    for idx, fe in enumerate(forward):
+        for s in fe.expr.free_symbols:
+            if symbols.info[s].kind == "term":
+                first_use.setdefault(s, idx)
+
+    def total(sym):
+        return sympy.Add(*contributions.get(sym, []))
+
+    for idx in range(len(forward) - 1, -1, -1):
+        fe = forward[idx]
+        lhs = symbols.value(fe.lhs)
+        d_lhs_expr = total(lhs)
+        mv = matvecs.get(lhs, [])
+        if isinstance(d_lhs_expr, sympy.Symbol) and not mv and symbols.info[d_lhs_expr].kind == "adj":
+            d_lhs = d_lhs_expr  # alias: the adjoint is already a named quantity
+        else:
+            d_lhs = symbols.adj(lhs)
+            loop.append(Statement(d_lhs, "value", _tidy(d_lhs_expr, simplify), list(mv)))
+        adjoint_of[lhs] = d_lhs
+
+        for a in _differentiable(fe.expr, symbols):
+            partial = _name_function_values(sympy.diff(fe.expr, a), forward, symbols)
+            add(a, d_lhs * partial)
+
+        for term, first in first_use.items():
+            if first != idx:
+                continue
+            info = symbols.info[term]
+            d_term_expr = total(term)
+            if isinstance(d_term_expr, sympy.Symbol) and symbols.info[d_term_expr].kind == "adj":
+                d_term = d_term_expr
+            else:
+                d_term = symbols.adj(term)
+                loop.append(Statement(d_term, "term", _tidy(d_term_expr, simplify)))
+            adjoint_of[term] = d_term
+            operand = symbols.prev(info.operand) if info.prev else (
+                symbols.value(info.operand) if info.operand in defined or info.operand in cell.inputs
+                else symbols.param(info.operand))
+            matvecs.setdefault(operand, []).insert(0, (info.matrix, d_term))
+            outers.setdefault(info.matrix, []).insert(0, (d_term, operand))
+
+    # what step t sends back to step t-1
+    for s in cell.states:
+        p = symbols.prev(s)
+        d_p = symbols.adj(p)
+        loop.append(Statement(d_p, "prev", _tidy(total(p), simplify), list(matvecs.get(p, []))))
+        adjoint_of[p] = d_p
+
+    # inputs and parameters: once, after the loop, summed over time (and batch for parameters)
+    after: list[Statement] = []
+    for x in cell.inputs:
+        v = symbols.value(x)
+        d = symbols.adj(v)
+        after.append(Statement(d, "input", _tidy(total(v), simplify), list(matvecs.get(v, []))))
+        adjoint_of[v] = d
+    for pname, q in cell.parameters.items():
+        if len(q.shape) == 2:
+            sym = symbols.param(pname)
+            d = symbols.adj(sym)
+            after.append(Statement(d, "param_matrix", sympy.S.Zero, [], list(outers.get(pname, []))))
+        else:
+            sym = symbols.param(pname)
+            d = symbols.adj(sym)
+            after.append(Statement(d, "param_vector", _tidy(total(sym), simplify)))
+        adjoint_of[sym] = d
+
+    loop = _cse(loop, symbols) if simplify else loop
+    return Derivation(cell, symbols, forward, loop, after, adjoint_of)
+
+
+def _tidy(expr, simplify):
+    """Light simplification: keep SymPy's simplified form only when it is strictly shorter."""
+    if not simplify or expr == 0:
+        return expr
+    candidates = [expr, sympy.factor_terms(expr)]
+    try:
+        candidates.append(sympy.simplify(expr))
+    except Exception:  # pragma: no cover - simplify is a heuristic
+        pass
+    return min(candidates, key=lambda e: (sympy.count_ops(e), candidates.index(e)))
+
+
+def _cse(loop: list[Statement], symbols: Symbols) -> list[Statement]:
+    """Common-subexpression elimination across the elementwise parts of the loop's statements.
+    Each repeated subexpression becomes a named temporary placed just before its first use."""
+
+    def names():
+        k = 0
+        while True:
+            yield symbols.cse(k)
+            k += 1
+
+    replacements, reduced = sympy.cse([st.elementwise for st in loop], symbols=names(),
+                                      optimizations=None, order="none")
+    if not replacements:
+        return loop
+    first_use = {}
+    for pos, expr in enumerate(reduced):
+        for tmp in expr.free_symbols:
+            first_use.setdefault(tmp, pos)
+    for tmp, value in reversed(replacements):  # a temporary used by a later one is needed no later
+        for inner in value.free_symbols:
+            if tmp in first_use:
+                first_use[inner] = min(first_use.get(inner, first_use[tmp]), first_use[tmp])
+    out: list[Statement] = []
+    for pos, (st, new) in enumerate(zip(loop, reduced)):
+        out += [Statement(tmp, "cse", value) for tmp, value in replacements if first_use.get(tmp) == pos]
+        out.append(Statement(st.target, st.kind, new, st.matvec, st.outer))
+    return out
+
+
+def expand_adjoint(derivation: Derivation, target) -> sympy.Expr:
+    """The elementwise part of a statement with every adjoint and temporary substituted back, as far
+    as the loop defines them (for display of the 'textbook' form, e.g. dz_o = dh tanh(c) o (1-o))."""
+    defs = {st.target: st.elementwise for st in derivation.loop if not st.matvec}
+    expr = next(st.elementwise for st in derivation.statements if st.target == target)
+    for _ in range(len(defs) + 1):
+        new = expr.xreplace(defs)
+        if new == expr:
+            break
+        expr = new
+    return expr

@@ -1,0 +1,190 @@
+"""What the generated reference modules share: elementwise functions and input validation.
+
+Hand-written, and deliberately free of any gradient formula: every derivative lives in the generated
+modules next to this file, derived from the spec.
+
+Dtypes: float32, float64 and complex128 (complex128 is for complex-step derivative checks); all
+arrays of one call share one dtype, nothing is cast or broadcast silently. Object arrays of SymPy
+expressions are accepted only inside ``with symbolic():`` (the unrolled symbolic check).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+
+NUMERIC_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.complex128))
+_SYMBOLIC = [False]
+
+
+@contextlib.contextmanager
+def symbolic():
+    """Allow object arrays of SymPy expressions (used by the unrolled symbolic check)."""
+    _SYMBOLIC.append(True)
+    try:
+        yield
+    finally:
+        _SYMBOLIC.pop()
+
+
+# ----------------------------------------------------------------------------------------- functions
+def sigmoid(z):
+    """The logistic function, as 0.5 + 0.5 tanh(z/2): no overflow for any real z, analytic (so
+    complex-step derivatives work), and it keeps float32 in float32."""
+    if z.dtype == object:
+        from lstm_spec.derivations.functions import Sigmoid
+
+        return _elementwise(Sigmoid, z)
+    return 0.5 + 0.5 * np.tanh(0.5 * z)
+
+
+def tanh(z):
+    if z.dtype == object:
+        import sympy
+
+        return _elementwise(sympy.tanh, z)
+    return np.tanh(z)
+
+
+def identity(z):
+    return z
+
+
+def _elementwise(fn, z):
+    out = np.empty(z.shape, dtype=object)
+    for idx in np.ndindex(z.shape):
+        out[idx] = fn(z[idx])
+    return out
+
+
+# ----------------------------------------------------------------------------------------- validation
+class InputError(ValueError):
+    """Bad input to a reference function; the message names the array, what it got and what it expected."""
+
+
+@dataclass
+class Signature:
+    """What a generated cell module declares about its arrays (from the spec)."""
+
+    cell: str
+    inputs: dict  # name -> dims, e.g. {"x": ("D",)}
+    states: dict  # name -> dims
+    parameters: dict  # name -> dims
+    output: str
+    output_dims: tuple
+
+
+def _describe(a):
+    return f"shape {tuple(a.shape)} and dtype {a.dtype}"
+
+
+def _dtype_ok(dtype):
+    return dtype in NUMERIC_DTYPES or (dtype == object and _SYMBOLIC[-1])
+
+
+def _as_array(name, value):
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "__array__") and not isinstance(value, (list, tuple)):
+        return np.asarray(value)
+    raise InputError(f"{name}: expected a NumPy array, got {type(value).__name__}")
+
+
+def prepare(sig: Signature, params, sequence: dict, initial: dict):
+    """Validate a forward call. Returns (params, sequences, initial states, dims) with every shape
+    checked against the spec and dims bound (T, B and each dimension of the spec)."""
+    if not isinstance(params, dict):
+        raise InputError(f"params: expected a dict of arrays keyed by parameter name, got {type(params).__name__}")
+    missing = [k for k in sig.parameters if k not in params]
+    unknown = [k for k in params if k not in sig.parameters]
+    if missing or unknown:
+        msg = []
+        if missing:
+            msg.append(f"missing parameter(s) {missing}")
+        if unknown:
+            msg.append(f"unknown parameter(s) {unknown}")
+        raise InputError(f"params for cell {sig.cell!r}: {'; '.join(msg)}; expected exactly {list(sig.parameters)}")
+
+    arrays = {}
+    for name, value in sequence.items():
+        arrays[name] = _as_array(name, value)
+    first = next(iter(arrays))
+    dtype = arrays[first].dtype
+    if not _dtype_ok(dtype):
+        raise InputError(f"{first}: dtype {dtype} is not supported; use float32, float64 or complex128")
+
+    dims: dict[str, int] = {}
+
+    def bind(label, a, expected):
+        """expected: tuple of dim names or ints; binds names on first sight."""
+        if a.dtype != dtype:
+            raise InputError(f"{label}: dtype {a.dtype} differs from {first}'s {dtype}; all arrays of a call "
+                             "must share one dtype (nothing is cast silently)")
+        want = tuple(dims.get(e, e) if isinstance(e, str) else e for e in expected)
+        if a.ndim != len(expected):
+            raise InputError(f"{label}: got {_describe(a)}, expected shape {_shape_text(expected, dims)}")
+        for size, e in zip(a.shape, expected):
+            if isinstance(e, str):
+                if e in dims and dims[e] != size:
+                    raise InputError(f"{label}: got {_describe(a)}, expected shape {_shape_text(expected, dims)} "
+                                     f"({e} = {dims[e]} from earlier arrays)")
+                dims.setdefault(e, size)
+            elif e != size:
+                raise InputError(f"{label}: got {_describe(a)}, expected shape {want}")
+
+    for name, a in arrays.items():
+        bind(name, a, ("T", "B") + tuple(sig.inputs[name]))
+    p = {}
+    for name, dims_ in sig.parameters.items():
+        a = _as_array(f"params[{name!r}]", params[name])
+        bind(f"params[{name!r}]", a, tuple(dims_))
+        p[name] = a
+    init = {}
+    for name, value in initial.items():
+        shape = ("B",) + tuple(sig.states[name])
+        if value is None:
+            missing_dims = [d for d in shape if d not in dims]
+            if missing_dims:  # pragma: no cover - every state dimension appears in some parameter
+                raise InputError(f"{name}0: cannot infer dimension(s) {missing_dims}; pass {name}0 explicitly")
+            init[name] = np.zeros(tuple(dims[d] for d in shape), dtype=dtype)
+        else:
+            a = _as_array(f"{name}0", value)
+            bind(f"{name}0", a, shape)
+            init[name] = a
+    return p, arrays, init, dims
+
+
+def prepare_cotangents(sig: Signature, cache: dict, dy, d_final):
+    """Validate the cotangents given to backward: dy (T, B, output dims) and d_final {state: (B, dims)}.
+    Missing cotangents are zeros."""
+    dims, dtype = cache["dims"], cache["dtype"]
+    T, B = dims["T"], dims["B"]
+    out_shape = (T, B) + tuple(dims[d] for d in sig.output_dims)
+    if dy is None:
+        dy = np.zeros(out_shape, dtype=dtype)
+    else:
+        dy = _as_array("dy", dy)
+        if dy.shape != out_shape or dy.dtype != dtype:
+            raise InputError(f"dy: got {_describe(dy)}, expected shape {out_shape} and dtype {dtype}")
+    d_final = dict(d_final or {})
+    unknown = [k for k in d_final if k not in sig.states]
+    if unknown:
+        raise InputError(f"d_final: unknown state(s) {unknown}; the states of {sig.cell!r} are {list(sig.states)}")
+    out = {}
+    for name, dims_ in sig.states.items():
+        shape = (B,) + tuple(dims[d] for d in dims_)
+        value = d_final.get(name)
+        if value is None:
+            out[name] = np.zeros(shape, dtype=dtype)
+        else:
+            a = _as_array(f"d_final[{name!r}]", value)
+            if a.shape != shape or a.dtype != dtype:
+                raise InputError(f"d_final[{name!r}]: got {_describe(a)}, expected shape {shape} and dtype {dtype}")
+            out[name] = a.copy()
+    return dy, out
+
+
+def _shape_text(expected, dims):
+    return "(" + ", ".join(f"{e}={dims[e]}" if isinstance(e, str) and e in dims else str(e) for e in expected) + ")"

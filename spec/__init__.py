@@ -1,0 +1,35 @@
+"""The spec: one declarative TOML file per cell, the single source of truth of lstm-spec.
+
+``load("lstm")`` reads a built-in cell from this folder; ``load("path/to/my_cell.toml")`` reads a
+user's own file. Both return a validated :class:`~lstm_spec.spec.cells.Cell`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .cells import SPEC_DIR, SPEC_SUFFIX, Cell, Quantity, load_file
+from .language import SpecError
+
+__all__ = ["Cell", "Quantity", "SpecError", "builtin_cells", "load", "load_all"]
+
+
+def builtin_cells() -> list[str]:
+    """Names of the cells shipped in spec/, sorted."""
+    return sorted(p.stem for p in SPEC_DIR.glob(f"*{SPEC_SUFFIX}"))
+
+
+def load(name_or_path: str | Path) -> Cell:
+    """Load a built-in cell by name, or any spec file by path."""
+    text = str(name_or_path)
+    if text in builtin_cells():
+        return load_file(SPEC_DIR / f"{text}{SPEC_SUFFIX}")
+    path = Path(text)
+    if path.suffix == SPEC_SUFFIX or path.exists():
+        return load_file(path)
+    raise SpecError(f"unknown cell {text!r}: not a built-in cell ({', '.join(builtin_cells())}) "
+                    f"and not a path to a {SPEC_SUFFIX} spec file")
+
+
+def load_all() -> list[Cell]:
+    return [load(n) for n in builtin_cells()]

@@ -1,0 +1,241 @@
+"""The expression language of spec files: a tokenizer and a recursive-descent parser.
+
+Spec files are untrusted text. Nothing in them is ever evaluated as Python: this module turns an
+equation such as ``f = sigma(W_f @ x + U_f @ h[t-1] + b_f)`` into a small tree of the node classes below,
+accepting only this grammar::
+
+    equation := NAME '=' expr
+    expr     := term (('+' | '-') term)*
+    term     := unary (('*' | '⊙' | '/' | '@') unary)*
+    unary    := '-' unary | power
+    power    := atom ('^' INTEGER)?
+    atom     := NUMBER | NAME | NAME '[' 't' '-' '1' ']' | NAME '(' expr ')' | '(' expr ')'
+
+``*`` and ``⊙`` are both the elementwise (Hadamard) product, ``@`` is a matrix-vector product,
+``NAME[t-1]`` is the previous time step's value of a state, ``NAME(...)`` applies a declared function.
+Exponents are small non-negative integers and nesting depth is bounded, so a hostile file cannot make
+the parser or SymPy run away.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+MAX_DEPTH = 64
+MAX_EXPONENT = 8
+MAX_EQUATION_LENGTH = 2000
+
+IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+
+class SpecError(ValueError):
+    """A spec file is malformed. The message names the file, line and equation."""
+
+
+# ----------------------------------------------------------------------------------------- AST nodes
+@dataclass(frozen=True)
+class Num:
+    value: Fraction
+
+
+@dataclass(frozen=True)
+class Name:
+    name: str
+    prev: bool = False  # True for NAME[t-1]
+
+
+@dataclass(frozen=True)
+class Call:
+    func: str
+    arg: object
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str  # one of + - * / @
+    left: object
+    right: object
+
+
+@dataclass(frozen=True)
+class Neg:
+    operand: object
+
+
+@dataclass(frozen=True)
+class Pow:
+    base: object
+    exponent: int
+
+
+@dataclass(frozen=True)
+class Equation:
+    lhs: str
+    rhs: object
+    text: str
+    line: int  # 1-based line in the spec file (0 when unknown)
+
+
+# ----------------------------------------------------------------------------------------- tokenizer
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<number>\d+(?:\.\d+)?)
+      | (?P<name>[A-Za-z][A-Za-z0-9_]*)
+      | (?P<op>\*\*|[-+*/@^()\[\]=]|⊙)
+    )""",
+    re.VERBOSE,
+)
+
+
+def tokenize(text: str, where: str) -> list[tuple[str, str, int]]:
+    tokens = []
+    pos = 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            bad = text[pos:].lstrip()[:1]
+            col = len(text) - len(text[pos:].lstrip()) + 1
+            raise SpecError(f"{where}: unexpected character {bad!r} at column {col}")
+        kind = m.lastgroup
+        value = m.group(kind)
+        if kind == "op" and value == "**":
+            raise SpecError(f"{where}: use '^' for powers, not '**'")
+        tokens.append((kind, value, m.start(kind) + 1))
+        pos = m.end()
+    tokens.append(("end", "", len(text) + 1))
+    return tokens
+
+
+# ----------------------------------------------------------------------------------------- parser
+class _Parser:
+    def __init__(self, text: str, where: str):
+        self.where = where
+        self.tokens = tokenize(text, where)
+        self.i = 0
+        self.depth = 0
+
+    def peek(self):
+        return self.tokens[self.i]
+
+    def take(self):
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def expect(self, value):
+        kind, got, col = self.take()
+        if got != value:
+            shown = got if kind != "end" else "end of equation"
+            raise SpecError(f"{self.where}: expected {value!r} at column {col}, got {shown!r}")
+
+    def fail(self, message):
+        raise SpecError(f"{self.where}: {message}")
+
+    def enter(self):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            self.fail(f"expression nested deeper than {MAX_DEPTH} levels")
+
+    def equation(self):
+        kind, lhs, col = self.take()
+        if kind != "name":
+            self.fail(f"an equation starts with the name it defines (column {col})")
+        self.expect("=")
+        rhs = self.expr()
+        kind, value, col = self.peek()
+        if kind != "end":
+            self.fail(f"unexpected {value!r} at column {col}")
+        return lhs, rhs
+
+    def expr(self):
+        self.enter()
+        node = self.term()
+        while self.peek()[1] in ("+", "-"):
+            op = self.take()[1]
+            node = BinOp(op, node, self.term())
+        self.depth -= 1
+        return node
+
+    def term(self):
+        node = self.unary()
+        while self.peek()[1] in ("*", "⊙", "/", "@"):
+            op = self.take()[1]
+            node = BinOp("*" if op == "⊙" else op, node, self.unary())
+        return node
+
+    def unary(self):
+        if self.peek()[1] == "-":
+            self.take()
+            self.enter()
+            node = Neg(self.unary())
+            self.depth -= 1
+            return node
+        return self.power()
+
+    def power(self):
+        base = self.atom()
+        if self.peek()[1] == "^":
+            self.take()
+            kind, value, col = self.take()
+            if kind != "number" or "." in value:
+                self.fail(f"the exponent after '^' must be a whole number (column {col})")
+            if int(value) > MAX_EXPONENT:
+                self.fail(f"exponent {value} is larger than the allowed {MAX_EXPONENT} (column {col})")
+            return Pow(base, int(value))
+        return base
+
+    def atom(self):
+        kind, value, col = self.take()
+        if kind == "number":
+            if len(value) > 30:
+                self.fail(f"number literal too long at column {col}")
+            return Num(Fraction(value))
+        if kind == "name":
+            nxt = self.peek()[1]
+            if nxt == "(":
+                self.take()
+                arg = self.expr()
+                self.expect(")")
+                return Call(value, arg)
+            if nxt == "[":
+                self.take()
+                for want in ("t", "-", "1"):
+                    k, got, c = self.take()
+                    if got != want:
+                        self.fail(f"only NAME[t-1] may follow a name in brackets (column {c})")
+                self.expect("]")
+                return Name(value, prev=True)
+            return Name(value)
+        if value == "(":
+            arg = self.expr()
+            self.expect(")")
+            return arg
+        shown = value if kind != "end" else "end of equation"
+        self.fail(f"unexpected {shown!r} at column {col}")
+
+
+def parse_equation(text: str, where: str, line: int = 0) -> Equation:
+    """Parse one ``lhs = expression`` line. ``where`` names the file and line for error messages."""
+    if len(text) > MAX_EQUATION_LENGTH:
+        raise SpecError(f"{where}: equation longer than {MAX_EQUATION_LENGTH} characters")
+    lhs, rhs = _Parser(text, where).equation()
+    return Equation(lhs=lhs, rhs=rhs, text=text.strip(), line=line)
+
+
+def walk(node):
+    """Yield every node of an expression tree, parents before children."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        if isinstance(n, BinOp):
+            stack += [n.right, n.left]
+        elif isinstance(n, (Neg,)):
+            stack.append(n.operand)
+        elif isinstance(n, Pow):
+            stack.append(n.base)
+        elif isinstance(n, Call):
+            stack.append(n.arg)
