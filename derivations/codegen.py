@@ -23,6 +23,7 @@ from .functions import FUNCTIONS
 from .printing import CodePrinter, print_ast, reorder
 from .render import backward_equations, forward_equations
 from .reverse import Derivation
+from .rules import MATVEC, MATVEC_VJP_MATRIX, MATVEC_VJP_OPERAND, SUM_VJP
 
 COMMAND = "lstm-spec generate"
 
@@ -205,7 +206,7 @@ def generate_module(d: Derivation) -> str:
         emit("    # matrix products with the inputs, for every time step at once")
         for s in sorted(plan.precomputed, key=lambda s: plan.term_name(s)):
             i = info[s]
-            emit(f"    {plan.term_name(s)} = {i.operand} @ {i.matrix}.T")
+            emit(f"    {plan.term_name(s)} = " + MATVEC.format(v=i.operand, M=i.matrix))
     emit("")
     emit("    # storage: states with T + 1 slots (slot 0 = initial state); values backward needs, T slots")
     for s in states:
@@ -231,7 +232,7 @@ def generate_module(d: Derivation) -> str:
         s = d.symbols.term(node.left.name, node.right.name, node.right.prev)
         if s in plan.precomputed or s in plan.cached_terms:
             return loop_names[s]
-        return f"({fwd_name(node.right)} @ {node.left.name}.T)"
+        return "(" + MATVEC.format(v=fwd_name(node.right), M=node.left.name) + ")"
 
     done_terms = set()
     for fe in d.forward:
@@ -239,7 +240,7 @@ def generate_module(d: Derivation) -> str:
             if s in plan.cached_terms and s not in done_terms:
                 i = info[s]
                 operand = f"{i.operand}[t]" if i.prev else loop_names[d.symbols.value(i.operand)]
-                emit(f"        {plan.term_name(s)}[t] = {operand} @ {i.matrix}.T")
+                emit(f"        {plan.term_name(s)}[t] = " + MATVEC.format(v=operand, M=i.matrix))
                 done_terms.add(s)
         target = loop_names[d.symbols.value(fe.lhs)]
         rhs = print_ast(fe.ast, "code", fwd_name, fwd_call, fwd_matmul)
@@ -292,7 +293,7 @@ def generate_module(d: Derivation) -> str:
                 text = f"np.full_like({ref_for_zero}, {text})"
             parts.append(text)
         for matrix, dl in st.matvec:
-            parts.append(f"{names[dl]} @ {matrix}")
+            parts.append(MATVEC_VJP_OPERAND.format(dL=names[dl], M=matrix))
         if not parts:
             return f"np.zeros_like({ref_for_zero})"
         return " + ".join(parts)
@@ -312,7 +313,7 @@ def generate_module(d: Derivation) -> str:
         i = info[info[st.target].of]
         name = plan.adjoint_name(st.target)
         if st.kind == "param_matrix":
-            parts = [f"np.tensordot({all_names[dl]}, {all_names[v]}, axes=([0, 1], [0, 1]))" for dl, v in st.outer]
+            parts = [MATVEC_VJP_MATRIX.format(dL=all_names[dl], v=all_names[v]) for dl, v in st.outer]
             emit(f"    {name} = " + (" + ".join(parts) if parts else f"np.zeros_like({i.name})"))
         elif st.kind == "param_vector":
             e = st.elementwise
@@ -321,9 +322,9 @@ def generate_module(d: Derivation) -> str:
             else:
                 text = printer_all.doprint(reorder(e, d.symbols))
                 if isinstance(e, sympy.Symbol):
-                    emit(f"    {name} = {text}.sum(axis=(0, 1))")
+                    emit(f"    {name} = " + SUM_VJP.format(e=text))
                 else:
-                    emit(f"    {name} = np.broadcast_to({text}, (T, B) + {i.name}.shape).sum(axis=(0, 1))")
+                    emit(f"    {name} = " + SUM_VJP.format(e=f"np.broadcast_to({text}, (T, B) + {i.name}.shape)"))
         else:  # an input
             emit(f"    {name} = {rhs_of(st, printer_all, all_names, i.name)}")
     emit("")

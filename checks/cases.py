@@ -1,0 +1,93 @@
+"""Random instances for the numeric checks: non-zero initial states, random non-uniform weights and
+biases, random cotangents on every output, and shapes that include T = 1, B = 1 and D != H."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# (T, B, D, H): T = 1, B = 1, D != H, D = H, and a longer sequence
+SHAPES = [(1, 1, 3, 2), (2, 1, 2, 3), (4, 3, 5, 3), (6, 2, 4, 4)]
+
+
+@dataclass
+class Instance:
+    params: dict
+    seq: dict  # input name -> (T, B, ...)
+    init: dict  # state name -> (B, ...)
+    dy: np.ndarray
+    d_final: dict
+    dims: dict
+
+    def astype(self, dtype):
+        conv = lambda d: {k: v.astype(dtype) for k, v in d.items()}  # noqa: E731
+        return Instance(conv(self.params), conv(self.seq), conv(self.init), self.dy.astype(dtype),
+                        conv(self.d_final), self.dims)
+
+    def arguments(self):
+        """Every differentiable argument as (gradient key, dict holding it, key in that dict)."""
+        out = [(k, self.params, k) for k in self.params]
+        out += [(k, self.seq, k) for k in self.seq]
+        out += [(f"{s}0", self.init, s) for s in self.init]
+        return out
+
+
+def dims_for(module, shape) -> dict:
+    """Bind the cell's dimension names for a (T, B, D, H) shape: inputs' last dim is D, every other
+    dimension is H (a cell with more dimensions gets H + 1, H + 2, ...)."""
+    T, B, D, H = shape
+    sig = module.SIGNATURE
+    dims = {"T": T, "B": B}
+    for n, ds in sig.inputs.items():
+        dims.setdefault(ds[-1], D)
+    extra = 0
+    for ds in list(sig.states.values()) + list(sig.parameters.values()):
+        for d in ds:
+            if d not in dims:
+                dims[d] = H + extra
+                extra += 1
+    return dims
+
+
+def random_instance(module, shape, seed: int, scale: float = 0.5) -> Instance:
+    rng = np.random.default_rng(seed)
+    sig = module.SIGNATURE
+    dims = dims_for(module, shape)
+    T, B = dims["T"], dims["B"]
+    params = {n: scale * rng.standard_normal(tuple(dims[d] for d in ds)) for n, ds in sig.parameters.items()}
+    seq = {n: rng.standard_normal((T, B) + tuple(dims[d] for d in ds)) for n, ds in sig.inputs.items()}
+    init = {n: 0.5 * rng.standard_normal((B,) + tuple(dims[d] for d in ds)) for n, ds in sig.states.items()}
+    dy = rng.standard_normal((T, B) + tuple(dims[d] for d in sig.output_dims))
+    d_final = {n: rng.standard_normal((B,) + tuple(dims[d] for d in ds)) for n, ds in sig.states.items()}
+    return Instance(params, seq, init, dy, d_final, dims)
+
+
+def run(module, inst: Instance):
+    """Forward and backward of a generated module on an instance: (y, final, grads)."""
+    y, final, cache = module.forward(inst.params, **inst.seq, **{f"{s}0": v for s, v in inst.init.items()})
+    grads = module.backward(cache, inst.dy, inst.d_final)
+    return y, final, grads
+
+
+def loss(module, inst: Instance):
+    """The scalar whose gradient backward() computes: <dy, y> + sum over states <d_final, s_T>."""
+    y, final, _ = module.forward(inst.params, **inst.seq, **{f"{s}0": v for s, v in inst.init.items()})
+    total = (inst.dy * y).sum()
+    for s, v in inst.d_final.items():
+        total = total + (v * final[s]).sum()
+    return total
+
+
+def rel_error(got, want) -> float:
+    """Normwise relative error max|got - want| / max|want| (absolute when want is all zero)."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        return float("inf")
+    if want.size == 0:
+        return 0.0
+    scale = float(np.max(np.abs(want)))
+    err = float(np.max(np.abs(got - want)))
+    if not np.isfinite(err):
+        return float("inf")
+    return err / scale if scale > 0 else err

@@ -1,0 +1,167 @@
+"""`lstm-spec verify`: every check of every cell, each next to its negative control, as a table."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+from lstm_spec.derivations import derive
+from lstm_spec.derivations import functions as function_rules
+from lstm_spec.derivations import rules as matrix_rules
+from lstm_spec.derivations.build import generate
+from lstm_spec.spec import Cell, builtin_cells
+
+from . import mutants
+from .numeric import check_derivatives, check_float32
+from .symbolic import check_step, check_unrolled
+from .tolerances import TOLERANCES
+from .torch_check import check_torch
+
+
+@dataclass
+class Row:
+    cell: str
+    check: str
+    error: float | None  # None when skipped
+    tolerance: float | None
+    passed: bool | None  # None when skipped
+    control: str  # "caught" / "NOT CAUGHT" / "-"
+    seconds: float
+    detail: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.passed is None:
+            return "n/a" if self.detail.startswith("PyTorch has no") else "skip"
+        return "pass" if self.passed and self.control != "NOT CAUGHT" else "FAIL"
+
+
+def _fmt_err(e):
+    if e is None:
+        return "-"
+    if e == 0:
+        return "0"
+    if math.isinf(e):
+        return "inf"
+    return f"{e:.1e}" if isinstance(e, float) and not float(e).is_integer() else str(int(e))
+
+
+def format_table(rows: list[Row]) -> str:
+    head = ("cell", "check", "max error", "tolerance", "result", "negative control", "seconds")
+    body = [(r.cell, r.check, _fmt_err(r.error), _fmt_err(r.tolerance) if r.tolerance is not None else "-",
+             r.status, r.control, f"{r.seconds:.1f}") for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    line = lambda cols: "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
+    out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
+    details = [f"  {r.cell} / {r.check}: {r.detail}" for r in rows if r.detail and r.status != "pass"]
+    if details:
+        out += ["", "details:"] + details
+    return "\n".join(out)
+
+
+class Progress:
+    def __init__(self, stream=None, enabled=True):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+
+    def __call__(self, text):
+        if self.enabled:
+            print(f"  ... {text}", file=self.stream, flush=True)
+
+
+def _module_for(cell: Cell, text: str):
+    """The committed generated module for a built-in cell, else the freshly generated text loaded in memory."""
+    if cell.name in builtin_cells() and cell.relpath.startswith("spec/"):
+        return importlib.import_module(f"lstm_spec.reference.{cell.name}")
+    return mutants.load_module(text, f"lstm_spec_generated_{cell.name}")
+
+
+def verify_rules(progress=None) -> list[Row]:
+    progress = progress or Progress(enabled=False)
+    progress("derivative rules of the activation functions and matrix products")
+    t0 = time.perf_counter()
+    bad = [k for k, diff in function_rules.confirm_rules() if diff != 0]
+    bad += [name for name, n in matrix_rules.confirm_rules() if n]
+    # negative control: a wrong rule (sigma' = sigma (1 + sigma)) must be told apart
+    import sympy
+
+    x = sympy.Symbol("x", real=True)
+    s = function_rules.Sigmoid(x)
+    wrong = (s * (1 + s)).subs(s, 1 / (1 + sympy.exp(-x))) - sympy.diff(1 / (1 + sympy.exp(-x)), x)
+    control = "caught" if sympy.simplify(wrong) != 0 else "NOT CAUGHT"
+    return [Row("(all)", "rules confirmed by SymPy", len(bad), 0, not bad, control, time.perf_counter() - t0,
+                f"differ: {bad}" if bad else "")]
+
+
+def verify_cell(cell: Cell, progress=None, torch: bool = True) -> list[Row]:
+    progress = progress or Progress(enabled=False)
+    rows: list[Row] = []
+    name = cell.name
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t0
+
+    progress(f"{name}: derive and generate")
+    (d, gen), secs = timed(lambda: (derive(cell), generate([cell])[0]))
+    module = _module_for(cell, gen.text)
+    if module.__name__.startswith("lstm_spec.reference."):
+        stale = gen.stale
+        rows.append(Row(name, "generated code up to date", int(stale), 0, not stale, "-", secs,
+                        f"{gen.path} is stale: run `lstm-spec generate`" if stale else ""))
+    mutant = mutants.load_module(mutants.mutate_code(gen.text, mutants.recursion_line(gen.text), "delete"),
+                                 f"lstm_spec_control_{name}")
+
+    # (a)
+    progress(f"{name}: (a) symbolic equality of every adjoint of one step")
+    res, secs = timed(lambda: check_step(d))
+    bad_d, target = mutants.planted_derivation(d)
+    ctl = check_step(bad_d)
+    rows.append(Row(name, "(a) symbolic, one step", res["error"], TOLERANCES[("symbolic", "sympy")].value,
+                    res["error"] == 0, "caught" if ctl["error"] else "NOT CAUGHT", secs,
+                    f"{res['checked']} entries; differ: {res['failures']}"))
+
+    # (b)
+    progress(f"{name}: (b) generated code on SymPy symbols, unrolled over T = 2")
+    res, secs = timed(lambda: check_unrolled(d, module, T=2))
+    ctl = check_unrolled(d, mutant, T=2, stop_after=1)
+    rows.append(Row(name, "(b) symbolic, unrolled T=2", res["error"], TOLERANCES[("unrolled", "sympy")].value,
+                    res["error"] == 0, "caught" if ctl["error"] else "NOT CAUGHT", secs,
+                    f"{res['checked']} entries; differ: {res['failures'][:5]}"))
+
+    # (c)
+    for method, dtype, label in (("complex_step", "complex128", "(c) complex step"),
+                                 ("finite_difference", "float64", "(c) finite differences")):
+        progress(f"{name}: {label}")
+        tol = TOLERANCES[(method, dtype)].value
+        res, secs = timed(lambda: check_derivatives(module, method))
+        ctl = check_derivatives(mutant, method)
+        rows.append(Row(name, label, res["error"], tol, res["error"] <= tol,
+                        "caught" if not ctl["error"] <= tol else "NOT CAUGHT", secs, res["worst"]))
+    progress(f"{name}: (c) float32 against float64")
+    tol = TOLERANCES[("float32", "float32")].value
+    res, secs = timed(lambda: check_float32(module))
+    rows.append(Row(name, "(c) float32 vs float64", res["error"], tol, res["error"] <= tol, "-", secs, res["worst"]))
+
+    # (d)
+    if torch:
+        progress(f"{name}: (d) PyTorch float64")
+        tol = TOLERANCES[("torch", "float64")].value
+        res, secs = timed(lambda: check_torch(module, name))
+        if "skipped" in res:
+            rows.append(Row(name, "(d) PyTorch", None, None, None, "-", secs, res["skipped"]))
+        else:
+            ctl = check_torch(mutant, name)
+            rows.append(Row(name, "(d) PyTorch", res["error"], tol, res["error"] <= tol,
+                            "caught" if not ctl.get("error", 0) <= tol else "NOT CAUGHT", secs, res["worst"]))
+    return rows
+
+
+def all_passed(rows: list[Row]) -> bool:
+    """True when every row passed; "n/a" (no equivalent to compare with) does not count against it,
+    a check skipped for a missing tool does."""
+    return all(r.status in ("pass", "n/a") for r in rows)

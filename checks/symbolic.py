@@ -1,0 +1,340 @@
+"""Symbolic checks.
+
+(a) ``check_step``: every derived adjoint of one time step, with the forward definitions substituted
+    back, equals ``sympy.diff`` of the fully expanded forward on explicit small sizes (D != H). The
+    scalar differentiated is L = <dy, y_t> + sum_s <d_s_next, s_t>: the step's outputs weighted by
+    the adjoints that arrive at them. For an intermediate q the forward is cut at q (q becomes free
+    symbols, everything downstream of it is expanded) and L is differentiated by those symbols.
+(b) ``check_unrolled``: the *generated* NumPy code, run on arrays of SymPy symbols for T steps, gives
+    exactly ``sympy.diff`` of the unrolled scalar loss with respect to every parameter, input and
+    initial state. The unrolled loss is built independently of the generated code, by evaluating the
+    spec's equations step by step.
+
+Equality is decided exactly: function values (sigma(...), tanh(...)) are replaced by atoms keyed by
+their expanded argument, after which both sides are polynomials and ``expand`` of the difference is 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from lstm_spec.derivations.functions import Sigmoid
+from lstm_spec.derivations.reverse import Derivation
+from lstm_spec.reference._runtime import symbolic
+
+ATOM_FUNCTIONS = (Sigmoid, sympy.tanh)
+
+
+# ----------------------------------------------------------------------------------------- equality
+class Atomizer:
+    def __init__(self):
+        self.table: dict = {}
+        self.memo: dict = {}
+
+    def __call__(self, expr):
+        expr = sympy.sympify(expr)
+        if expr.is_Atom:
+            return expr
+        if expr in self.memo:
+            return self.memo[expr]
+        if isinstance(expr, ATOM_FUNCTIONS):
+            arg = sympy.expand(self(expr.args[0]))
+            key = (expr.func, arg)
+            if key not in self.table:
+                self.table[key] = sympy.Symbol(f"_atom{len(self.table)}")
+            out = self.table[key]
+        else:
+            out = expr.func(*[self(a) for a in expr.args])
+        self.memo[expr] = out
+        return out
+
+
+class ModularPoint:
+    """Exact evaluation of SymPy expressions at a random point modulo the prime 2^61 - 1.
+
+    Every symbol gets a random residue; sigma(u) and tanh(u) are treated as uninterpreted functions
+    whose value is a pseudo-random residue determined by the value of u. Two expressions that are
+    equal as polynomials in the symbols and the function values evaluate equally; two that differ
+    evaluate equally with probability at most (degree / 2^61) per point (Schwartz-Zippel). The DAG
+    is evaluated once per node (memoized), so large unrolled gradients cost little.
+    """
+
+    P = (1 << 61) - 1
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.symbols: dict = {}
+        self.memo: dict = {}
+        self.salt = int(self.rng.integers(1, 1 << 62))
+
+    def __call__(self, expr) -> int:
+        key = id(expr)
+        hit = self.memo.get(key)
+        if hit is not None:
+            return hit[0]
+        P = self.P
+        if expr.is_Symbol:
+            if expr not in self.symbols:
+                self.symbols[expr] = int(self.rng.integers(1, P))
+            v = self.symbols[expr]
+        elif expr.is_Integer:
+            v = int(expr) % P
+        elif expr.is_Rational:
+            v = int(expr.p) % P * pow(int(expr.q) % P, -1, P) % P
+        elif expr.is_Add:
+            v = sum(self(a) for a in expr.args) % P
+        elif expr.is_Mul:
+            v = 1
+            for a in expr.args:
+                v = v * self(a) % P
+        elif expr.is_Pow and expr.exp.is_Integer:
+            base = self(expr.base)
+            e = int(expr.exp)
+            v = pow(base, e, P) if e >= 0 else pow(pow(base, -1, P), -e, P)
+        elif isinstance(expr, ATOM_FUNCTIONS):
+            arg = self(expr.args[0])
+            v = hash((expr.func.__name__, arg, self.salt)) % P
+        else:
+            raise TypeError(f"cannot evaluate {type(expr).__name__} exactly")
+        self.memo[key] = (v, expr)  # keep expr alive so its id stays unique
+        return v
+
+
+def equal_at_points(a, b, points) -> bool:
+    return all(pt(sympy.sympify(a)) == pt(sympy.sympify(b)) for pt in points)
+
+
+def difference_is_zero(a, b, atomize: Atomizer) -> bool:
+    diff = sympy.expand(atomize(a) - atomize(b))
+    if diff == 0:
+        return True
+    # a rational expression (a spec with '/') may need cancellation before it is visibly 0
+    return sympy.cancel(sympy.together(diff)) == 0
+
+
+# ----------------------------------------------------------------------------------------- explicit
+def _vec(prefix, n):
+    return [sympy.Symbol(f"{prefix}_{k}", real=True) for k in range(n)]
+
+
+def _mat(prefix, m, n):
+    return sympy.Matrix(m, n, lambda i, j: sympy.Symbol(f"{prefix}_{i}_{j}", real=True))
+
+
+class ExplicitStep:
+    """The forward equations of one step (one sample) on explicit symbols for given sizes."""
+
+    def __init__(self, d: Derivation, sizes: dict):
+        self.d, self.sizes = d, sizes
+        cell, S = d.cell, d.symbols
+        self.leaf = {}  # symbol -> list of per-unit expressions (vectors) / Matrix (matrix params)
+        for name, q in cell.parameters.items():
+            dims = [sizes[x] for x in q.shape]
+            self.leaf[S.param(name)] = _mat(name, *dims) if len(dims) == 2 else _vec(name, dims[0])
+
+    def size(self, shape):
+        return self.sizes[shape[0]]
+
+    def run(self, inputs: dict, prev: dict, cut: dict | None = None) -> dict:
+        """inputs: name -> vector; prev: state -> vector; cut: symbol -> free vector replacing it.
+        Returns symbol -> per-unit list for every value, prev, term and parameter."""
+        d, S = self.d, self.d.symbols
+        cut = cut or {}
+        env = dict(self.leaf)
+        for n, v in inputs.items():
+            env[S.value(n)] = v
+        for n, v in prev.items():
+            env[S.prev(n)] = v
+        env.update({k: v for k, v in cut.items() if k in env})
+        for fe in d.forward:
+            for s in fe.expr.free_symbols:
+                info = S.info[s]
+                if info.kind == "term" and s not in env:
+                    operand = S.prev(info.operand) if info.prev else (
+                        S.param(info.operand) if info.operand in d.cell.parameters else S.value(info.operand))
+                    env[s] = cut.get(s) or list(env[S.param(info.matrix)] * sympy.Matrix(env[operand]))
+            lhs = S.value(fe.lhs)
+            if lhs in cut:
+                env[lhs] = cut[lhs]
+                continue
+            n = self.size(fe.shape)
+            env[lhs] = [self._unit(fe.expr, env, k) for k in range(n)]
+        return env
+
+    def _unit(self, expr, env, k):
+        sub = {}
+        for s in expr.free_symbols:
+            v = env[s]
+            sub[s] = v[k] if not isinstance(v, sympy.MatrixBase) else v
+        return expr.xreplace(sub)
+
+
+# ----------------------------------------------------------------------------------------- (a)
+def check_step(d: Derivation, sizes: dict | None = None) -> dict:
+    """Returns {"error": number of adjoint entries that differ, "checked": entries compared,
+    "failures": [target names]}."""
+    cell, S = d.cell, d.symbols
+    sizes = sizes or _default_sizes(cell)
+    ex = ExplicitStep(d, sizes)
+    inputs = {n: _vec(n, sizes[q.shape[0]]) for n, q in cell.inputs.items()}
+    prev = {n: _vec(f"{n}_prev", sizes[q.shape[0]]) for n, q in cell.states.items()}
+    seeds = {S.next(n): _vec(f"d{n}_next", sizes[q.shape[0]]) for n, q in cell.states.items()}
+    out_size = sizes[next(fe.shape for fe in d.forward if fe.lhs == cell.output)[0]]
+    seeds[S.cot()] = _vec("dy", out_size)
+
+    def loss(env):
+        total = sum(a * b for a, b in zip(seeds[S.cot()], env[S.value(cell.output)]))
+        for n in cell.states:
+            total += sum(a * b for a, b in zip(seeds[S.next(n)], env[S.value(n)]))
+        return total
+
+    base = ex.run(inputs, prev)
+    # the derived statements evaluated on the explicit forward
+    derived = dict(base)
+    derived.update(seeds)
+    for st in d.statements:
+        derived[st.target] = _evaluate_statement(st, derived, S)
+
+    atomize = Atomizer()
+    failures, checked = [], 0
+    for sym, adj in d.adjoint_of.items():
+        info = S.info[sym]
+        value = base[sym]
+        if isinstance(value, sympy.MatrixBase):
+            free = _mat(f"free_{info.name}", *value.shape)
+            saved = ex.leaf
+            ex.leaf = {**saved, sym: free}
+            env = ex.run(inputs, prev)
+            ex.leaf = saved
+            L = loss(env)
+            expected = [sympy.diff(L, free[i, j]).xreplace(dict(zip(free, value))) for i in range(value.rows)
+                        for j in range(value.cols)]
+            got = list(derived[adj])
+        else:
+            free = _vec(f"free_{info.name.replace('@', '_')}", len(value))
+            if info.kind in ("value", "term") and info.name not in cell.inputs:
+                env = ex.run(inputs, prev, cut={sym: free})
+            elif info.kind == "param":
+                saved = ex.leaf
+                ex.leaf = {**saved, sym: free}
+                env = ex.run(inputs, prev)
+                ex.leaf = saved
+            else:  # an input or a previous state: a leaf given to run()
+                ins = {**inputs, info.name: free} if info.kind == "value" else inputs
+                prv = {**prev, info.name: free} if info.kind == "prev" else prev
+                env = ex.run(ins, prv)
+            L = loss(env)
+            expected = [sympy.diff(L, f).xreplace(dict(zip(free, value))) for f in free]
+            got = list(derived[adj])
+        for e, g in zip(expected, got):
+            checked += 1
+            if not difference_is_zero(g, e, atomize):
+                failures.append(info.name)
+                break
+    return {"error": len(failures), "checked": checked, "failures": failures}
+
+
+def _evaluate_statement(st, env, S):
+    """One derived statement on explicit per-unit values (one sample, one step)."""
+    parts = None
+    if st.kind == "param_matrix":
+        total = None
+        for dl, v in st.outer:
+            term = sympy.Matrix(env[dl]) * sympy.Matrix(env[v]).T
+            total = term if total is None else total + term
+        return total
+    e = st.elementwise
+    # length: from any vector symbol in the statement
+    n = None
+    for s in e.free_symbols:
+        if not isinstance(env[s], sympy.MatrixBase):
+            n = len(env[s])
+            break
+    for matrix, dl in st.matvec:
+        contrib = list(env[S.param(matrix)].T * sympy.Matrix(env[dl]))
+        parts = contrib if parts is None else [a + b for a, b in zip(parts, contrib)]
+        n = len(contrib)
+    if n is None:
+        raise ValueError(f"cannot size statement {st.target}")
+    if e != 0:
+        vals = [e.xreplace({s: (env[s][k] if not isinstance(env[s], sympy.MatrixBase) else env[s])
+                            for s in e.free_symbols}) for k in range(n)]
+        parts = vals if parts is None else [a + b for a, b in zip(parts, vals)]
+    return parts if parts is not None else [sympy.S.Zero] * n
+
+
+def _default_sizes(cell) -> dict:
+    """Small explicit sizes with D != H: inputs' dimension 3, every other dimension 2."""
+    sizes = {}
+    for q in cell.inputs.values():
+        sizes[q.shape[-1]] = 3
+    for d in cell.dimensions:
+        sizes.setdefault(d, 2)
+    return sizes
+
+
+# ----------------------------------------------------------------------------------------- (b)
+def check_unrolled(d: Derivation, module, T: int = 2, B: int = 1, sizes: dict | None = None,
+                   exact: str = "points", stop_after: int | None = None) -> dict:
+    """Run the generated module on SymPy symbols and compare every gradient entry with sympy.diff of
+    the unrolled loss. Returns {"error": entries that differ (or inf on an exception), "checked": n}.
+
+    exact="expand": the difference of the two expressions is expanded (after replacing function
+    values by atoms) and must be 0: a proof, slow beyond T = 2. exact="points": both are evaluated
+    exactly at two random points modulo 2^61 - 1 (see ModularPoint): fast for longer sequences.
+    stop_after: stop after that many differing entries (negative controls need only one)."""
+    cell, S = d.cell, d.symbols
+    sizes = sizes or _default_sizes(cell)
+    sig = module.SIGNATURE
+
+    def arr(prefix, shape):
+        a = np.empty(shape, dtype=object)
+        for idx in np.ndindex(shape):
+            a[idx] = sympy.Symbol(f"{prefix}_{'_'.join(map(str, idx))}", real=True)
+        return a
+
+    params = {n: arr(n, tuple(sizes[x] for x in ds)) for n, ds in sig.parameters.items()}
+    seq = {n: arr(n, (T, B) + tuple(sizes[x] for x in ds)) for n, ds in sig.inputs.items()}
+    init = {n: arr(f"{n}0", (B,) + tuple(sizes[x] for x in ds)) for n, ds in sig.states.items()}
+    dy = arr("dy", (T, B) + tuple(sizes[x] for x in sig.output_dims))
+    d_final = {n: arr(f"d{n}T", (B,) + tuple(sizes[x] for x in ds)) for n, ds in sig.states.items()}
+
+    # independent unrolled loss: the spec's equations evaluated step by step, per sample
+    ex = ExplicitStep(d, sizes)
+    ex.leaf = {S.param(n): (sympy.Matrix(v) if v.ndim == 2 else list(v)) for n, v in params.items()}
+    L = sympy.S.Zero
+    for b in range(B):
+        state = {n: list(init[n][b]) for n in cell.states}
+        for t in range(T):
+            env = ex.run({n: list(seq[n][t, b]) for n in cell.inputs}, state)
+            L += sum(u * y for u, y in zip(dy[t, b], env[S.value(cell.output)]))
+            state = {n: env[S.value(n)] for n in cell.states}
+        for n in cell.states:
+            L += sum(u * s for u, s in zip(d_final[n][b], state[n]))
+
+    try:
+        with symbolic():
+            _, _, cache = module.forward(params, **seq, **{f"{s}0": v for s, v in init.items()})
+            grads = module.backward(cache, dy, d_final)
+    except Exception as exc:  # a broken generated module fails the check, it does not crash it
+        return {"error": float("inf"), "checked": 0, "failures": [f"{type(exc).__name__}: {exc}"]}
+
+    atomize = Atomizer()
+    points = [ModularPoint(seed) for seed in (1, 2)]
+    same = (lambda a, b: difference_is_zero(a, b, atomize)) if exact == "expand" else (
+        lambda a, b: equal_at_points(a, b, points))
+    leaves = [(n, params[n]) for n in params] + [(n, seq[n]) for n in seq] + [(f"{s}0", init[s]) for s in init]
+    failures, checked = [], 0
+    for key, arr_ in leaves:
+        got = grads.get(key)
+        if got is None or np.shape(got) != arr_.shape:
+            failures.append(f"{key}: missing or wrong shape")
+            continue
+        for idx in np.ndindex(arr_.shape):
+            checked += 1
+            if not same(got[idx], sympy.diff(L, arr_[idx])):
+                failures.append(f"{key}{list(idx)}")
+                if stop_after and len(failures) >= stop_after:
+                    return {"error": len(failures), "checked": checked, "failures": failures}
+    return {"error": len(failures), "checked": checked, "failures": failures}

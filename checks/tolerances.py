@@ -1,0 +1,33 @@
+"""Every tolerance of lstm-spec, in one table keyed by (method, dtype), with the reason for each.
+
+Errors are normwise relative: max |got - want| / max |want| over one array (a gradient, an output),
+so a tiny entry next to large ones is not held to an impossible relative standard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    value: float
+    reason: str
+
+
+TOLERANCES: dict[tuple[str, str], Tolerance] = {
+    ("symbolic", "sympy"): Tolerance(0.0, "exact: the difference must simplify to 0"),
+    ("unrolled", "sympy"): Tolerance(0.0, "exact: the difference must simplify to 0"),
+    ("complex_step", "complex128"): Tolerance(
+        1e-12, "complex step has no subtraction error (step 1e-30): agreement is at rounding level"),
+    ("finite_difference", "float64"): Tolerance(
+        1e-6, "central differences, step 1e-6 relative: truncation ~1e-12 plus cancellation ~1e-10"),
+    ("float32", "float32"): Tolerance(
+        1e-4, "float32 forward and backward against float64 on the same instance (eps 6e-8, T <= 6 steps)"),
+    ("torch", "float64"): Tolerance(
+        1e-10, "PyTorch CPU nn.LSTM / nn.LSTMCell in float64: same math, different summation order"),
+}
+
+
+def tolerance(method: str, dtype: str) -> float:
+    return TOLERANCES[(method, dtype)].value

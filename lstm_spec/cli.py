@@ -1,0 +1,118 @@
+"""The `lstm-spec` command: list, derive, generate, verify."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _cells(names):
+    from lstm_spec.derivations.build import load_cells
+
+    return load_cells(names)
+
+
+def cmd_list(args) -> int:
+    from lstm_spec.spec import builtin_cells, load
+
+    for name in builtin_cells():
+        cell = load(name)
+        print(f"{name:<12} {cell.title}: {cell.summary}")
+    return 0
+
+
+def cmd_derive(args) -> int:
+    from lstm_spec.derivations import derive
+    from lstm_spec.derivations.render import describe
+
+    for cell in _cells([args.cell]):
+        print(describe(derive(cell), latex=args.latex))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from pathlib import Path
+
+    from lstm_spec.derivations.build import generate, write
+
+    t0 = time.perf_counter()
+    cells = _cells(args.cells)
+    generated = generate(cells, Path(args.out) if args.out else None)
+    elapsed = time.perf_counter() - t0
+    if args.check:
+        stale = [g for g in generated if g.stale]
+        for g in stale:
+            sys.stdout.write(g.diff() or f"{g.path}: missing\n")
+        if stale:
+            print(f"\n{len(stale)} generated file(s) are stale: run `lstm-spec generate` and commit the result.",
+                  file=sys.stderr)
+            return 1
+        print(f"{len(generated)} generated file(s) up to date (derive + generate {elapsed:.1f} s).")
+        return 0
+    written = write(generated)
+    for p in written:
+        print(f"wrote {p}")
+    print(f"{len(generated)} cell(s), {len(written)} file(s) changed (derive + generate {elapsed:.1f} s).")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from lstm_spec.checks.runner import Progress, all_passed, format_table, verify_cell, verify_rules
+
+    t0 = time.perf_counter()
+    progress = Progress(enabled=not args.quiet)
+    cells = _cells(args.cells)
+    print(f"lstm-spec verify: {', '.join(c.name for c in cells)}", file=sys.stderr)
+    rows = verify_rules(progress)
+    for cell in cells:
+        rows += verify_cell(cell, progress, torch=not args.no_torch)
+    print(format_table(rows))
+    ok = all_passed(rows)
+    print(f"\n{'all checks passed' if ok else 'SOME CHECKS FAILED'} "
+          f"({len(rows)} rows, {time.perf_counter() - t0:.1f} s)")
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lstm-spec", description="A verified reference specification of the "
+                                "LSTM forward pass and backpropagation through time.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list the cells of the spec")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("derive", help="print the derived equations of a cell")
+    s.add_argument("cell", help="a built-in cell name or a path to a spec file")
+    s.add_argument("--latex", action="store_true", help="print LaTeX instead of plain text")
+    s.set_defaults(func=cmd_derive)
+
+    s = sub.add_parser("generate", help="write the generated NumPy reference into reference/")
+    s.add_argument("cells", nargs="*", help="cells to generate (default: all built-in cells)")
+    s.add_argument("--check", action="store_true", help="write nothing; exit 1 and show a diff if any file is stale")
+    s.add_argument("--out", help="directory to write to (default: the package's reference/ folder)")
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("verify", help="run every check on every cell and print the table")
+    s.add_argument("cells", nargs="*", help="cells to verify (default: all built-in cells)")
+    s.add_argument("--no-torch", action="store_true", help="leave out the PyTorch comparison")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.set_defaults(func=cmd_verify)
+    return p
+
+
+def main(argv=None) -> int:
+    from lstm_spec.spec import SpecError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"lstm-spec: spec error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
