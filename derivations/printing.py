@@ -21,9 +21,9 @@ def reorder(expr, symbols):
     incoming adjoints first in sums (printing with order='none' keeps that order)."""
 
     def rank_factor(f):
-        if isinstance(f, sympy.Symbol) and f in symbols.info and symbols.info[f].kind in ADJOINT_KINDS:
-            return 0
         if f.is_Number:
+            return 0
+        if isinstance(f, sympy.Symbol) and f in symbols.info and symbols.info[f].kind in ADJOINT_KINDS:
             return 1
         if isinstance(f, sympy.Symbol):
             return 2
@@ -126,13 +126,16 @@ class MathPrinter(LatexPrinter):
         sign = ""
         if factors and factors[0] == -1:
             sign, factors = "-", factors[1:]
+        coeff = ""
+        if factors and factors[0].is_Number:
+            coeff, factors = self._print(factors[0]) + " ", factors[1:]
         parts = []
         for f in factors:
             text = self._print(f)
             if isinstance(f, sympy.Add):
                 text = r"\left(%s\right)" % text
             parts.append(text)
-        return sign + r" \odot ".join(parts)
+        return sign + coeff + r" \odot ".join(parts)
 
     def _print_Sigmoid(self, e, exp=None):
         return r"\sigma\left(%s\right)" % self._print(e.args[0])

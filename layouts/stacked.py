@@ -51,10 +51,11 @@ def from_stacked(stacked: dict, order=GATES) -> dict:
     return out
 
 
-def to_torch_lstm(params: dict, bias_ih=None) -> dict:
+def to_torch_lstm(params: dict, bias_ih=None, order=GATES) -> dict:
     """Canonical parameters -> PyTorch nn.LSTM layer-0 tensors as NumPy arrays (gate order i, f, g, o).
-    PyTorch adds two biases; ``bias_ih`` (4H,) chooses the split (default: all of b in bias_ih)."""
-    s = to_stacked(params, GATES)
+    PyTorch adds two biases; ``bias_ih`` (4H,) chooses the split (default: all of b in bias_ih).
+    ``order`` exists to build deliberately wrong conversions for negative controls."""
+    s = to_stacked(params, order)
     b_ih = np.zeros_like(s["b"]) + (s["b"] if bias_ih is None else np.asarray(bias_ih))
     return {"weight_ih_l0": s["W"], "weight_hh_l0": s["U"], "bias_ih_l0": b_ih, "bias_hh_l0": s["b"] - b_ih}
 

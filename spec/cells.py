@@ -208,6 +208,13 @@ def _build(data: dict, source: str, path: Path) -> Cell:
         loc = f"{where}, line {line}, equation '{text.strip()}'" if line else f"{where}, equation '{text.strip()}'"
         equations.append(parse_equation(text, loc, line))
 
+    for s in tables["states"]:
+        if f"{s}0" in declared or f"{s}0" in dims:
+            raise SpecError(f"{where}: {s}0 is the name of state {s!r}'s initial value; rename {s}0")
+    for d in dims:
+        if d in declared:
+            raise SpecError(f"{where}: {d!r} is both a dimension and a {declared[d].role}")
+
     shapes: dict[str, tuple[str, ...]] = {}
     used: set[str] = set()
     for eq in equations:
@@ -219,6 +226,8 @@ def _build(data: dict, source: str, path: Path) -> Cell:
         if eq.lhs in shapes:
             raise SpecError(f"{loc}: {eq.lhs!r} is defined twice")
         _check_name(eq.lhs, loc, "quantity")
+        if eq.lhs in dims or any(eq.lhs == f"{st}0" for st in tables["states"]):
+            raise SpecError(f"{loc}: {eq.lhs!r} is already a dimension or an initial-state name")
         shape = _infer(eq.rhs, loc, declared, shapes, functions, used)
         if shape is None or len(shape) != 1:
             raise SpecError(f"{loc}: the right-hand side must be a vector, got "

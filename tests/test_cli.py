@@ -1,0 +1,45 @@
+"""The command line: verify prints the table and exits 0 only when everything passes."""
+
+import subprocess
+import sys
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "lstm_spec", *args], capture_output=True, text=True)
+
+
+def test_verify_prints_table_and_passes():
+    res = cli("verify")
+    assert res.returncode == 0, res.stdout + res.stderr
+    for check in ("(a) symbolic, one step", "(b) symbolic, unrolled T=2", "(c) complex step",
+                  "(c) finite differences", "(d) PyTorch"):
+        line = next(l for l in res.stdout.splitlines() if check in l)
+        assert "pass" in line and "caught" in line
+    assert "all checks passed" in res.stdout
+    assert "... lstm: (c) complex step" in res.stderr  # progress
+
+
+def test_verify_fails_on_a_stale_generated_module(tmp_path, monkeypatch):
+    """Run verify in-process with the committed module replaced by a mutant: exit code 1."""
+    from lstm_spec import cli as cli_module
+    from lstm_spec.checks import mutants, runner
+    from lstm_spec.derivations.build import REFERENCE_DIR
+
+    text = (REFERENCE_DIR / "lstm.py").read_text()
+    bad = mutants.load_module(mutants.mutate_code(text, mutants.recursion_line(text), "delete"))
+    monkeypatch.setattr(runner, "_module_for", lambda cell, text: bad)
+    assert cli_module.main(["verify", "lstm", "--quiet"]) == 1
+
+
+def test_derive_prints_plain_and_latex():
+    res = cli("derive", "lstm")
+    assert res.returncode == 0 and "d_z_o = d_o * o * (1 - o)" in res.stdout
+    res = cli("derive", "lstm", "--latex")
+    assert res.returncode == 0 and r"\delta z_{o,t}" in res.stdout
+
+
+def test_list_and_unknown_cell():
+    res = cli("list")
+    assert res.returncode == 0 and res.stdout.startswith("lstm")
+    res = cli("derive", "nope")
+    assert res.returncode == 2 and "unknown cell 'nope'" in res.stderr
