@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-torch", action="store_true", help="leave out the PyTorch comparison")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.set_defaults(func=cmd_verify)
+
+    from lstm_spec.conformance.cli import add_subcommands  # conform, vectors
+
+    add_subcommands(sub)
     return p
 
 

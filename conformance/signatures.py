@@ -1,0 +1,325 @@
+"""Diagnosis: the known bug signatures of LSTM implementations, each a way to re-run the reference
+*with that bug applied*. When a case fails, every signature that applies is tried; one that
+reproduces the target's numbers (every quantity it predicts within the case's tolerance, including
+the failing ones) names the bug. Sources: ../shared/anchors.md section 4 and the issue trackers cited
+there.
+
+Forward-side bugs transform the problem (parameters, direction, outputs) and run the generated
+reference; backward-side bugs run a *mutated copy of the generated module* (one line of its derived
+backward changed, as the negative controls of `lstm-spec verify` do) or transform its gradients.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from lstm_spec.checks.mutants import load_module
+from lstm_spec.checks.tolerances import TOLERANCES
+
+from .compare import compare
+from .problem import Problem, expected, run_sequence
+
+
+@dataclass
+class Signature:
+    key: str
+    title: str
+    explain: str
+    candidates: Callable  # (problem, target, got) -> iterable of (detail, predicted quantities, tolerance or None)
+    fitted: bool = False  # its parameter is fitted to the target's numbers: reported only when nothing exact is
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def _gates(problem):
+    return [n[2:] for n in problem.params[0] if n.startswith("W_")]
+
+
+def _with_params(problem, fn) -> Problem:
+    p = {k: np.asarray(v, np.float64).copy() for k, v in problem.params[0].items()}
+    fn(p)
+    return problem.with_(params=[p])
+
+
+def _ref(problem, target, module=None, dtype="float64", direction=None):
+    return expected(problem, module=module, dtype=dtype, biases=target.biases, with_grads=target.has_gradients,
+                    direction=direction)
+
+
+def _param_grad_keys(res):
+    return [k for k in res if k.startswith("d ") and k not in ("d x",) and not re.match(r"d \w+0$", k)]
+
+
+_MUTANTS: dict = {}
+
+
+def _mutant(module, how: str):
+    """A mutated copy of a generated reference module (cached)."""
+    key = (module.__name__, how)
+    if key in _MUTANTS:
+        return _MUTANTS[key]
+    text = inspect.getsource(module)
+    start = text.index("def backward(")
+    head, back = text[:start], text[start:]
+    if how.startswith("no_carry:"):  # zero one state's adjoint handed to the previous step
+        state = how.split(":")[1]
+        lines = back.splitlines()
+        for k, line in enumerate(lines):
+            m = re.match(r"(\s+)((?:d_\w+_next)(?:, d_\w+_next)*) = (.+)$", line)
+            if m and "_prev" in m.group(3):
+                values = [v.strip() for v in m.group(3).split(",")]
+                values = [f"0 * {v}" if v == f"d_{state}_prev" else v for v in values]
+                lines[k] = f"{m.group(1)}{m.group(2)} = {', '.join(values)}"
+                break
+        else:
+            return None
+        back = "\n".join(lines) + "\n"
+    elif how == "t0_recurrent_term":  # U gradients without the t = 0 outer product (h0 taken as zero)
+        if ", h[:-1], axes" not in back:
+            return None
+        back = back.replace(", h[:-1], axes", ", np.concatenate([0 * h[:1], h[1:-1]]), axes")
+    elif how == "loop_skips_t0":  # the backward loop stops before t = 0
+        if "for t in reversed(range(T)):" not in back:
+            return None
+        back = back.replace("for t in reversed(range(T)):", "for t in reversed(range(1, T)):")
+        back = back.replace("np.empty((T, B", "np.zeros((T, B")
+    else:
+        raise ValueError(how)
+    mod = load_module(head + back, f"{module.__name__}_mutant_{re.sub(r'[^a-z0-9]', '_', how)}")
+    _MUTANTS[key] = mod
+    return mod
+
+
+# ----------------------------------------------------------------------------------------- signatures
+def _permuted(problem, target, got):
+    gates = _gates(problem)
+    names = set(problem.params[0])
+    for perm in itertools.permutations(gates):
+        if perm == tuple(gates):
+            continue
+        src = dict(zip(gates, perm))  # the target computes gate g with the parameters of gate src[g]
+
+        def fn(p, src=src):
+            orig = {k: v.copy() for k, v in p.items()}
+            for g, s in src.items():
+                for kind in ("W", "U", "b"):
+                    if f"{kind}_{g}" in names:
+                        p[f"{kind}_{g}"] = orig[f"{kind}_{s}"]
+        res = _ref(_with_params(problem, fn), target)
+        out = {}
+        for k, v in res.items():
+            m = re.match(r"d ([WUb])_(\w)(\(..\))?$", k)
+            out[f"d {m.group(1)}_{src[m.group(2)]}{m.group(3) or ''}" if m and m.group(2) in src else k] = v
+        moved = [f"{g}<-{s}" for g, s in src.items() if g != s]
+        yield f"gate g computed with the parameters of gate s (g<-s): {', '.join(moved)}", out, None
+
+
+def _forget_bias(problem, target, got):
+    if "b_f" not in problem.params[0]:
+        return
+    for fb in (1.0,):
+        yield f"forget_bias = {fb} added to z_f at every step", _ref(
+            _with_params(problem, lambda p: p.__setitem__("b_f", p["b_f"] + fb)), target), None
+
+
+def _bias_twice(problem, target, got):
+    def fn(p):
+        for k in p:
+            if k.startswith("b_"):
+                p[k] = 2 * p[k]
+    res = _ref(_with_params(problem, fn), target)
+    for k in res:
+        if k.startswith("d b_"):
+            res[k] = 2 * res[k]
+    yield "every bias added twice", res, None
+
+
+def _bias_dropped(problem, target, got):
+    if target.biases == 1:
+        def fn(p):
+            for k in p:
+                if k.startswith("b_"):
+                    p[k] = 0 * p[k]
+        res = _ref(_with_params(problem, fn), target)
+        yield "the bias is never added", {k: v for k, v in res.items() if not k.startswith("d b_")}, None
+        return
+    for side, other in (("hh", "ih"), ("ih", "hh")):
+        keep = problem.bias_ih[0] if side == "hh" else {k: problem.params[0][k] - v
+                                                          for k, v in problem.bias_ih[0].items()}
+
+        def fn(p, keep=keep):
+            for k, v in keep.items():
+                p[k] = np.asarray(v, np.float64)
+        res = _ref(_with_params(problem, fn), target)
+        label = "recurrent-side bias (b_hh)" if side == "hh" else "input-side bias (b_ih)"
+        yield f"the {label} is dropped, only b_{other} is used", {
+            k: v for k, v in res.items() if not k.endswith(f"({side})")}, None
+
+
+def _reversed(problem, target, got):
+    if not problem.case.single:
+        return
+    flip = lambda r: {k: (v[::-1] if k == "y" else v) for k, v in r.items()}  # noqa: E731
+    res = flip(_ref(problem.with_(dy=problem.dy[::-1].copy()), target))
+    yield "outputs returned in reversed time order", res, None
+    other = "forward" if problem.case.direction == "reverse" else "reverse"
+    res = _ref(problem, target, direction=other)
+    yield f"sequence read in the wrong direction ({other}), outputs in original order", res, None
+    res = flip(_ref(problem.with_(dy=problem.dy[::-1].copy()), target, direction=other))
+    yield f"sequence read in the wrong direction ({other}), outputs in processing order", res, None
+
+
+def _final_off_by_one(problem, target, got):
+    case = problem.case
+    if not case.single or problem.lengths is not None or case.direction != "forward":
+        return
+    mod = problem.module
+    st = problem.states
+    f64 = lambda d: {k: np.asarray(v, np.float64) for k, v in d.items()}  # noqa: E731
+    params, init, x = f64(problem.params[0]), f64(problem.init[0]), problem.x.astype(np.float64)
+    T = x.shape[0]
+    dy = problem.dy.astype(np.float64)
+    zero = {s: np.zeros_like(init[s]) for s in st}
+    y, _, g_full = run_sequence(mod, params, x, init, dy, zero, with_grads=target.has_gradients)
+    _, prev, g_pre = run_sequence(mod, params, x[:T - 1], init, dy[:T - 1] * 0, f64(problem.d_final[0]),
+                                  with_grads=target.has_gradients)
+    res = {"y": y}
+    for s in st:
+        res[f"{s}_T"] = prev[s]
+    if target.has_gradients:
+        for k, v in g_full.items():
+            if k == "x":
+                gx = v.copy()
+                gx[:T - 1] += g_pre["x"]
+                res["d x"] = gx
+                continue
+            total = v + g_pre[k]
+            if k.startswith("b_") and target.biases == 2:
+                res[f"d {k}(ih)"] = res[f"d {k}(hh)"] = total
+            else:
+                res[f"d {k}"] = total
+    yield "final states are those of step T-1 (one step early)", res, None
+
+
+def _mutated(how, label):
+    def cands(problem, target, got):
+        if not target.has_gradients:
+            return
+        if how.startswith("no_carry:") and how.split(":")[1] not in problem.states:
+            return
+        mod = _mutant(problem.module, how)
+        if mod is None:
+            return
+        yield label, _ref(problem, target, module=mod), None
+    return cands
+
+
+def _averaged(problem, target, got):
+    if not target.has_gradients:
+        return
+    T, B = problem.case.shape[:2]
+    base = _ref(problem, target)
+    for label, n in ((f"batch size B = {B}", B), (f"sequence length T = {T}", T), (f"T * B = {T * B}", T * B)):
+        if n == 1:
+            continue
+        res = dict(base)
+        for k in _param_grad_keys(res):
+            res[k] = res[k] / n
+        yield f"parameter gradients divided by the {label}", res, None
+
+
+def _clipped(problem, target, got):
+    if not target.has_gradients:
+        return
+    base = _ref(problem, target)
+    keys = [k for k in _param_grad_keys(base) if k in got]
+    if not keys:
+        return
+    c = max(float(np.max(np.abs(got[k]))) for k in keys)
+    if c < max(float(np.max(np.abs(base[k]))) for k in keys):
+        res = dict(base)
+        for k in keys:
+            res[k] = np.clip(base[k], -c, c)
+        yield f"parameter gradients clipped elementwise to [-{c:.4g}, {c:.4g}]", res, None
+    n_got = np.sqrt(sum(float(np.sum(np.asarray(got[k], np.float64) ** 2)) for k in keys))
+    n_ref = np.sqrt(sum(float(np.sum(base[k] ** 2)) for k in keys))
+    if 0 < n_got < n_ref:
+        res = dict(base)
+        for k in keys:
+            res[k] = base[k] * (n_got / n_ref)
+        yield f"parameter gradients rescaled to global norm {n_got:.4g} (from {n_ref:.4g})", res, None
+
+
+def _precision(problem, target, got):
+    if problem.case.dtype != "float64":
+        return
+    tol = TOLERANCES[("conform", "float32")].value
+    yield "computed internally in float32 (inputs and outputs float64)", _ref(problem, target, dtype="float32"), tol
+
+
+SIGNATURES = [
+    Signature("gate_order", "gate blocks permuted",
+              "the gate blocks of the weights and biases are read in a different order than declared "
+              "(tensorflow #29308, coremltools #93, keras #8720)", _permuted),
+    Signature("forget_bias_runtime", "forget bias added at run time",
+              "a constant forget bias (TF1 forget_bias) added to the forget gate's pre-activation at every "
+              "step on top of the stored bias", _forget_bias),
+    Signature("bias_twice", "bias counted twice",
+              "the bias is added twice (a single bias mapped to both sides of a two-bias layout)", _bias_twice),
+    Signature("bias_dropped", "a bias dropped",
+              "one of two biases ignored, or the bias not added at all (keras-onnx #103, flax #3746)", _bias_dropped),
+    Signature("reversed_time", "reversed time order",
+              "outputs returned reversed, or the sequence read in the wrong direction (onnxruntime #4187, "
+              "onnx #2881, tensorflow #40345)", _reversed),
+    Signature("final_state_off_by_one", "final state off by one step",
+              "the final states returned are those after step T-1, not T", _final_off_by_one),
+    Signature("no_recurrent_gradient", "missing recurrent gradient",
+              "the adjoint of h is not passed back to the previous step (truncated to one step)",
+              _mutated("no_carry:h", "d h_{t-1} not propagated (no gradient through the recurrent weights)")),
+    Signature("no_cell_carry_gradient", "missing cell-carry gradient",
+              "the adjoint of c is not passed back through c_t = f * c_{t-1} + ...",
+              _mutated("no_carry:c", "d c_{t-1} not propagated (no gradient along the cell state)")),
+    Signature("t0_terms_missing", "t = 0 terms missing",
+              "the first step's terms are left out of the backward pass (invisible with zero initial states)",
+              lambda p, t, g: itertools.chain(
+                  _mutated("t0_recurrent_term", "recurrent weight gradients lack the t = 0 term (h0 taken as 0)")(p, t, g),
+                  _mutated("loop_skips_t0", "the backward loop stops before t = 0")(p, t, g))),
+    Signature("grad_averaged", "gradients averaged instead of summed",
+              "parameter gradients divided by the batch size or the number of steps", _averaged),
+    Signature("grad_clipped", "silent gradient clipping",
+              "parameter gradients clipped (elementwise or by global norm) before being returned", _clipped,
+              fitted=True),
+    Signature("reduced_precision", "reduced internal precision",
+              "a float64 interface computing in float32 inside", _precision),
+]
+
+
+@dataclass
+class Diagnosis:
+    key: str
+    title: str
+    detail: str
+
+
+def diagnose(problem: Problem, target, got: dict, failing: list[str], tolerance: float) -> list[Diagnosis]:
+    """Every signature that reproduces the target's results on this problem."""
+    found = []
+    for sig in SIGNATURES:
+        try:
+            for detail, pred, tol in sig.candidates(problem, target, got):
+                keys = [k for k in pred if k in got]
+                if not any(k in pred for k in failing):
+                    continue
+                rows = compare(problem, got, pred, tol or tolerance, keys)
+                if rows and all(r.passed for r in rows):
+                    found.append((sig.fitted, Diagnosis(sig.key, sig.title, detail)))
+                    break
+        except Exception:  # noqa: BLE001 - a signature that cannot apply is just not a match
+            continue
+    exact = [d for fitted, d in found if not fitted]
+    return exact or [d for _, d in found]

@@ -1,0 +1,214 @@
+"""Targets: what `lstm-spec conform` tests. A built-in adapter (torch, keras, flax, onnxruntime) or a
+user's implementation following the protocol of conformance/PROTOCOL.md, loaded from
+``package.module:object`` or ``path/to/file.py:object``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lstm_spec.layouts.frameworks import Layout, gate_names, grads_from_layout, to_layout
+
+from .problem import Case, Problem, slot_key
+
+
+class TargetError(Exception):
+    """A target that cannot be loaded or does not follow the protocol (message says what to fix)."""
+
+
+class Unavailable(TargetError):
+    """A framework that is not installed: reported as skipped with the install command."""
+
+    def __init__(self, name: str, install: str, why: str = ""):
+        super().__init__(f"{name} is not installed{': ' + why if why else ''}; install it with: {install}")
+        self.install = install
+
+
+class Target:
+    """What the runner needs from a target. Adapters subclass it; ``ProtocolTarget`` wraps a user's object."""
+
+    name = "target"
+    description = ""
+    cells: tuple = ("lstm",)
+    dtypes: tuple = ("float32", "float64")
+    features: frozenset = frozenset()  # "gradients", "reverse", "lengths", "bidirectional", "layers"
+    biases = 1
+    tolerance_key = "conform"
+
+    def versions(self) -> str:
+        return ""
+
+    def supports(self, case: Case) -> str | None:
+        """None, or why the case is skipped."""
+        if case.cell not in self.cells:
+            return f"cell {case.cell!r} not offered (offers {', '.join(self.cells)})"
+        if case.dtype not in self.dtypes:
+            return f"dtype {case.dtype} not offered"
+        if case.direction == "reverse" and "reverse" not in self.features:
+            return "no reverse direction"
+        if case.direction == "bidirectional" and "bidirectional" not in self.features:
+            return "not bidirectional"
+        if case.lengths is not None and "lengths" not in self.features:
+            return "no sequence lengths"
+        if case.layers > 1 and "layers" not in self.features:
+            return "single layer only"
+        return None
+
+    @property
+    def has_gradients(self) -> bool:
+        return "gradients" in self.features
+
+    def run(self, problem: Problem) -> dict:
+        raise NotImplementedError
+
+
+def _as_np(a):
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "detach"):  # torch
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+class ProtocolTarget(Target):
+    """A user's implementation: an object with a ``conformance`` dict and ``forward`` (and optionally
+    ``backward``); see conformance/PROTOCOL.md."""
+
+    def __init__(self, obj, label: str = ""):
+        meta = getattr(obj, "conformance", None)
+        if not isinstance(meta, dict):
+            raise TargetError(f"{label or obj!r}: expected an object with a `conformance` dict attribute "
+                              "(cell, params, gate_order, transposed, biases, batch_major, dtypes); see "
+                              "conformance/PROTOCOL.md")
+        if not callable(getattr(obj, "forward", None)):
+            raise TargetError(f"{label}: expected a callable `forward(params, x, **initial_states)`")
+        known = {"cell", "params", "gate_order", "transposed", "biases", "batch_major", "dtypes", "features",
+                 "name", "description"}
+        unknown = sorted(set(meta) - known)
+        if unknown:
+            raise TargetError(f"{label}: unknown conformance key(s) {unknown}; known: {sorted(known)}")
+        self.obj = obj
+        self.name = meta.get("name") or label or type(obj).__name__
+        cell = meta.get("cell", "lstm")
+        self.cells = (cell,)
+        self.dtypes = tuple(meta.get("dtypes", ("float32", "float64")))
+        order = meta.get("gate_order", ())
+        try:
+            self.layout = Layout(meta.get("params", "per_gate"), tuple(order), bool(meta.get("transposed", False)),
+                                 int(meta.get("biases", 1)), bool(meta.get("batch_major", False)))
+        except Exception as exc:
+            raise TargetError(f"{label}: {exc}") from exc
+        self.biases = self.layout.biases
+        feats = set(meta.get("features", ()))
+        bad = feats - {"reverse", "lengths"}
+        if bad:
+            raise TargetError(f"{label}: unknown feature(s) {sorted(bad)}; known: lengths, reverse")
+        if callable(getattr(obj, "backward", None)):
+            feats.add("gradients")
+        self.features = frozenset(feats)
+        lay = self.layout
+        self.description = meta.get("description") or (
+            f"user implementation, cell {cell}, {lay.params} parameters"
+            + (f" in gate order {''.join(lay.gate_order) or 'of the spec'}" if lay.params == "stacked" else "")
+            + (", transposed" if lay.transposed else "") + f", {lay.biases} bias(es), "
+            + ("batch-major" if lay.batch_major else "time-major")
+            + ("" if "gradients" in feats else ", forward only"))
+
+    def _kwargs(self, problem: Problem, slot: int) -> dict:
+        kw = {f"{s}0": problem.init[slot][s] for s in problem.states}
+        if problem.lengths is not None:
+            kw["lengths"] = problem.lengths.copy()
+        if problem.case.direction == "reverse":
+            kw["reverse"] = True
+        return kw
+
+    def run(self, problem: Problem) -> dict:
+        lay = self.layout
+        states = problem.states
+        bm = (lambda a: np.ascontiguousarray(np.swapaxes(a, 0, 1))) if lay.batch_major else (lambda a: a)  # noqa: E731
+        params = to_layout(problem.params[0], lay, problem.bias_ih[0])
+        x = bm(problem.x)
+        out = self.obj.forward(params, x, **self._kwargs(problem, 0))
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise TargetError(f"{self.name}.forward: expected (y, final states), got {type(out).__name__}")
+        y, final = out
+        final = self._states(final, states, "forward")
+        res = {"y": bm(_as_np(y))}
+        for s in states:
+            res[slot_key(f"{s}_T", "")] = _as_np(final[s])
+        if "gradients" in self.features:
+            g = self.obj.backward(params, x, dy=bm(problem.dy), d_final=dict(problem.d_final[0]),
+                                  **self._kwargs(problem, 0))
+            if not isinstance(g, dict):
+                raise TargetError(f"{self.name}.backward: expected a dict of gradients, got {type(g).__name__}")
+            g = {k: _as_np(v) for k, v in g.items()}
+            special = {"x"} | {f"{s}0" for s in states}
+            canon = grads_from_layout({k: v for k, v in g.items() if k not in special}, lay,
+                                      gate_names(problem.params[0]))
+            for k, v in canon.items():
+                res[f"d {k}"] = v
+            if "x" in g:
+                res["d x"] = bm(g["x"])
+            for s in states:
+                if f"{s}0" in g:
+                    res[f"d {s}0"] = g[f"{s}0"]
+        return res
+
+    def _states(self, final, states, where):
+        if isinstance(final, dict):
+            missing = [s for s in states if s not in final]
+            if missing:
+                raise TargetError(f"{self.name}.{where}: final states lack {missing}")
+            return final
+        if not isinstance(final, (tuple, list)) or len(final) != len(states):
+            raise TargetError(f"{self.name}.{where}: expected the final states as a dict {states} or a tuple "
+                              f"in the order {tuple(states)}")
+        return dict(zip(states, final))
+
+
+def load_object(spec: str):
+    """``package.module:object`` or ``path/to/file.py:object`` -> the object (a class is instantiated
+    without arguments)."""
+    if ":" not in spec:
+        raise TargetError(f"target {spec!r}: expected a built-in adapter name, `package.module:object` or "
+                          "`path/to/file.py:object`")
+    mod_name, _, attr = spec.rpartition(":")
+    if mod_name.endswith(".py") or "/" in mod_name:
+        path = Path(mod_name)
+        if not path.exists():
+            raise TargetError(f"target {spec!r}: no such file {path}")
+        name = f"lstm_spec_user_{path.stem}"
+        mspec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(mspec)
+        sys.modules[name] = module
+        mspec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise TargetError(f"target {spec!r}: cannot import {mod_name!r}: {exc}") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise TargetError(f"target {spec!r}: {mod_name} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if isinstance(obj, type):
+        obj = obj()
+    return obj
+
+
+def load_target(spec: str) -> Target:
+    """A built-in adapter by name, or a user's object through the protocol. Raises ``Unavailable``
+    when a framework is missing and ``TargetError`` for anything else the user can fix."""
+    from .adapters import ADAPTERS, load_adapter
+
+    if spec in ADAPTERS:
+        return load_adapter(spec)
+    obj = load_object(spec)
+    if isinstance(obj, Target):
+        return obj
+    return ProtocolTarget(obj, spec)

@@ -1,0 +1,209 @@
+"""Converters between lstm-spec's canonical per-gate parameters and the layouts of other systems, and
+the generic layout of the conformance protocol (``Layout``).
+
+Canonical (spec/lstm.toml): W_g (H, D), U_g (H, H), b_g (H,) for the gates g = f, i, c, o; one bias per
+gate; y = W_g x + U_g h + b_g.
+
+| system | input weights | recurrent weights | biases | gate order |
+|---|---|---|---|---|
+| PyTorch nn.LSTM / LSTMCell (`to_torch_lstm`, in stacked.py) | weight_ih (4H, D) | weight_hh (4H, H) | bias_ih + bias_hh, (4H,) each | i, f, g (= c), o |
+| Keras 3 LSTM (`to_keras_lstm`) | kernel (D, 4H), transposed | recurrent_kernel (H, 4H) | bias (4H,), one | i, f, c, o |
+| ONNX LSTM (`to_onnx_lstm`) | W [dirs, 4H, D] | R [dirs, 4H, H] | B [dirs, 8H] = Wb then Rb | i, o, f, c |
+| Flax linen LSTMCell / OptimizedLSTMCell (`to_flax_lstm`) | ii, if, ig, io: kernel (D, H), no bias | hi, hf, hg, ho: kernel (H, H) | bias on the h side only | i, f, g, o (named) |
+
+Differences that matter when converting (see also ../shared/anchors.md sections 1 and 2):
+
+- Two-bias systems (PyTorch, ONNX, cuDNN) add both biases: any split b = b_ih + b_hh is the same
+  model, and the gradient of *each* equals the gradient of our single b. A single-bias system given a
+  two-bias model needs b_ih + b_hh, not one of them (keras-onnx #103, flax #3746).
+- Keras stores kernels transposed ((D, 4H)); ONNX puts the output gate second (i, o, f, c).
+- Keras' ``unit_forget_bias`` adds 1 to the forget block once, at initialisation: the stored bias is
+  the bias. TF1's ``forget_bias`` is added at every step and not stored: convert with
+  ``b_f = stored + forget_bias``.
+- Flax's carry is ``(c, h)``, not ``(h, c)``.
+
+All converters are pure data movement (copies); gradients convert the same way, because every
+conversion is a permutation, a transposition or a split of a sum (see ``grads_from_layout``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .stacked import LayoutError
+
+LSTM_GATES = ("f", "i", "c", "o")
+KERAS_LSTM_ORDER = ("i", "f", "c", "o")
+ONNX_LSTM_ORDER = ("i", "o", "f", "c")
+FLAX_LSTM_NAMES = {"i": "i", "f": "f", "c": "g", "o": "o"}  # our gate -> Flax's letter
+
+
+def _blocks(params, kind, order):
+    return [np.asarray(params[f"{kind}_{g}"]) for g in order]
+
+
+# ----------------------------------------------------------------------------------------- Keras 3
+def to_keras_lstm(params: dict) -> dict:
+    """Canonical -> Keras 3 ``LSTM`` weights (``layer.cell.kernel``, ``recurrent_kernel``, ``bias``)."""
+    o = KERAS_LSTM_ORDER
+    return {"kernel": np.concatenate(_blocks(params, "W", o), axis=0).T.copy(),
+            "recurrent_kernel": np.concatenate(_blocks(params, "U", o), axis=0).T.copy(),
+            "bias": np.concatenate(_blocks(params, "b", o), axis=0)}
+
+
+def from_keras_lstm(weights: dict) -> dict:
+    """Keras 3 ``LSTM`` weights (kernel, recurrent_kernel, bias) -> canonical."""
+    out = {}
+    for kind, key, transpose in (("W", "kernel", True), ("U", "recurrent_kernel", True), ("b", "bias", False)):
+        a = np.asarray(weights[key])
+        a = a.T if transpose else a
+        if a.shape[0] % 4:
+            raise LayoutError(f"{key}: got shape {np.asarray(weights[key]).shape}, expected a 4H axis")
+        for g, blk in zip(KERAS_LSTM_ORDER, np.split(a, 4, axis=0)):
+            out[f"{kind}_{g}"] = blk.copy()
+    return out
+
+
+# ----------------------------------------------------------------------------------------- ONNX
+def to_onnx_lstm(params: dict, bias_ih: dict | None = None) -> dict:
+    """Canonical -> ONNX ``LSTM`` initializers for one direction: W [1, 4H, D], R [1, 4H, H],
+    B [1, 8H] (Wb then Rb), gates i, o, f, c. ``bias_ih`` ({b_g: part}) chooses the split of each
+    bias between Wb and Rb (default: all in Wb). For two directions concatenate on axis 0."""
+    o = ONNX_LSTM_ORDER
+    b = np.concatenate(_blocks(params, "b", o))
+    wb = np.concatenate([np.asarray(bias_ih[f"b_{g}"]) for g in o]) if bias_ih else np.zeros_like(b) + b
+    return {"W": np.concatenate(_blocks(params, "W", o))[None], "R": np.concatenate(_blocks(params, "U", o))[None],
+            "B": np.concatenate([wb, b - wb])[None]}
+
+
+def from_onnx_lstm(W, R, B=None, direction: int = 0) -> dict:
+    """ONNX ``LSTM`` W, R, B (one direction of them) -> canonical; Wb and Rb are summed."""
+    W, R = np.asarray(W)[direction], np.asarray(R)[direction]
+    H = R.shape[-1]
+    b = np.zeros(4 * H, W.dtype) if B is None else np.asarray(B)[direction]
+    b = b[:4 * H] + b[4 * H:]
+    out = {}
+    for k, g in enumerate(ONNX_LSTM_ORDER):
+        out[f"W_{g}"] = W[k * H:(k + 1) * H].copy()
+        out[f"U_{g}"] = R[k * H:(k + 1) * H].copy()
+        out[f"b_{g}"] = b[k * H:(k + 1) * H].copy()
+    return out
+
+
+# ----------------------------------------------------------------------------------------- Flax
+def to_flax_lstm(params: dict) -> dict:
+    """Canonical -> the ``params`` collection of Flax linen ``LSTMCell`` / ``OptimizedLSTMCell``:
+    {"ii": {"kernel": (D, H)}, ..., "hi": {"kernel": (H, H), "bias": (H,)}, ...}."""
+    out = {}
+    for g, n in FLAX_LSTM_NAMES.items():
+        out[f"i{n}"] = {"kernel": np.asarray(params[f"W_{g}"]).T.copy()}
+        out[f"h{n}"] = {"kernel": np.asarray(params[f"U_{g}"]).T.copy(), "bias": np.asarray(params[f"b_{g}"]).copy()}
+    return out
+
+
+def from_flax_lstm(tree: dict) -> dict:
+    """Flax linen LSTMCell ``params`` -> canonical (inverse of ``to_flax_lstm``)."""
+    out = {}
+    for g, n in FLAX_LSTM_NAMES.items():
+        out[f"W_{g}"] = np.asarray(tree[f"i{n}"]["kernel"]).T.copy()
+        out[f"U_{g}"] = np.asarray(tree[f"h{n}"]["kernel"]).T.copy()
+        out[f"b_{g}"] = np.asarray(tree[f"h{n}"]["bias"]).copy()
+    return out
+
+
+# ----------------------------------------------------------------------------------------- protocol
+@dataclass(frozen=True)
+class Layout:
+    """How a user's implementation wants its arrays (the conformance protocol, conformance/PROTOCOL.md).
+
+    params: "per_gate" (W_f, U_f, b_f, ... as in the spec) or "stacked" (W, U, b with the gate blocks
+    of ``gate_order`` on the first axis); transposed: matrices as (in, out), i.e. W_g (D, H) or W
+    (D, nH); biases: 1 (b_g / b) or 2 (b_g_ih + b_g_hh / b_ih + b_hh, both added); batch_major: x and
+    y as (B, T, ...) instead of (T, B, ...). Parameters that are not W/U/b of a gate (peepholes, ...)
+    pass through unchanged."""
+
+    params: str = "per_gate"
+    gate_order: tuple = ()
+    transposed: bool = False
+    biases: int = 1
+    batch_major: bool = False
+
+    def __post_init__(self):
+        if self.params not in ("per_gate", "stacked"):
+            raise LayoutError(f"layout params: expected 'per_gate' or 'stacked', got {self.params!r}")
+        if self.biases not in (1, 2):
+            raise LayoutError(f"layout biases: expected 1 or 2, got {self.biases!r}")
+
+
+def gate_names(param_names) -> tuple:
+    """The gates of a cell: the g of its W_g parameters, in the spec's order."""
+    return tuple(n[2:] for n in param_names if n.startswith("W_"))
+
+
+def _order(layout: Layout, gates) -> tuple:
+    order = tuple(layout.gate_order) or tuple(gates)
+    if sorted(order) != sorted(gates):
+        raise LayoutError(f"gate_order: expected a permutation of {tuple(gates)}, got {order}")
+    return order
+
+
+def to_layout(params: dict, layout: Layout, bias_ih: dict | None = None) -> dict:
+    """Canonical parameters -> the arrays of ``layout``. With two biases, ``bias_ih`` ({b_g: part})
+    is the input-side part and the recurrent side gets the rest (default: all on the input side)."""
+    gates = gate_names(params)
+    gated = {f"{k}_{g}" for k in ("W", "U", "b") for g in gates}
+    out = {k: np.asarray(v) for k, v in params.items() if k not in gated}
+    t = (lambda a: a.T.copy()) if layout.transposed else (lambda a: a.copy())  # noqa: E731
+    ih = {g: (np.asarray(bias_ih[f"b_{g}"]) if bias_ih else np.asarray(params[f"b_{g}"])) for g in gates}
+    if layout.params == "per_gate":
+        for g in gates:
+            out[f"W_{g}"], out[f"U_{g}"] = t(np.asarray(params[f"W_{g}"])), t(np.asarray(params[f"U_{g}"]))
+            if layout.biases == 1:
+                out[f"b_{g}"] = np.asarray(params[f"b_{g}"]).copy()
+            else:
+                out[f"b_{g}_ih"] = ih[g].copy()
+                out[f"b_{g}_hh"] = np.asarray(params[f"b_{g}"]) - ih[g]
+        return out
+    order = _order(layout, gates)
+    out["W"] = t(np.concatenate(_blocks(params, "W", order)))
+    out["U"] = t(np.concatenate(_blocks(params, "U", order)))
+    b = np.concatenate(_blocks(params, "b", order))
+    if layout.biases == 1:
+        out["b"] = b
+    else:
+        out["b_ih"] = np.concatenate([ih[g] for g in order])
+        out["b_hh"] = b - out["b_ih"]
+    return out
+
+
+def grads_from_layout(grads: dict, layout: Layout, gates) -> dict:
+    """A target's parameter gradients in ``layout`` -> canonical names; with two biases the keys are
+    ``b_g(ih)`` and ``b_g(hh)`` (each should equal the canonical gradient of b_g)."""
+    t = (lambda a: np.asarray(a).T) if layout.transposed else np.asarray  # noqa: E731
+    out = {}
+    if layout.params == "per_gate":
+        for k, v in grads.items():
+            if k.startswith(("W_", "U_")) and k[2:] in gates:
+                out[k] = t(v)
+            elif k.endswith(("_ih", "_hh")) and k.startswith("b_") and layout.biases == 2:
+                out[f"{k[:-3]}({k[-2:]})"] = np.asarray(v)
+            else:
+                out[k] = np.asarray(v)
+        return out
+    order = _order(layout, gates)
+    n = len(order)
+    stacked = {"W": "W", "U": "U"}
+    stacked.update({"b": "b"} if layout.biases == 1 else {"b_ih": "b", "b_hh": "b"})
+    for k, v in grads.items():
+        if k not in stacked:
+            out[k] = np.asarray(v)
+            continue
+        a = t(v)
+        if a.shape[0] % n:
+            raise LayoutError(f"gradient {k!r}: got shape {np.asarray(v).shape}, expected {n} gate blocks")
+        for g, blk in zip(order, np.split(a, n, axis=0)):
+            name = f"{stacked[k]}_{g}"
+            out[name if k in ("W", "U", "b") else f"{name}({k[-2:]})"] = blk
+    return out
