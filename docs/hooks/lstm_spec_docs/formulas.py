@@ -1,0 +1,156 @@
+"""Every formula of the site, produced from the derivation at build time.
+
+A derived formula is emitted as one HTML block
+
+    <div class="arithmatex lstm-derived" data-cell="lstm" data-section="backward" data-index="3"
+         data-target="d_c">\\[ <LaTeX of str(Rendered)> \\]</div>
+
+so that tests/test_docs.py can find every one of them on the built pages and compare it with what
+``lstm_spec.derivations.render`` gives for that cell, section and index. Composite formulas (the stacked
+4H layout, the concatenated input [x, h]) are assembled here from the derivation's own names and
+statements (``latex_name``, ``backward_equations``); they carry ``data-section="stacked"`` or
+``"concat"`` and are checked the same way against :func:`stacked_formulas` / :func:`concat_formulas`.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+
+from lstm_spec.derivations import derive
+from lstm_spec.derivations.render import backward_equations, forward_equations, latex_name
+from lstm_spec.spec import builtin_cells, load
+
+CANONICAL = "lstm"
+
+
+@functools.cache
+def derivation(cell: str):
+    return derive(load(cell))
+
+
+def cells() -> list[str]:
+    """Every built-in cell, canonical first."""
+    names = builtin_cells()
+    return sorted(names, key=lambda n: (n != CANONICAL, n))
+
+
+# ------------------------------------------------------------------------------------------ sections
+def forward(d) -> list[tuple[str, str]]:
+    """(plain target, LaTeX "target = expression") for every forward equation shown in LaTeX."""
+    plain = [r for r in forward_equations(d, latex=False) if r.kind != "aux"]
+    tex = forward_equations(d, latex=True)
+    assert len(plain) == len(tex), "forward_equations: plain and LaTeX lists differ in length"
+    return [(p.target, str(t)) for p, t in zip(plain, tex)]
+
+
+def backward(d) -> list[tuple[str, str, str]]:
+    """(plain target, kind, LaTeX "target = expression") for every backward statement."""
+    plain = backward_equations(d, latex=False)
+    tex = backward_equations(d, latex=True)
+    return [(p.target, t.kind, str(t)) for p, t in zip(plain, tex)]
+
+
+def _gate_params(d):
+    cell = d.cell
+    from lstm_spec.layouts import GATES
+
+    ok = all(f"{k}_{g}" in cell.parameters for k in ("W", "U", "b") for g in GATES)
+    # only where every pre-activation is exactly W_g x + U_g h[t-1] + b_g in the derivation's forward pass
+    fwd = {r.target: r.expression for r in forward_equations(d, latex=False)}
+    ok = ok and all(fwd.get(f"z_{g}") == f"W_{g} @ x + U_{g} @ h[t-1] + b_{g}" for g in GATES)
+    return GATES if ok else None
+
+
+def stacked_formulas(d) -> list[str]:
+    """The stacked 4H layout of a cell with per-gate W_g, U_g, b_g (g in layouts.GATES order),
+    assembled from the derivation's names and its parameter-gradient statements."""
+    gates = _gate_params(d)
+    if not gates:
+        return []
+    n = lambda name, t=None: latex_name(d, name, t)  # noqa: E731
+
+    def col(items):
+        return r"\begin{bmatrix} %s \end{bmatrix}" % r" \\ ".join(items)
+
+    z = col([n(f"z_{g}", "t") for g in gates])
+    fwd = (f"{z} = {col([n(f'W_{g}') for g in gates])} {n('x', 't')} + "
+           f"{col([n(f'U_{g}') for g in gates])} {n('h', 't-1')} + {col([n(f'b_{g}') for g in gates])}")
+    # gradients: stack the derivation's own parameter statements, gate by gate
+    by_target = {p: tex for p, _, tex in backward(d)}
+    rows = {}
+    for k in ("W", "U", "b"):
+        rows[k] = [by_target[f"d_{k}_{g}"].split(" = ", 1)[1] for g in gates]
+    grads = [r"%s = %s" % (col([r"\delta " + n(f"{k}_{g}") for g in gates]), col(rows[k])) for k in ("W", "U", "b")]
+    dz = col([r"\delta " + n(f"z_{g}", "t") for g in gates])
+    W = col([n(f"W_{g}") for g in gates])
+    U = col([n(f"U_{g}") for g in gates])
+    plain = {r.target: r.expression for r in backward_equations(d, latex=False)}
+    back = []
+    for mat, vec, t, key in (("W", W, "t", "d_x"), ("U", U, "t-1", "d_h_prev")):
+        terms = set(plain.get(key, "").split(" + "))
+        if terms == {f"{mat}_{g}^T d_z_{g}" for g in gates}:  # only where the derivation says exactly this
+            var = "x" if mat == "W" else "h"
+            back.append(r"\delta %s = {%s}^\top %s" % (n(var, t), vec, dz))
+    return [fwd] + grads + back
+
+
+def concat_formulas(d) -> list[str]:
+    """The concatenated-input form: one matrix [W_g  U_g] acting on [x_t; h_{t-1}] per gate, and
+    all gates stacked into A = [W U] of shape 4H x (D + H)."""
+    gates = _gate_params(d)
+    if not gates:
+        return []
+    n = lambda name, t=None: latex_name(d, name, t)  # noqa: E731
+    xh = r"\begin{bmatrix} %s \\ %s \end{bmatrix}" % (n("x", "t"), n("h", "t-1"))
+    out = []
+    for g in gates:
+        out.append(r"%s = \begin{bmatrix} %s & %s \end{bmatrix} %s + %s" % (
+            n(f"z_{g}", "t"), n(f"W_{g}"), n(f"U_{g}"), xh, n(f"b_{g}")))
+    out.append(r"\delta \begin{bmatrix} %s & %s \end{bmatrix} = \sum_{t} \delta %s\, %s^\top" % (
+        n(f"W_{gates[0]}"), n(f"U_{gates[0]}"), n(f"z_{gates[0]}", "t"), xh))
+    return out
+
+
+def section(d, name: str) -> list[tuple[str, str]]:
+    """(plain target, LaTeX) of one section of one cell, in page order: what the tests compare with."""
+    if name == "forward":
+        return forward(d)
+    if name == "backward":
+        return [(p, tex) for p, _, tex in backward(d)]
+    if name == "stacked":
+        return [(f"stacked{k}", tex) for k, tex in enumerate(stacked_formulas(d))]
+    if name == "concat":
+        return [(f"concat{k}", tex) for k, tex in enumerate(concat_formulas(d))]
+    raise KeyError(name)
+
+
+# ------------------------------------------------------------------------------------------ HTML
+def block(cell: str, sec: str, index: int, target: str, tex: str) -> str:
+    return (f'<div class="arithmatex lstm-derived" data-cell="{cell}" data-section="{sec}" '
+            f'data-index="{index}" data-target="{html.escape(target)}">\\[ {html.escape(tex, quote=False)} \\]</div>')
+
+
+def blocks(cell: str, sec: str, targets=None, kinds=None) -> str:
+    d = derivation(cell)
+    items = section(d, sec)
+    kind_of = {p: k for p, k, _ in backward(d)} if sec == "backward" else {}
+    out = []
+    for k, (target, tex) in enumerate(items):
+        if targets is not None and target not in targets:
+            continue
+        if kinds is not None and kind_of.get(target) not in kinds:
+            continue
+        out.append(block(cell, sec, k, target, tex))
+    if targets is not None:
+        missing = set(targets) - {t for t, _ in items}
+        if missing:
+            raise KeyError(f"cell {cell!r}, section {sec!r}: no equation for {sorted(missing)}; "
+                           f"targets are {[t for t, _ in items]}")
+    return "\n\n".join(out)
+
+
+def inline(cell: str, name: str, time: str | None = None) -> str:
+    """A quantity's name as the derivation prints it, as inline math."""
+    return r'<span class="arithmatex">\(%s\)</span>' % html.escape(latex_name(derivation(cell), name, time),
+                                                                     quote=False)

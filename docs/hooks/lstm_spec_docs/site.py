@@ -1,0 +1,197 @@
+"""The build step of the documentation: what the MkDocs hook (docs/hooks/lstm_docs.py) calls.
+
+- ``on_config``: the "Cells" section of the navigation gets one page per built-in cell
+  (``lstm_spec.spec.builtin_cells()``), so a new spec file gets its page without touching the docs.
+- ``on_files``: adds the generated pages (cells/*.md, api.md), the plots (img/*.svg, drawn by matplotlib
+  from the reference's numbers) and the math renderer (MathJax 3, copied from the ``mathjax`` folder that
+  the PyPI package django-static-mathjax installs; nothing is fetched from a network).
+- ``on_page_markdown``: expands the directives ``<!-- lstm-spec: ... -->`` of every page into formulas
+  from the derivation (formulas.py), numbers and tables from the reference (numbers.py) and the slides'
+  errata (errata.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+
+from . import api, errata, formulas, numbers
+
+DIRECTIVE = re.compile(r"<!-- lstm-spec: (.+?) -->")
+GENERATED_NOTE = ("<!-- GENERATED at build time by docs/hooks/lstm_spec_docs from {src}; "
+                  "edit that, not the built page. -->\n")
+
+
+# ------------------------------------------------------------------------------------------ MathJax
+def mathjax_file() -> str:
+    spec = importlib.util.find_spec("mathjax")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("MathJax not found: install the docs extra (pip install -e '.[docs]'), which "
+                           "brings django-static-mathjax (MathJax 3.2.2, vendored in a PyPI wheel)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "static", "mathjax", "es5", "tex-svg-full.js")
+    if not os.path.exists(path):
+        raise RuntimeError(f"MathJax: {path} is missing")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ pages
+def cell_title(name: str) -> str:
+    return formulas.derivation(name).cell.title
+
+
+def cell_page(name: str) -> str:
+    d = formulas.derivation(name)
+    cell = d.cell
+    canon = formulas.derivation(formulas.CANONICAL)
+    lines = [GENERATED_NOTE.format(src=f"spec/{name}.toml"), f"# {cell.title} (`{name}`)", "",
+             f"*{cell.summary}*", "", " ".join(cell.description.split()), ""]
+    dims = lambda q: " x ".join(q.shape)  # noqa: E731
+    rows = [(f"`{q.name}`", q.role, dims(q)) for q in list(cell.inputs.values()) + list(cell.states.values())
+            + list(cell.parameters.values())]
+    lines += ["## Quantities", "", numbers.table(["name", "role", "shape"], rows), "",
+              f"Output of a step: `{cell.output}`. Spec file: `spec/{name}.toml`; generated reference: "
+              f"`lstm_spec.reference.{name}` (`reference/{name}.py`).", ""]
+    lines += ["## Forward pass, one time step", "", f"<!-- lstm-spec: forward {name} -->", ""]
+    if formulas.stacked_formulas(d):
+        lines += ["In the stacked 4H layout (blocks in the order of `lstm_spec.layouts.GATES`):", "",
+                  f"<!-- lstm-spec: stacked {name} -->", ""]
+    lines += ["## Backward pass, one time step", "",
+              "Derived by lstm-spec's symbolic reverse mode; every line is checked by `lstm-spec verify`. "
+              "δq is the adjoint ∂L/∂q; products are elementwise; δs⁽ᵗ⁺¹⁾ is what step t+1 sends back to "
+              "state s; parameter gradients sum over time (and the batch).", "",
+              f"<!-- lstm-spec: backward {name} -->", "",
+              "Boundary conditions: at t = T the carried adjoints are the cotangents of the final states "
+              "(zero when the loss does not read them); the adjoints sent back by step 1 are the gradients "
+              "of the initial states.", ""]
+    if name != formulas.CANONICAL:
+        lines += ["## What differs from the canonical LSTM", "", diff_md(canon, d), ""]
+    return "\n".join(lines)
+
+
+def diff_md(a, b) -> str:
+    from lstm_spec.derivations.render import forward_equations
+
+    fa = {r.target: r.expression for r in forward_equations(a, latex=False)}
+    fb = {r.target: r.expression for r in forward_equations(b, latex=False)}
+    pa, pb = set(a.cell.parameters), set(b.cell.parameters)
+    sa, sb = set(a.cell.states), set(b.cell.states)
+    rows = []
+    for t in list(fa) + [t for t in fb if t not in fa]:
+        if t not in fb:
+            rows.append((f"`{t}`", f"`{fa[t]}`", "(not in this cell)"))
+        elif t not in fa:
+            rows.append((f"`{t}`", "(not in the canonical cell)", f"`{fb[t]}`"))
+        elif fa[t] != fb[t]:
+            rows.append((f"`{t}`", f"`{fa[t]}`", f"`{fb[t]}`"))
+    out = ["Forward equations that differ (plain text of the spec, as parsed):", "",
+           numbers.table(["quantity", "canonical `lstm`", f"`{b.cell.name}`"], rows) if rows else "(none)", ""]
+    out.append(f"Parameters only here: {', '.join(f'`{p}`' for p in sorted(pb - pa)) or 'none'}; "
+               f"canonical parameters not here: {', '.join(f'`{p}`' for p in sorted(pa - pb)) or 'none'}. "
+               f"States: {', '.join(f'`{s}`' for s in b.cell.states)}"
+               + ("" if sa == sb else f" (canonical: {', '.join(f'`{s}`' for s in a.cell.states)})") + ".")
+    nb, na = len(formulas.backward(b)), len(formulas.backward(a))
+    out.append("")
+    out.append(f"The derivation has {nb} backward statements here, {na} for the canonical cell.")
+    return "\n".join(out)
+
+
+def cells_index() -> str:
+    rows = [(f"[{cell_title(n)}]({n}.md)", f"`{n}`", formulas.derivation(n).cell.summary,
+             ", ".join(formulas.derivation(n).cell.states)) for n in formulas.cells()]
+    return (GENERATED_NOTE.format(src="spec/*.toml") + "# Cells\n\nOne page per cell of the spec "
+            "(`lstm_spec.spec.builtin_cells()`), generated at build time from its spec file and its "
+            "derivation. A new spec file gets its page on the next build.\n\n"
+            + numbers.table(["cell", "name", "summary", "states"], rows) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ directives
+def expand(args: list[str]) -> str:
+    what, rest = args[0], args[1:]
+    if what in ("forward", "backward", "stacked", "concat"):
+        cell = rest[0]
+        kinds = None
+        targets = None
+        for a in rest[1:]:
+            key, _, val = a.partition("=")
+            if key == "kinds":
+                kinds = val.split(",")
+            elif key == "targets":
+                targets = val.split(",")
+            else:
+                raise ValueError(f"unknown option {a!r}")
+        return formulas.blocks(cell, what, targets=targets, kinds=kinds)
+    if what == "name":  # name CELL QUANTITY [TIME]
+        return formulas.inline(rest[0], rest[1], rest[2] if len(rest) > 2 else None)
+    if what == "describe":
+        from lstm_spec.derivations.render import describe
+
+        return "```text\n" + describe(formulas.derivation(rest[0])) + "\n```"
+    if what == "worked-example":
+        return numbers.worked_example_md(rest[0])
+    if what == "ten-step":
+        return numbers.ten_step_md(rest[0])
+    if what == "flow-table":
+        return numbers.flow_table()
+    if what == "eigen-table":
+        return numbers.eigen_table()
+    if what == "truncation":
+        return numbers.truncation_md()
+    if what == "errata-checks":
+        rows = [(label, "inf" if err == float("inf") else f"{err:.1e}", worst.replace("|", "/"),
+                 "agrees" if ok else "**does not agree**") for label, err, worst, ok in errata.run_checks()]
+        return numbers.table(["slides' backward", "complex-step error", "worst at", "verdict"], rows)
+    if what == "errata-reference":
+        rows = [(n, f"{e:.1e}") for n, e in errata.against_reference()]
+        return numbers.table(["slides (corrected, peepholes 0) vs reference", "max abs difference"], rows)
+    if what == "tolerances":
+        from lstm_spec.checks.tolerances import TOLERANCES
+
+        return numbers.table(["method", "dtype", "tolerance", "why"],
+                             [(m, dt, f"{t.value:g}", t.reason) for (m, dt), t in TOLERANCES.items()])
+    if what == "layouts":
+        import lstm_spec.layouts as lay
+
+        doc = lay.__doc__ or ""
+        return "\n".join(line for line in doc.splitlines() if line.startswith("|"))
+    if what == "cells":
+        return "\n".join(f"- [{cell_title(n)}](cells/{n}.md) (`{n}`)" for n in formulas.cells())
+    raise ValueError(f"unknown directive {what!r}")
+
+
+def expand_page(markdown: str, where: str = "") -> str:
+    def sub(m):
+        try:
+            return expand(shlex.split(m.group(1)))
+        except Exception as exc:  # a broken directive fails the build, naming the page
+            raise RuntimeError(f"{where}: directive <!-- lstm-spec: {m.group(1)} -->: {exc}") from exc
+
+    return DIRECTIVE.sub(sub, markdown)
+
+
+# ------------------------------------------------------------------------------------------ MkDocs events
+def on_config(config):
+    cells_nav = [{"Overview": "cells/index.md"}] + [{cell_title(n): f"cells/{n}.md"} for n in formulas.cells()]
+    for entry in config["nav"] or []:
+        if isinstance(entry, dict) and "Cells" in entry:
+            entry["Cells"] = cells_nav
+    return config
+
+
+def on_files(files, config):
+    from mkdocs.structure.files import File
+
+    gen = [("cells/index.md", cells_index())]
+    gen += [(f"cells/{n}.md", cell_page(n)) for n in formulas.cells()]
+    gen += [("api.md", api.page())]
+    for uri, text in gen:
+        files.append(File.generated(config, uri, content=text))
+    files.append(File.generated(config, "img/gradient-flow.svg", content=numbers.plot_flow()))
+    files.append(File.generated(config, "img/eigenvalues.svg", content=numbers.plot_eigen()))
+    files.append(File.generated(config, "assets/mathjax/tex-svg-full.js", abs_src_path=mathjax_file()))
+    return files
+
+
+def on_page_markdown(markdown, page, config, files):
+    return expand_page(markdown, page.file.src_uri)
