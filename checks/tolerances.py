@@ -29,10 +29,11 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("conform", "float64"): Tolerance(
         1e-10, "conformance, a float64 implementation against the float64 reference: summation order only"),
     ("conform", "float32"): Tolerance(
-        2e-4, "conformance, a float32 implementation against the float64 reference on the same float32 "
-              "inputs: eps 6e-8 amplified through T <= 6 steps and sums over T * B"),
+        1e-4, "conformance, a float32 implementation against the float64 reference on the same float32 "
+              "inputs: eps 6e-8 amplified through T <= 6 steps and sums over T * B (measured <= 6e-7)"),
     ("conform:onnxruntime", "float32"): Tolerance(
-        1e-3, "ONNX Runtime's CPU LSTM approximates the logistic and tanh functions in float32"),
+        5e-4, "ONNX Runtime's CPU LSTM approximates the logistic and tanh functions in float32 "
+              "(measured <= 3e-7 with onnxruntime 1.31 on these cases)"),
 }
 
 

@@ -46,6 +46,7 @@ class Case:
     direction: str = "forward"
     lengths: tuple | None = None
     layers: int = 1
+    variant: str = ""  # which API of the target runs it (e.g. "nn.LSTMCell"); "" for the target's main one
 
     @property
     def ndir(self) -> int:
@@ -71,7 +72,8 @@ class Case:
             s += f" lengths={list(self.lengths)}"
         if self.layers > 1:
             s += f" layers={self.layers}"
-        return s + f" seed={self.seed}"
+        s += f" seed={self.seed}"
+        return f"{self.variant}: {s}" if self.variant else s
 
 
 def slot_key(base: str, slot: str) -> str:

@@ -6,7 +6,7 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -97,6 +97,15 @@ class Report:
             out[r.status] += 1
         return out
 
+    def max_errors(self) -> dict:
+        """dtype -> (largest relative error over passing and failing cases, where)."""
+        out: dict = {}
+        for r in self.results:
+            for row in r.rows:
+                if row.rel > out.get(r.case.dtype, (-1.0, ""))[0]:
+                    out[r.case.dtype] = (row.rel, f"{row.quantity}, {r.case.name}")
+        return out
+
     def diagnosis_summary(self) -> list[tuple[str, str, int]]:
         """(title, detail, number of failing cases it explains), most frequent first."""
         seen: dict = {}
@@ -107,8 +116,18 @@ class Report:
         return sorted(((t, d, n) for (t, d), n in seen.items()), key=lambda x: -x[2])
 
 
+def expand_variants(target: Target, cases) -> list[Case]:
+    """Each case on the target's main API, then on each further API (``target.variants``) where that
+    API supports it (a further API's unsupported cases are left out, not listed as skipped)."""
+    variants = list(getattr(target, "variants", ()) or [""])
+    out = [replace(c, variant=variants[0]) for c in cases]
+    for v in variants[1:]:
+        out += [replace(c, variant=v) for c in cases if target.supports(replace(c, variant=v)) is None]
+    return out
+
+
 def conform(target: Target, cases=None, progress=None, diagnose_failures: bool = True) -> Report:
-    cases = cases if cases is not None else default_cases(target.cells)
+    cases = expand_variants(target, cases if cases is not None else default_cases(target.cells))
     results = []
     for k, case in enumerate(cases, 1):
         r = run_case(target, case, diagnose_failures)
@@ -178,6 +197,8 @@ def format_report(report: Report, verbose: bool = True) -> str:
                 out.append("    diagnosis: signatures are tried on single-layer, single-direction cases")
     c = report.counts()
     out.append("")
+    for dt, (err, where) in sorted(report.max_errors().items()):
+        out.append(f"largest relative error in {dt}: {_fmt(err)} ({where})")
     out.append(f"{c['pass']} passed, {c['FAIL']} failed, {c['error']} errors, {c['skip']} skipped "
                f"(target {report.target.name})")
     summary = report.diagnosis_summary()

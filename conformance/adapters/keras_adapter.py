@@ -1,0 +1,76 @@
+"""Keras 3 adapter (TensorFlow backend): ``keras.layers.LSTM`` with ``return_sequences`` and
+``return_state``, in float32 and float64, forward and ``go_backwards``, sequence lengths as a mask,
+gradients from ``tf.GradientTape`` for the kernels, the bias, the input and the initial states.
+
+Keras' layout: kernel (D, 4H) and recurrent_kernel (H, 4H), transposed, gates i, f, c, o; one bias
+(4H,). Inputs are batch-major. Conventions translated here: ``go_backwards`` returns its outputs in
+reversed order (flipped back to original order); masked (padded) steps carry the previous output
+forward (not compared).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras  # noqa: E402
+from lstm_spec.layouts.frameworks import from_keras_lstm, to_keras_lstm  # noqa: E402
+
+from ..problem import Case, Problem  # noqa: E402
+from ..targets import Target, TargetError  # noqa: E402
+
+
+class KerasLSTM(Target):
+    name = "keras"
+    cells = ("lstm",)
+    dtypes = ("float32", "float64")
+    features = frozenset({"gradients", "reverse", "lengths"})
+    biases = 1
+
+    def __init__(self):
+        if keras.backend.backend() != "tensorflow":
+            raise TargetError(f"the keras adapter needs KERAS_BACKEND=tensorflow, got {keras.backend.backend()}")
+        self.description = "Keras 3 keras.layers.LSTM on the TensorFlow backend (go_backwards, masking), CPU"
+
+    def versions(self) -> str:
+        return f"keras {keras.__version__}, tensorflow {tf.__version__}"
+
+    def supports(self, case: Case) -> str | None:
+        return super().supports(case)
+
+    def run(self, problem: Problem) -> dict:
+        case = problem.case
+        T, B, D, H = case.shape
+        dt = case.dtype
+        reverse = case.direction == "reverse"
+        layer = keras.layers.LSTM(H, return_sequences=True, return_state=True, go_backwards=reverse, dtype=dt)
+        layer.build((B, T, D))
+        w = to_keras_lstm(problem.params[0])
+        layer.set_weights([w["kernel"], w["recurrent_kernel"], w["bias"]])
+        x = tf.constant(np.swapaxes(problem.x, 0, 1))
+        h0, c0 = tf.constant(problem.init[0]["h"]), tf.constant(problem.init[0]["c"])
+        mask = None
+        if problem.lengths is not None:
+            mask = tf.constant(np.arange(T)[None, :] < problem.lengths[:, None])
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([x, h0, c0])
+            y, hT, cT = layer(x, initial_state=[h0, c0], mask=mask)
+            y_tm = tf.transpose(y, [1, 0, 2])
+            if reverse:
+                y_tm = y_tm[::-1]  # go_backwards returns the outputs reversed: back to original order
+            loss = (tf.reduce_sum(y_tm * problem.dy) + tf.reduce_sum(hT * problem.d_final[0]["h"])
+                    + tf.reduce_sum(cT * problem.d_final[0]["c"]))
+        cell = layer.cell
+        variables = [cell.kernel, cell.recurrent_kernel, cell.bias]
+        gk, grk, gb, gx, gh0, gc0 = tape.gradient(loss, [v.value if hasattr(v, "value") else v for v in variables]
+                                                  + [x, h0, c0])
+        res = {"y": y_tm.numpy(), "h_T": hT.numpy(), "c_T": cT.numpy(), "d x": np.swapaxes(gx.numpy(), 0, 1),
+               "d h0": gh0.numpy(), "d c0": gc0.numpy()}
+        for k, v in from_keras_lstm({"kernel": gk.numpy(), "recurrent_kernel": grk.numpy(), "bias": gb.numpy()}).items():
+            res[f"d {k}"] = v
+        return res

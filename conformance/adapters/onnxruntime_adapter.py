@@ -1,0 +1,159 @@
+"""ONNX Runtime adapter: the ONNX ``LSTM`` operator, built with the ``onnx`` helper API and run by
+ONNX Runtime's CPU provider, forward only (ONNX Runtime has no training gradients here). Directions
+forward, reverse and bidirectional; ``sequence_lens``; ``layout`` 0 (time-major; ORT's CPU kernel rejects layout 1);
+two layers as two chained operators; diagonal peepholes ``P`` (cell ``peephole``) and
+``input_forget=1`` (cell ``cifg_f``, f = 1 - i) when those cells exist in the spec.
+
+ONNX's layout: W [dirs, 4H, D], R [dirs, 4H, H], B [dirs, 8H] (Wb then Rb), gates i, o, f, c; P
+[dirs, 3H] in the order i, o, f; Y [T, dirs, B, H]; a reverse pass returns its outputs in original
+time order. ONNX Runtime's float32 kernels approximate the logistic and tanh functions: its float32
+tolerance is looser (("conform:onnxruntime", "float32") in lstm_spec.checks.tolerances).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from lstm_spec.layouts.frameworks import ONNX_LSTM_ORDER
+
+from ..problem import Case, Problem, slot_key
+from ..targets import Target
+
+_ONNX_CELLS = {"lstm": {}, "peephole": {}, "cifg_f": {"input_forget": 1}}
+
+
+def _cell_exists(cell: str) -> bool:
+    try:
+        importlib.import_module(f"lstm_spec.reference.{cell}")
+    except ImportError:
+        return False
+    return True
+
+
+def onnx_lstm_weights(params: dict, bias_ih: dict) -> dict:
+    """One direction's W [4H, D], R [4H, H], B [8H] and, with peepholes, P [3H], from canonical
+    parameters (gates absent from the cell, e.g. f of a coupled cell, get zero blocks)."""
+    H = next(np.asarray(v).shape[0] for k, v in params.items() if k.startswith("U_"))
+    D = next(np.asarray(v).shape[1] for k, v in params.items() if k.startswith("W_"))
+    dt = next(iter(params.values())).dtype
+    z = lambda *s: np.zeros(s, dt)  # noqa: E731
+    W = np.concatenate([params.get(f"W_{g}", z(H, D)) for g in ONNX_LSTM_ORDER])
+    R = np.concatenate([params.get(f"U_{g}", z(H, H)) for g in ONNX_LSTM_ORDER])
+    b = np.concatenate([params.get(f"b_{g}", z(H)) for g in ONNX_LSTM_ORDER])
+    wb = np.concatenate([bias_ih.get(f"b_{g}", z(H)) for g in ONNX_LSTM_ORDER])
+    out = {"W": W, "R": R, "B": np.concatenate([wb, b - wb])}
+    if any(k.startswith("p_") for k in params):
+        out["P"] = np.concatenate([params.get(f"p_{g}", z(H)) for g in ("i", "o", "f")])
+    return out
+
+
+class OnnxRuntimeLSTM(Target):
+    name = "onnxruntime"
+    # ORT 1.31's CPU LSTM kernel: "LSTM operator does not support double yet"
+    dtypes = ("float32",)
+    features = frozenset({"reverse", "lengths", "bidirectional", "layers"})
+    biases = 2
+    tolerance_key = "conform:onnxruntime"
+    # ONNX Runtime's CPU LSTM kernel rejects layout=1 ("Batchwise recurrent operations (layout == 1) are
+    # not supported", onnxruntime 1.31): the batch-major graph is built by _model but not run by default.
+    variants = ()
+
+    def __init__(self):
+        self.cells = tuple(c for c in _ONNX_CELLS if _cell_exists(c))
+        self.description = ("ONNX LSTM operator (onnx helper API, opset 14) on ONNX Runtime's CPU provider, "
+                            "forward only; cells " + ", ".join(self.cells))
+
+    def versions(self) -> str:
+        return f"onnx {onnx.__version__}, onnxruntime {ort.__version__}"
+
+    def supports(self, case: Case) -> str | None:
+        why = super().supports(case)
+        if why:
+            return why
+        if case.variant == "layout=1" and (case.layers > 1 or case.ndir > 1):
+            return "layout=1 is tested on single-layer, single-direction cases"
+        return None
+
+    def _model(self, problem: Problem):
+        case = problem.case
+        T, B, D, _ = case.shape
+        H = problem.output_size
+        ndir = case.ndir
+        elem = TensorProto.DOUBLE if case.dtype == "float64" else TensorProto.FLOAT
+        layout = 1 if case.variant == "layout=1" else 0
+        direction = case.direction
+        nodes, inits = [], []
+        x_shape = [B, T, D] if layout else [T, B, D]
+        inputs = [helper.make_tensor_value_info("X", elem, x_shape)]
+        outputs = []
+        feed = {"X": np.swapaxes(problem.x, 0, 1) if layout else problem.x}
+        if problem.lengths is not None:
+            inputs.append(helper.make_tensor_value_info("seq", TensorProto.INT32, [B]))
+            feed["seq"] = problem.lengths.astype(np.int32)
+        cur = "X"
+        for layer in range(case.layers):
+            ws = [onnx_lstm_weights(problem.params[layer * ndir + d], problem.bias_ih[layer * ndir + d])
+                  for d in range(ndir)]
+            names = {}
+            for key in ("W", "R", "B", "P"):
+                if key in ws[0]:
+                    names[key] = f"{key}{layer}"
+                    inits.append(numpy_helper.from_array(np.stack([w[key] for w in ws]), names[key]))
+            for s in ("h", "c"):
+                name = f"init_{s}{layer}"
+                a = np.stack([problem.init[layer * ndir + d][s] for d in range(ndir)])
+                a = np.swapaxes(a, 0, 1) if layout else a
+                inputs.append(helper.make_tensor_value_info(name, elem, list(a.shape)))
+                feed[name] = np.ascontiguousarray(a)
+            ins = [cur, names["W"], names["R"], names["B"], "seq" if problem.lengths is not None else "",
+                   f"init_h{layer}", f"init_c{layer}", names.get("P", "")]
+            while ins[-1] == "":
+                ins.pop()
+            attrs = dict(hidden_size=H, direction=direction, **_ONNX_CELLS[case.cell])
+            if layout:
+                attrs["layout"] = 1
+            outs = [f"Y{layer}", f"Yh{layer}", f"Yc{layer}"]
+            nodes.append(helper.make_node("LSTM", ins, outs, **attrs))
+            st_shape = [B, ndir, H] if layout else [ndir, B, H]
+            outputs += [helper.make_tensor_value_info(o, elem, st_shape) for o in outs[1:]]
+            if layer + 1 < case.layers:  # [T, dirs, B, H] -> [T, B, dirs * H]
+                nodes.append(helper.make_node("Transpose", [f"Y{layer}"], [f"Yt{layer}"], perm=[0, 2, 1, 3]))
+                shape = f"shape{layer}"
+                inits.append(numpy_helper.from_array(np.array([T, B, ndir * H], np.int64), shape))
+                nodes.append(helper.make_node("Reshape", [f"Yt{layer}", shape], [f"X{layer + 1}"]))
+                cur = f"X{layer + 1}"
+        outputs.insert(0, helper.make_tensor_value_info(f"Y{case.layers - 1}", elem,
+                                                        [B, T, ndir, H] if layout else [T, ndir, B, H]))
+        graph = helper.make_graph(nodes, "lstm_spec_conformance", inputs, outputs, inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        return model, feed, layout
+
+    def run(self, problem: Problem) -> dict:
+        case = problem.case
+        model, feed, layout = self._model(problem)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        outs = sess.run(None, feed)
+        y = outs[0]
+        if layout:  # [B, T, dirs, H] -> [T, dirs, B, H]
+            y = np.transpose(y, (1, 2, 0, 3))
+        T, ndir, B, H = y.shape
+        res = {"y": np.transpose(y, (0, 2, 1, 3)).reshape(T, B, ndir * H)}
+        for layer in range(case.layers):
+            yh, yc = outs[1 + 2 * layer], outs[2 + 2 * layer]
+            if layout:
+                yh, yc = np.swapaxes(yh, 0, 1), np.swapaxes(yc, 0, 1)
+            for d in range(ndir):
+                slot = case.slots[layer * ndir + d]
+                res[slot_key("h_T", slot)] = yh[d]
+                res[slot_key("c_T", slot)] = yc[d]
+        return res
