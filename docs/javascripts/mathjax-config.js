@@ -6,7 +6,10 @@ window.MathJax = {
     inlineMath: [["\\(", "\\)"]],
     displayMath: [["\\[", "\\]"]],
     processEscapes: true,
-    processEnvironments: true
+    processEnvironments: true,
+    // an unknown macro or a TeX syntax error must show as an error node (mjx-merror), which the browser
+    // test looks for, not be rendered quietly in red or as its source
+    packages: { "[-]": ["noundefined", "noerrors"] }
   },
   options: {
     ignoreHtmlClass: ".*|",
