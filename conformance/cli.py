@@ -23,6 +23,13 @@ def cmd_conform(args) -> int:
     cases = default_cases(cells, dtypes)
     if args.quick:
         cases = [c for c in cases if c.direction == "forward" and c.lengths is None and c.layers == 1]
+    if args.case:
+        from .runner import expand_variants
+
+        cases = [c for c in expand_variants(target, cases) if args.case in c.name]
+        if not cases:
+            print(f"lstm-spec conform: no case name contains {args.case!r}", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
     print(f"lstm-spec conform: {target.name}, {len(cases)} cases", file=sys.stderr)
     report = conform(target, cases, progress=None if args.quiet else stderr_progress)
@@ -55,6 +62,7 @@ def add_subcommands(sub) -> None:
     s.add_argument("--dtype", dest="dtypes", action="append", choices=["float32", "float64"],
                    help="dtype(s) to test (default: both)")
     s.add_argument("--quick", action="store_true", help="forward-direction, full-length, one-layer cases only")
+    s.add_argument("--case", help="run only the cases whose name contains this text (as printed in the report)")
     s.add_argument("--failures-only", action="store_true", help="print the rows of failing cases only")
     s.add_argument("--allow-missing", action="store_true",
                    help="exit 0 (not 3) when the target's framework is not installed")

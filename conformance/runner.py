@@ -120,7 +120,9 @@ def expand_variants(target: Target, cases) -> list[Case]:
     """Each case on the target's main API, then on each further API (``target.variants``) where that
     API supports it (a further API's unsupported cases are left out, not listed as skipped)."""
     variants = list(getattr(target, "variants", ()) or [""])
-    out = [replace(c, variant=variants[0]) for c in cases]
+    done = [c for c in cases if c.variant]  # already expanded
+    cases = [c for c in cases if not c.variant]
+    out = done + [replace(c, variant=variants[0]) for c in cases]
     for v in variants[1:]:
         out += [replace(c, variant=v) for c in cases if target.supports(replace(c, variant=v)) is None]
     return out
