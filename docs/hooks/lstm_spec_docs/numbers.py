@@ -66,9 +66,9 @@ def worked_example():
     """The two-step worked example: D = 2, H = 2, B = 1, zero initial state, L = <v_1, h_1> + <v_2, h_2>."""
     rng = np.random.default_rng(6180)
     dims = {"D": 2, "H": 2}
-    params = {n: np.round(0.5 * rng.standard_normal([dims[d] for d in ds]), 1)
+    params = {n: np.round(0.5 * rng.standard_normal([dims[d] for d in ds]), 1) + 0.0  # + 0.0: no "-0"
               for n, ds in lstm.SIGNATURE.parameters.items()}
-    x = np.round(rng.standard_normal((2, 1, 2)), 1)
+    x = np.round(rng.standard_normal((2, 1, 2)), 1) + 0.0
     dy = np.array([[[0.5, -0.5]], [[1.0, 0.25]]])
     y, final, cache = lstm.forward(params, x)
     grads = lstm.backward(cache, dy, {})
@@ -103,7 +103,7 @@ def worked_example_md(part: str) -> str:
         rows = [(lbl, fmt(cache[k][0]), fmt(cache[k][1])) for lbl, k in names]
         rows += [("c_t", fmt(cache["c"][1]), fmt(cache["c"][2])), ("h_t", fmt(cache["h"][1]), fmt(cache["h"][2]))]
         return (table(["quantity", "t = 1", "t = 2"], rows)
-                + f"\n\nThe loss is L = <v_1, h_1> + <v_2, h_2> = **{w['L']:.6f}**.")
+                + f"\n\nThe loss is L = ⟨v_1, h_1⟩ + ⟨v_2, h_2⟩ = **{w['L']:.6f}**.")
     if part == "backward":
         rows = []
         for t in (2, 1):

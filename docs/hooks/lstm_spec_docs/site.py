@@ -19,6 +19,7 @@ import shlex
 
 from . import api, errata, formulas, numbers
 
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
 DIRECTIVE = re.compile(r"<!-- lstm-spec: (.+?) -->")
 GENERATED_NOTE = ("<!-- GENERATED at build time by docs/hooks/lstm_spec_docs from {src}; "
                   "edit that, not the built page. -->\n")
@@ -155,6 +156,39 @@ def expand(args: list[str]) -> str:
 
         doc = lay.__doc__ or ""
         return "\n".join(line for line in doc.splitlines() if line.startswith("|"))
+    if what == "module-doc":
+        import importlib
+        import inspect
+
+        doc = inspect.getdoc(importlib.import_module(rest[0])) or ""
+        return re.sub(r":(func|mod|class|meth):`\.?", "`", doc)  # Sphinx roles read as code here
+    if what == "command-help":
+        import subprocess
+        import sys
+
+        r = subprocess.run([sys.executable, "-m", "lstm_spec", rest[0], "--help"], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"lstm-spec {rest[0]} --help failed: {r.stderr}")
+        return r.stdout.rstrip()
+    if what in ("layout-table", "layout-notes"):
+        import importlib
+
+        doc = importlib.import_module(rest[0]).__doc__ or ""
+        if what == "layout-table":
+            return "\n".join(line for line in doc.splitlines() if line.startswith("|"))
+        notes = doc.split("Differences that matter when converting", 1)
+        return "Differences that matter when converting" + notes[1] if len(notes) == 2 else ""
+    if what == "bug-signatures":
+        from lstm_spec.conformance import SIGNATURES
+
+        return numbers.table(["key", "bug", "what it means (and where it was reported)"],
+                             [(f"`{s.key}`", s.title, s.explain) for s in SIGNATURES])
+    if what == "include-if-exists":
+        path = ROOT / rest[0]
+        if path.exists():
+            text = path.read_text(encoding="utf-8")
+            return re.sub(r"^#", "###", text, flags=re.M)  # nest its headings under this page's
+        return f'!!! note "Not written yet"\n    `{rest[0]}` does not exist yet; this section is filled from it.'
     if what == "cells":
         return "\n".join(f"- [{cell_title(n)}](cells/{n}.md) (`{n}`)" for n in formulas.cells())
     raise ValueError(f"unknown directive {what!r}")
