@@ -183,6 +183,8 @@ def expand(args: list[str]) -> str:
 
         return numbers.table(["key", "bug", "what it means (and where it was reported)"],
                              [(f"`{s.key}`", s.title, s.explain) for s in SIGNATURES])
+    if what == "include-code":  # include-code PATH LANG: a file of the repository, verbatim, as a code block
+        return f"```{rest[1]}\n" + (ROOT / rest[0]).read_text(encoding="utf-8").rstrip() + "\n```"
     if what == "include-if-exists":
         path = ROOT / rest[0]
         if path.exists():
