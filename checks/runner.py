@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from lstm_spec.derivations import derive
 from lstm_spec.derivations import functions as function_rules
 from lstm_spec.derivations import rules as matrix_rules
-from lstm_spec.derivations.build import generate
-from lstm_spec.spec import Cell, builtin_cells
+from lstm_spec.derivations.build import generate, is_builtin
+from lstm_spec.spec import Cell
 
 from . import mutants
 from .numeric import check_derivatives, check_float32
@@ -63,19 +63,22 @@ def format_table(rows: list[Row]) -> str:
 
 
 class Progress:
-    def __init__(self, stream=None, enabled=True):
-        self.stream = stream or sys.stderr
+    """Progress lines on stderr (picklable, so worker processes can report too)."""
+
+    def __init__(self, enabled=True):
         self.enabled = enabled
 
     def __call__(self, text):
         if self.enabled:
-            print(f"  ... {text}", file=self.stream, flush=True)
+            print(f"  ... {text}", file=sys.stderr, flush=True)
 
 
-def _module_for(cell: Cell, text: str):
-    """The committed generated module for a built-in cell, else the freshly generated text loaded in memory."""
-    if cell.name in builtin_cells() and cell.relpath.startswith("spec/"):
+def _module_for(cell: Cell, gen):
+    """The module to verify: the committed one for a built-in cell; for a user's spec file, the module
+    `lstm-spec generate PATH` wrote beside it, or (when there is none yet) the generated text in memory."""
+    if is_builtin(cell):
         return importlib.import_module(f"lstm_spec.reference.{cell.name}")
+    text = gen.current() or gen.text
     return mutants.load_module(text, f"lstm_spec_generated_{cell.name}")
 
 
@@ -96,6 +99,29 @@ def verify_rules(progress=None) -> list[Row]:
                 f"differ: {bad}" if bad else "")]
 
 
+def unrolled_sizes(cell: Cell) -> dict:
+    """Sizes for the unrolled symbolic check in `verify`: inputs 2 wide, every other dimension 1, so that
+    `sympy.diff` of the unrolled loss stays fast for every cell (the test suite also runs it with
+    2 hidden units). The one-step check (a) uses D = 3, H = 2."""
+    sizes = {d: 1 for d in cell.dimensions}
+    for q in cell.inputs.values():
+        sizes[q.shape[-1]] = 2
+    return sizes
+
+
+def verify_cells(cells: list[Cell], progress=None, torch: bool = True, jobs: int = 1) -> list[Row]:
+    """verify_cell for each cell, in ``jobs`` worker processes; rows come back in the cells' order."""
+    if jobs <= 1 or len(cells) <= 1:
+        return [row for cell in cells for row in verify_cell(cell, progress, torch)]
+    import concurrent.futures as cf
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(verify_cell, cell, progress, torch) for cell in cells]
+        return [row for f in futures for row in f.result()]
+
+
 def verify_cell(cell: Cell, progress=None, torch: bool = True) -> list[Row]:
     progress = progress or Progress(enabled=False)
     rows: list[Row] = []
@@ -108,8 +134,8 @@ def verify_cell(cell: Cell, progress=None, torch: bool = True) -> list[Row]:
 
     progress(f"{name}: derive and generate")
     (d, gen), secs = timed(lambda: (derive(cell), generate([cell])[0]))
-    module = _module_for(cell, gen.text)
-    if module.__name__.startswith("lstm_spec.reference."):
+    module = _module_for(cell, gen)
+    if is_builtin(cell) or gen.current() is not None:
         stale = gen.stale
         rows.append(Row(name, "generated code up to date", int(stale), 0, not stale, "-", secs,
                         f"{gen.path} is stale: run `lstm-spec generate`" if stale else ""))
@@ -126,9 +152,10 @@ def verify_cell(cell: Cell, progress=None, torch: bool = True) -> list[Row]:
                     f"{res['checked']} entries; differ: {res['failures']}"))
 
     # (b)
+    sizes = unrolled_sizes(cell)
     progress(f"{name}: (b) generated code on SymPy symbols, unrolled over T = 2")
-    res, secs = timed(lambda: check_unrolled(d, module, T=2))
-    ctl = check_unrolled(d, mutant, T=2, stop_after=1)
+    res, secs = timed(lambda: check_unrolled(d, module, T=2, sizes=sizes))
+    ctl = check_unrolled(d, mutant, T=2, sizes=sizes, stop_after=1)
     rows.append(Row(name, "(b) symbolic, unrolled T=2", res["error"], TOLERANCES[("unrolled", "sympy")].value,
                     res["error"] == 0, "caught" if ctl["error"] else "NOT CAUGHT", secs,
                     f"{res['checked']} entries; differ: {res['failures'][:5]}"))

@@ -1,12 +1,20 @@
-"""(d) PyTorch: nn.LSTM and nn.LSTMCell in float64, weights converted from our layout with the
-biases split at random between bias_ih and bias_hh, agree with the reference on outputs and on the
-gradients of every parameter, x, h0 and c0."""
+"""(d) PyTorch: the cells PyTorch has, run in float64 with weights built from ours, agree with the
+reference on the outputs and on the gradients of every parameter, x and the initial states.
+
+Our parameters become leaf tensors; PyTorch's weights are built from them with differentiable torch
+operations (concatenation in PyTorch's gate order; biases split between PyTorch's two biases as
+0.3 b + s and 0.7 b - s with a random s, so both of PyTorch's bias gradients are exercised), and the
+module is run with ``torch.func.functional_call``. The gradients PyTorch's autograd returns for our
+leaves are then directly comparable with ours. Each cell is compared with the full-sequence module
+(nn.LSTM, nn.GRU, nn.RNN) and, where PyTorch has one, with its single-step cell stepped over time.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+from typing import Callable
 
-from lstm_spec.layouts import GATES, from_stacked, to_torch_lstm
+import numpy as np
 
 from .cases import SHAPES, random_instance, rel_error, run
 
@@ -21,68 +29,124 @@ def torch_available():
     return True
 
 
-def _compare_lstm(module, inst, torch, use_cell: bool):
-    T, B = inst.dims["T"], inst.dims["B"]
-    D, H = inst.dims["D"], inst.dims["H"]
-    rng = np.random.default_rng(7)
-    split = rng.standard_normal(4 * H)
-    tp = to_torch_lstm(inst.params, bias_ih=split)
-    t = lambda a: torch.tensor(a, dtype=torch.float64, requires_grad=True)  # noqa: E731
-    x, h0, c0 = t(inst.seq["x"]), t(inst.init["h"]), t(inst.init["c"])
-    net = torch.nn.LSTMCell(D, H).double() if use_cell else torch.nn.LSTM(D, H).double()
-    suffix = "" if use_cell else "_l0"
-    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-    with torch.no_grad():
-        for k in kinds:
-            getattr(net, k + suffix).copy_(torch.tensor(tp[k + "_l0"]))
-    if use_cell:
-        h, c, ys = h0, c0, []
-        for step in range(T):
-            h, c = net(x[step], (h, c))
-            ys.append(h)
-        y = torch.stack(ys) if ys else torch.zeros((0, B, H), dtype=torch.float64)
-        hT, cT = h, c
+@dataclass
+class TorchEquivalent:
+    """How one of our cells maps onto PyTorch."""
+
+    sequence_module: Callable  # (torch, dims) -> nn.Module taking (x, state) over a sequence
+    cell_module: Callable | None  # (torch, dims) -> single-step nn.Module, or None
+    weights: Callable  # (torch, ours: dict of tensors, dims, seed) -> {torch parameter name: tensor}
+    states: tuple  # our state names in PyTorch's state order
+
+
+def _split(torch, b, seed):
+    s = torch.tensor(np.random.default_rng(seed).standard_normal(b.shape[0]), dtype=torch.float64)
+    return 0.3 * b + s, 0.7 * b - s
+
+
+def _lstm_weights(torch, p, dims, seed, gates=("i", "f", "c", "o")):
+    cat = lambda k: torch.cat([p[f"{k}_{g}"] for g in gates])  # noqa: E731
+    if "bW_f" in p:  # two-bias layout: ours map one to one
+        b_ih, b_hh = torch.cat([p[f"bW_{g}"] for g in gates]), torch.cat([p[f"bU_{g}"] for g in gates])
     else:
-        y, (hT, cT) = net(x, (h0[None], c0[None]))
-        hT, cT = hT[0], cT[0]
-    loss = (y * torch.tensor(inst.dy)).sum() + (hT * torch.tensor(inst.d_final["h"])).sum() + (
-        cT * torch.tensor(inst.d_final["c"])).sum()
+        b_ih, b_hh = _split(torch, cat("b"), seed)
+    out = {"weight_ih": cat("W"), "weight_hh": cat("U"), "bias_ih": b_ih, "bias_hh": b_hh}
+    if "W_hr" in p:
+        out["weight_hr"] = p["W_hr"]
+    return out
+
+
+def _gru_weights(torch, p, dims, seed):
+    cat = lambda k: torch.cat([p[f"{k}_{g}"] for g in ("r", "z", "n")])  # noqa: E731
+    r_ih, r_hh = _split(torch, p["b_r"], seed)
+    z_ih, z_hh = _split(torch, p["b_z"], seed + 1)
+    return {"weight_ih": cat("W"), "weight_hh": cat("U"), "bias_ih": torch.cat([r_ih, z_ih, p["b_n"]]),
+            "bias_hh": torch.cat([r_hh, z_hh, p["b_hn"]])}
+
+
+def _rnn_weights(torch, p, dims, seed):
+    b_ih, b_hh = _split(torch, p["b"], seed)
+    return {"weight_ih": p["W"], "weight_hh": p["U"], "bias_ih": b_ih, "bias_hh": b_hh}
+
+
+TORCH_EQUIVALENTS: dict[str, TorchEquivalent] = {
+    "lstm": TorchEquivalent(lambda t, d: t.nn.LSTM(d["D"], d["H"]), lambda t, d: t.nn.LSTMCell(d["D"], d["H"]),
+                            _lstm_weights, ("h", "c")),
+    "no_peepholes": TorchEquivalent(lambda t, d: t.nn.LSTM(d["D"], d["H"]),
+                                    lambda t, d: t.nn.LSTMCell(d["D"], d["H"]), _lstm_weights, ("h", "c")),
+    "lstm_two_bias": TorchEquivalent(lambda t, d: t.nn.LSTM(d["D"], d["H"]),
+                                     lambda t, d: t.nn.LSTMCell(d["D"], d["H"]), _lstm_weights, ("h", "c")),
+    "projection": TorchEquivalent(lambda t, d: t.nn.LSTM(d["D"], d["H"], proj_size=d["P"]), None,
+                                  _lstm_weights, ("h", "c")),
+    "gru_reset_after": TorchEquivalent(lambda t, d: t.nn.GRU(d["D"], d["H"]),
+                                       lambda t, d: t.nn.GRUCell(d["D"], d["H"]), _gru_weights, ("h",)),
+    "rnn_tanh": TorchEquivalent(lambda t, d: t.nn.RNN(d["D"], d["H"], nonlinearity="tanh"),
+                                lambda t, d: t.nn.RNNCell(d["D"], d["H"], nonlinearity="tanh"), _rnn_weights, ("h",)),
+}
+
+
+def _compare(module, inst, torch, eq: TorchEquivalent, use_cell: bool, weights=None):
+    from torch.func import functional_call
+
+    dims = inst.dims
+    T, B = dims["T"], dims["B"]
+    leaf = lambda a: torch.tensor(a, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    ours = {k: leaf(v) for k, v in inst.params.items()}
+    x = leaf(inst.seq["x"])
+    init = {s: leaf(inst.init[s]) for s in eq.states}
+    net = (eq.cell_module if use_cell else eq.sequence_module)(torch, dims).double()
+    w = (weights or eq.weights)(torch, ours, dims, 7)
+    suffix = "" if use_cell else "_l0"
+    w = {f"{k}{suffix}": v for k, v in w.items()}
+    state = tuple(init[s] for s in eq.states)
+    if use_cell:
+        ys = []
+        s = state if len(state) > 1 else state[0]
+        for t in range(T):
+            s = functional_call(net, w, (x[t], s))
+            ys.append(s[0] if isinstance(s, tuple) else s)
+        y = torch.stack(ys) if ys else torch.zeros((0, B, inst.dy.shape[-1]), dtype=torch.float64)
+        final = s if isinstance(s, tuple) else (s,)
+    else:
+        arg = tuple(v[None] for v in state)
+        y, final = functional_call(net, w, (x, arg if len(arg) > 1 else arg[0]))
+        final = tuple(f[0] for f in final) if isinstance(final, tuple) else (final[0],)
+    final = dict(zip(eq.states, final))
+    loss = (y * torch.tensor(inst.dy)).sum()
+    for s in eq.states:
+        loss = loss + (final[s] * torch.tensor(inst.d_final[s])).sum()
     loss.backward()
-    g = {k: getattr(net, k + suffix).grad.numpy() for k in kinds}
     ours_y, ours_final, ours_g = run(module, inst)
-    pairs = [("y", ours_y, y.detach().numpy()), ("h_T", ours_final["h"], hT.detach().numpy()),
-             ("c_T", ours_final["c"], cT.detach().numpy()),
-             ("x", ours_g["x"], x.grad.numpy()), ("h0", ours_g["h0"], h0.grad.numpy()),
-             ("c0", ours_g["c0"], c0.grad.numpy())]
-    # both PyTorch biases receive the gradient of our single bias
-    for bias in ("bias_ih", "bias_hh"):
-        theirs = from_stacked({"W": g["weight_ih"], "U": g["weight_hh"], "b": g[bias]}, GATES)
-        pairs += [(k if bias == "bias_ih" or not k.startswith("b_") else f"{k} (as {bias})", ours_g[k], theirs[k])
-                  for k in theirs if bias == "bias_ih" or k.startswith("b_")]
+    pairs = [("y", ours_y, y.detach().numpy())]
+    pairs += [(f"{s}_T", ours_final[s], final[s].detach().numpy()) for s in eq.states]
+    pairs += [("x", ours_g["x"], x.grad.numpy())]
+    pairs += [(f"{s}0", ours_g[f"{s}0"], init[s].grad.numpy()) for s in eq.states]
+    pairs += [(k, ours_g[k], ours[k].grad.numpy() if ours[k].grad is not None else np.zeros_like(inst.params[k]))
+              for k in inst.params]
     return pairs
 
 
-def check_torch(module, cell: str, shapes=None, seed: int = 0) -> dict:
-    """Returns {"error", "worst"}, or {"skipped": reason} when PyTorch has no such cell or is absent."""
+def check_torch(module, cell: str, shapes=None, seed: int = 0, weights=None) -> dict:
+    """Returns {"error", "worst"}, or {"skipped": reason} when PyTorch has no such cell or is absent.
+    ``weights`` replaces the conversion (negative controls build deliberately wrong ones)."""
     if cell not in TORCH_EQUIVALENTS:
         return {"skipped": f"PyTorch has no equivalent of cell {cell!r}"}
     if not torch_available():
         return {"skipped": f"PyTorch is not installed; {INSTALL}"}
     import torch
 
+    eq = TORCH_EQUIVALENTS[cell]
     shapes = shapes or SHAPES
     worst, where = 0.0, ""
     try:
         for k, shape in enumerate(shapes):
             inst = random_instance(module, shape, seed + 30 + k)
-            for use_cell in (False, True):
-                for label, ours, theirs in TORCH_EQUIVALENTS[cell](module, inst, torch, use_cell):
+            for use_cell in (False, True) if eq.cell_module else (False,):
+                for label, ours, theirs in _compare(module, inst, torch, eq, use_cell, weights):
                     err = rel_error(ours, theirs)
                     if err > worst:
-                        worst, where = err, f"{label} ({'nn.LSTMCell' if use_cell else 'nn.LSTM'}, shape {shape})"
+                        kind = "cell stepped" if use_cell else "sequence module"
+                        worst, where = err, f"{label} ({kind}, shape {shape})"
     except Exception as exc:
         return {"error": float("inf"), "worst": f"{type(exc).__name__}: {exc}"}
     return {"error": worst, "worst": where}
-
-
-TORCH_EQUIVALENTS = {"lstm": _compare_lstm}

@@ -45,9 +45,18 @@ def output_dir() -> Path:
     return REFERENCE_DIR
 
 
+def is_builtin(cell: Cell) -> bool:
+    return cell.relpath.startswith("spec/")
+
+
+def default_path(cell: Cell) -> Path:
+    """Built-in cells go to reference/; a user's spec file gets its module beside it (cell name + .py)."""
+    return output_dir() / f"{cell.name}.py" if is_builtin(cell) else cell.path.parent / f"{cell.name}.py"
+
+
 def generate(cells: list[Cell], out: Path | None = None) -> list[Generated]:
-    out = out or output_dir()
-    return [Generated(c, out / f"{c.name}.py", generate_module(derive(c))) for c in cells]
+    return [Generated(c, (out / f"{c.name}.py") if out else default_path(c), generate_module(derive(c)))
+            for c in cells]
 
 
 def write(generated: list[Generated]) -> list[Path]:

@@ -58,15 +58,16 @@ def cmd_generate(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from lstm_spec.checks.runner import Progress, all_passed, format_table, verify_cell, verify_rules
+    import os
+
+    from lstm_spec.checks.runner import Progress, all_passed, format_table, verify_cells, verify_rules
 
     t0 = time.perf_counter()
     progress = Progress(enabled=not args.quiet)
     cells = _cells(args.cells)
     print(f"lstm-spec verify: {', '.join(c.name for c in cells)}", file=sys.stderr)
-    rows = verify_rules(progress)
-    for cell in cells:
-        rows += verify_cell(cell, progress, torch=not args.no_torch)
+    jobs = args.jobs or min(2, os.cpu_count() or 1)
+    rows = verify_rules(progress) + verify_cells(cells, progress, torch=not args.no_torch, jobs=jobs)
     print(format_table(rows))
     ok = all_passed(rows)
     print(f"\n{'all checks passed' if ok else 'SOME CHECKS FAILED'} "
@@ -88,15 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_derive)
 
     s = sub.add_parser("generate", help="write the generated NumPy reference into reference/")
-    s.add_argument("cells", nargs="*", help="cells to generate (default: all built-in cells)")
+    s.add_argument("cells", nargs="*", help="built-in cell names or paths to your own spec files (default: all "
+                   "built-in cells); a spec file's module is written beside it")
     s.add_argument("--check", action="store_true", help="write nothing; exit 1 and show a diff if any file is stale")
     s.add_argument("--out", help="directory to write to (default: the package's reference/ folder)")
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("verify", help="run every check on every cell and print the table")
-    s.add_argument("cells", nargs="*", help="cells to verify (default: all built-in cells)")
+    s.add_argument("cells", nargs="*", help="built-in cell names or paths to spec files (default: all built-in cells)")
     s.add_argument("--no-torch", action="store_true", help="leave out the PyTorch comparison")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.add_argument("--jobs", type=int, default=0, help="worker processes (default: 2 or the number of cores)")
     s.set_defaults(func=cmd_verify)
 
     from lstm_spec.conformance.cli import add_subcommands  # conform, vectors

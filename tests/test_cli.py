@@ -27,7 +27,7 @@ def test_verify_fails_on_a_stale_generated_module(tmp_path, monkeypatch):
 
     text = (REFERENCE_DIR / "lstm.py").read_text()
     bad = mutants.load_module(mutants.mutate_code(text, mutants.recursion_line(text), "delete"))
-    monkeypatch.setattr(runner, "_module_for", lambda cell, text: bad)
+    monkeypatch.setattr(runner, "_module_for", lambda cell, gen: bad)
     assert cli_module.main(["verify", "lstm", "--quiet"]) == 1
 
 

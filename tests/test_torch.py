@@ -21,12 +21,31 @@ def test_negative_control_dropped_recursion_is_caught(lstm_text):
     assert check_torch(bad, "lstm")["error"] > TOL
 
 
-def test_negative_control_permuted_gates_are_caught(monkeypatch):
+def test_negative_control_permuted_gates_are_caught():
     """Converting with the input and forget gates swapped is visible with random weights."""
-    import functools
+    from lstm_spec.checks.torch_check import _lstm_weights
 
-    from lstm_spec.checks import torch_check
-    from lstm_spec.layouts import to_torch_lstm
+    swapped = lambda torch, p, dims, seed: _lstm_weights(torch, p, dims, seed, gates=("f", "i", "c", "o"))  # noqa: E731
+    assert check_torch(lstm, "lstm", weights=swapped)["error"] > TOL
 
-    monkeypatch.setattr(torch_check, "to_torch_lstm", functools.partial(to_torch_lstm, order=("f", "i", "c", "o")))
-    assert check_torch(lstm, "lstm")["error"] > TOL
+
+@pytest.mark.parametrize("cell", ["lstm_two_bias", "projection", "gru_reset_after", "rnn_tanh", "no_peepholes"])
+def test_other_cells_agree_with_pytorch(cell):
+    import importlib
+
+    module = importlib.import_module(f"lstm_spec.reference.{cell}")
+    res = check_torch(module, cell)
+    assert res["error"] <= TOL, res
+
+
+def test_negative_control_gru_with_swapped_gates_is_caught():
+    from lstm_spec.checks.torch_check import _gru_weights
+    from lstm_spec.reference import gru_reset_after
+
+    def swapped(torch, p, dims, seed):
+        q = dict(p)
+        for k in ("W", "U", "b"):
+            q[f"{k}_r"], q[f"{k}_z"] = p[f"{k}_z"], p[f"{k}_r"]
+        return _gru_weights(torch, q, dims, seed)
+
+    assert check_torch(gru_reset_after, "gru_reset_after", weights=swapped)["error"] > TOL
