@@ -50,7 +50,34 @@ def dims_for(module, shape) -> dict:
     return dims
 
 
+KINK_MARGIN = 1e-4
+
+
 def random_instance(module, shape, seed: int, scale: float = 0.5) -> Instance:
+    """A random instance; for a cell with kinks (clips) one whose clipped values all stay at least
+    KINK_MARGIN away from the kinks, so finite differences never straddle one."""
+    for attempt in range(100):
+        inst = _draw(module, shape, seed + 7919 * attempt, scale)
+        if kink_distance(module, inst) >= KINK_MARGIN:
+            return inst
+    raise RuntimeError(f"no instance away from the kinks after 100 draws (shape {shape}, seed {seed})")
+
+
+def kink_distance(module, inst: Instance) -> float:
+    """Smallest | |v| - bound | over the cached values the module lists in KINKS (inf if none)."""
+    kinks = getattr(module, "KINKS", [])
+    if not kinks:
+        return float("inf")
+    _, _, cache = module.forward(inst.params, **inst.seq, **{f"{s}0": v for s, v in inst.init.items()})
+    dist = float("inf")
+    for key, bound in kinks:
+        values = np.abs(np.asarray(cache[key]))
+        if values.size:
+            dist = min(dist, float(np.min(np.abs(values - bound))))
+    return dist
+
+
+def _draw(module, shape, seed: int, scale: float) -> Instance:
     rng = np.random.default_rng(seed)
     sig = module.SIGNATURE
     dims = dims_for(module, shape)

@@ -19,11 +19,11 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from lstm_spec.derivations.functions import Sigmoid
+from lstm_spec.derivations.functions import Clip, ClipMask, Sigmoid
 from lstm_spec.derivations.reverse import Derivation
 from lstm_spec.reference._runtime import symbolic
 
-ATOM_FUNCTIONS = (Sigmoid, sympy.tanh)
+ATOM_FUNCTIONS = (Sigmoid, sympy.tanh, Clip, ClipMask)
 
 
 # ----------------------------------------------------------------------------------------- equality
@@ -39,8 +39,7 @@ class Atomizer:
         if expr in self.memo:
             return self.memo[expr]
         if isinstance(expr, ATOM_FUNCTIONS):
-            arg = sympy.expand(self(expr.args[0]))
-            key = (expr.func, arg)
+            key = (expr.func,) + tuple(sympy.expand(self(a)) for a in expr.args)
             if key not in self.table:
                 self.table[key] = sympy.Symbol(f"_atom{len(self.table)}")
             out = self.table[key]
@@ -93,8 +92,7 @@ class ModularPoint:
             e = int(expr.exp)
             v = pow(base, e, P) if e >= 0 else pow(pow(base, -1, P), -e, P)
         elif isinstance(expr, ATOM_FUNCTIONS):
-            arg = self(expr.args[0])
-            v = hash((expr.func.__name__, arg, self.salt)) % P
+            v = hash((expr.func.__name__, tuple(self(a) for a in expr.args), self.salt)) % P
         else:
             raise TypeError(f"cannot evaluate {type(expr).__name__} exactly")
         self.memo[key] = (v, expr)  # keep expr alive so its id stays unique

@@ -19,7 +19,7 @@ import re
 
 import sympy
 
-from .functions import FUNCTIONS
+from .functions import FUNCTIONS, kind_of
 from .printing import CodePrinter, print_ast, reorder
 from .render import backward_equations, forward_equations
 from .reverse import Derivation
@@ -155,7 +155,11 @@ def generate_module(d: Derivation) -> str:
     emit("")
     emit("import numpy as np")
     emit("")
-    runtime = sorted({FUNCTIONS[k].runtime_name for k in cell.functions.values()})
+    applied = set()
+    for e in [fe.expr for fe in d.forward] + [st.elementwise for st in d.statements]:
+        applied |= {a.func for a in e.atoms(sympy.Function)}
+    runtime = sorted({FUNCTIONS[k].runtime_name for k in cell.functions.values()} |
+                     {kind_of(f).runtime_name for f in applied})
     emit("from lstm_spec.reference._runtime import Signature, prepare, prepare_cotangents, " + ", ".join(runtime))
     emit("")
     emit(f"SIGNATURE = Signature(")
@@ -169,6 +173,19 @@ def generate_module(d: Derivation) -> str:
     emit(f"    output={cell.output!r},")
     emit(f"    output_dims={plan.shapes[cell.output]!r},")
     emit(")")
+    kinks = []
+    for st in d.statements:
+        for m in st.elementwise.atoms(sympy.Function):
+            if kind_of(m.func).kind == "clip_mask" and isinstance(m.args[0], sympy.Symbol):
+                arg = info[m.args[0]]
+                key = arg.name if arg.kind in ("value", "prev") else None
+                if key and (key, float(m.args[1])) not in kinks:
+                    kinks.append((key, float(m.args[1])))
+    if kinks:
+        emit("")
+        emit("# Where the derivative has kinks: (cached value, |value| at which the clip's derivative jumps).")
+        emit("# The numeric derivative checks draw instances whose values stay away from these.")
+        emit(f"KINKS = {kinks!r}")
     emit("")
     emit("")
 
@@ -226,7 +243,8 @@ def generate_module(d: Derivation) -> str:
         return loop_names.get(d.symbols.value(n.name)) if n.name not in cell.parameters else n.name
 
     def fwd_call(func, arg):
-        return f"{FUNCTIONS[cell.functions[func]].runtime_name}({arg})"
+        extra = [repr(float(a)) if a.denominator != 1 else str(a.numerator) for a in cell.function_args.get(func, ())]
+        return f"{FUNCTIONS[cell.functions[func]].runtime_name}({', '.join([arg] + extra)})"
 
     def fwd_matmul(node):
         s = d.symbols.term(node.left.name, node.right.name, node.right.prev)

@@ -50,13 +50,51 @@ class Identity(sympy.Function):
         return arg
 
 
+class ClipMask(sympy.Function):
+    """d clip(x, b)/dx: 1 where -b <= x <= b, else 0. At the kinks x = +-b it is 1 (the clip is taken as
+    differentiable from inside, as PyTorch's clamp does); the numeric checks keep away from the kinks."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        return sympy.S.Zero
+
+    def _eval_rewrite_as_Piecewise(self, x, b, **kwargs):
+        return sympy.Piecewise((1, (x >= -b) & (x <= b)), (0, True))
+
+    def _latex(self, printer, exp=None):
+        x, b = (printer._print(a) for a in self.args)
+        return r"\mathbb{1}\left[\left|%s\right| \le %s\right]" % (x, b)
+
+
+class Clip(sympy.Function):
+    """clip(x, b) = min(max(x, -b), b): ONNX's gate clip, TF's cell_clip. Piecewise linear, derivative
+    ClipMask(x, b)."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        if argindex != 1:
+            raise sympy.ArgumentIndexError(self, argindex)
+        return ClipMask(*self.args)
+
+    def _eval_rewrite_as_Piecewise(self, x, b, **kwargs):
+        return sympy.Piecewise((-b, x < -b), (x, x <= b), (b, True))
+
+    def _latex(self, printer, exp=None):
+        x, b = (printer._print(a) for a in self.args)
+        return r"\operatorname{clip}_{%s}\left(%s\right)" % (b, x)
+
+
 @dataclass(frozen=True)
 class FunctionKind:
     kind: str
     sympy_function: type
     runtime_name: str  # name of the numeric implementation in lstm_spec.reference._runtime
-    definition: object  # closed form, a callable taking a SymPy expression
+    definition: object  # closed form, a callable taking a SymPy expression (and the kind's parameters)
     derivative_text: str  # the rule as documented
+    parameters: tuple = ()  # names of constant parameters declared with the function (e.g. "bound")
+    declarable: bool = True  # False for functions that only appear in derivatives
 
 
 FUNCTIONS: dict[str, FunctionKind] = {
@@ -65,6 +103,10 @@ FUNCTIONS: dict[str, FunctionKind] = {
     "tanh": FunctionKind("tanh", sympy.tanh, "tanh", lambda x: (sympy.exp(x) - sympy.exp(-x))
                          / (sympy.exp(x) + sympy.exp(-x)), "tanh'(x) = 1 - tanh(x)^2"),
     "identity": FunctionKind("identity", Identity, "identity", lambda x: x, "identity'(x) = 1"),
+    "clip": FunctionKind("clip", Clip, "clip", lambda x, b: sympy.Piecewise((-b, x < -b), (x, x <= b), (b, True)),
+                         "clip'(x) = 1 if -b <= x <= b else 0 (1 at the kinks)", ("bound",)),
+    "clip_mask": FunctionKind("clip_mask", ClipMask, "clip_mask", None, "the derivative of clip", ("bound",),
+                              declarable=False),
 }
 
 
@@ -81,9 +123,33 @@ def confirm_rules() -> list[tuple[str, object]]:
     x = sympy.Symbol("x", real=True)
     out = []
     for fk in FUNCTIONS.values():
+        if fk.kind == "clip":
+            out.append((fk.kind, _confirm_clip(fk)))
+            continue
+        if not fk.declarable:
+            continue
         rule = sympy.diff(fk.sympy_function(x), x)
         closed = sympy.diff(fk.definition(x), x)
         rule_closed = rule.subs(fk.sympy_function(x), fk.definition(x)) if rule.has(fk.sympy_function) else rule
         diff = sympy.simplify((rule_closed - closed).rewrite(sympy.exp))
         out.append((fk.kind, diff))
     return out
+
+
+def _confirm_clip(fk) -> int:
+    """The clip rule against SymPy's derivative of the piecewise definition. Piecewise differences do
+    not simplify reliably, so both are compared exactly at points on every piece and at the kinks:
+    returns the number of points where they differ."""
+    x = sympy.Symbol("x", real=True)
+    bad = 0
+    for b in (sympy.Rational(1), sympy.Rational(5, 2)):
+        rule = sympy.diff(fk.sympy_function(x, b), x).rewrite(sympy.Piecewise)
+        closed = sympy.diff(fk.definition(x, b), x)
+        value_rule = fk.sympy_function(x, b).rewrite(sympy.Piecewise)
+        for point in (-3 * b, -b - sympy.Rational(1, 10**9), -b, -b / 2, 0, b / 3, b,
+                      b + sympy.Rational(1, 10**9), 4 * b):
+            if rule.subs(x, point) != closed.subs(x, point):
+                bad += 1
+            if value_rule.subs(x, point) != fk.definition(x, b).subs(x, point):
+                bad += 1
+    return bad

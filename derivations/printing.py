@@ -64,10 +64,17 @@ class CodePrinter(StrPrinter):
     def _print_Function(self, e):
         from .functions import kind_of
 
-        return f"{kind_of(e.func).runtime_name}({self._print(e.args[0])})"
+        return f"{kind_of(e.func).runtime_name}({self._args(e)})"
+
+    def _args(self, e):
+        """The argument, then any constant parameters (e.g. a clip's bound) as plain numbers."""
+        extra = [repr(float(a)) if not a.is_Integer else str(a) for a in e.args[1:]]
+        return ", ".join([self._print(e.args[0])] + extra)
 
     _print_Sigmoid = _print_Function
     _print_tanh = _print_Function
+    _print_Clip = _print_Function
+    _print_ClipMask = _print_Function
 
     def _print_Rational(self, e):
         return f"({e.p}/{e.q})"
@@ -102,10 +109,15 @@ class PlainPrinter(CodePrinter):
         self.functions = functions  # sympy function class -> spec name
 
     def _print_Function(self, e):
-        return f"{self.functions.get(e.func, e.func.__name__)}({self._print(e.args[0])})"
+        from .functions import kind_of
+
+        name = self.functions.get(e.func) or kind_of(e.func).runtime_name
+        return f"{name}({self._args(e)})"
 
     _print_Sigmoid = _print_Function
     _print_tanh = _print_Function
+    _print_Clip = _print_Function
+    _print_ClipMask = _print_Function
 
     def _print_Rational(self, e):
         return f"{e.p}/{e.q}"

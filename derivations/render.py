@@ -107,6 +107,9 @@ def forward_latex(d: Derivation, ast, time="t") -> str:
     def call(func, arg):
         kind = cell.functions[func]
         head = {"logistic": r"\sigma", "tanh": r"\tanh"}.get(kind, r"\operatorname{%s}" % func)
+        args = cell.function_args.get(func, ())
+        if args:
+            head += "_{%s}" % ",".join(str(a) for a in args)
         return r"%s\left(%s\right)" % (head, arg)
 
     return print_ast(ast, "latex", name, call)

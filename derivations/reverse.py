@@ -138,6 +138,13 @@ def equations_to_sympy(cell: Cell, symbols: Symbols) -> list[ForwardEquation]:
     taken = set(cell.shapes) | set(cell.inputs) | set(cell.states) | set(cell.parameters) | set(cell.functions)
     hoisted: dict[Call, str] = {}
 
+    def fresh(base):
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}{k}", k + 1
+        taken.add(name)
+        return name
+
     def hoist(node, lhs, top=False):
         """A copy of the AST with every non-top-level call replaced by the name of its auxiliary."""
         if isinstance(node, BinOp):
@@ -147,16 +154,20 @@ def equations_to_sympy(cell: Cell, symbols: Symbols) -> list[ForwardEquation]:
         if isinstance(node, Pow):
             return Pow(hoist(node.base, lhs), node.exponent)
         if isinstance(node, Call):
-            call = Call(node.func, hoist(node.arg, lhs))
+            arg = hoist(node.arg, lhs)
+            if FUNCTIONS[cell.functions[node.func]].parameters and not isinstance(arg, (Name, Num)):
+                # a function with kinks (clip) gets a named argument, so the backward pass and the
+                # numeric checks can refer to the value whose kinks matter
+                name = fresh(f"{node.func}_arg_{lhs}")
+                out.append(ForwardEquation(name, conv(arg), True, "", arg, cell.shapes[lhs]))
+                arg = Name(name)
+            call = Call(node.func, arg)
             if top or cell.functions[node.func] == "identity":
                 return call
             if call not in hoisted:
                 arg = call.arg
                 base = f"{node.func}_{arg.name}" if isinstance(arg, Name) and not arg.prev else f"{node.func}_{lhs}"
-                name, k = base, 2
-                while name in taken:
-                    name, k = f"{base}{k}", k + 1
-                taken.add(name)
+                name = fresh(base)
                 hoisted[call] = name
                 out.append(ForwardEquation(name, conv(call), True, "", call, cell.shapes[lhs]))
             return Name(hoisted[call])
@@ -183,7 +194,8 @@ def equations_to_sympy(cell: Cell, symbols: Symbols) -> list[ForwardEquation]:
             return {"+": lambda: left + right, "-": lambda: left - right,
                     "*": lambda: left * right, "/": lambda: left / right}[node.op]()
         if isinstance(node, Call):
-            return FUNCTIONS[cell.functions[node.func]].sympy_function(conv(node.arg))
+            extra = [sympy.Rational(a.numerator, a.denominator) for a in cell.function_args.get(node.func, ())]
+            return FUNCTIONS[cell.functions[node.func]].sympy_function(conv(node.arg), *extra)
         raise TypeError(node)  # pragma: no cover
 
     for eq in cell.equations:

@@ -52,6 +52,32 @@ def identity(z):
     return z
 
 
+def clip(z, bound):
+    """min(max(z, -bound), bound). For complex z (complex-step checks) the real part decides the piece,
+    so the imaginary part carries the derivative: 1 inside, 0 where clipped."""
+    if z.dtype == object:
+        import sympy
+
+        from lstm_spec.derivations.functions import Clip
+
+        b = sympy.Rational(repr(float(bound)))
+        return _elementwise(lambda v: Clip(v, b), z)
+    inside = np.abs(z.real) <= bound
+    return np.where(inside, z, np.sign(z.real) * bound).astype(z.dtype, copy=False)
+
+
+def clip_mask(z, bound):
+    """The derivative of clip: 1 where |z| <= bound (kinks included), else 0."""
+    if z.dtype == object:
+        import sympy
+
+        from lstm_spec.derivations.functions import ClipMask
+
+        b = sympy.Rational(repr(float(bound)))
+        return _elementwise(lambda v: ClipMask(v, b), z)
+    return (np.abs(z.real) <= bound).astype(z.dtype)
+
+
 def _elementwise(fn, z):
     out = np.empty(z.shape, dtype=object)
     for idx in np.ndindex(z.shape):

@@ -12,6 +12,7 @@ import keyword
 import re
 import tomllib
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 from .language import (
@@ -66,6 +67,7 @@ class Cell:
     output: str
     latex: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # every defined quantity
+    function_args: dict[str, tuple] = field(default_factory=dict)  # spec name -> constant parameters
 
     def quantity(self, name: str) -> Quantity:
         for table in (self.inputs, self.states, self.parameters):
@@ -180,16 +182,37 @@ def _build(data: dict, source: str, path: Path) -> Cell:
     if not tables["states"]:
         raise SpecError(f"{where}: [states] declares no state")
 
-    functions = {}
+    functions, function_args = {}, {}
     for fname, kind in _table(data, "functions", where).items():
         if not isinstance(fname, str) or not IDENTIFIER.match(fname) or keyword.iskeyword(fname):
             raise SpecError(f"{where} [functions]: {fname!r} is not a valid function name")
         if fname in declared:
             raise SpecError(f"{where} [functions]: {fname!r} is already declared as a {declared[fname].role}")
-        if kind not in FUNCTIONS:
+        args = ()
+        if isinstance(kind, dict):  # a function with constant parameters: { kind = "clip", bound = 3 }
+            decl = dict(kind)
+            kind = decl.pop("kind", None)
+            if kind not in FUNCTIONS or not FUNCTIONS[kind].declarable:
+                raise SpecError(f"{where} [functions] {fname}: unknown function kind {kind!r}")
+            wanted = FUNCTIONS[kind].parameters
+            if set(decl) != set(wanted):
+                raise SpecError(f"{where} [functions] {fname}: kind {kind!r} takes exactly the parameters "
+                                f"{list(wanted)}, got {sorted(decl)}")
+            values = []
+            for pname in wanted:
+                v = decl[pname]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 1e6):
+                    raise SpecError(f"{where} [functions] {fname}: {pname} must be a positive number below 1e6, got {v!r}")
+                values.append(Fraction(str(v)))
+            args = tuple(values)
+        elif kind not in FUNCTIONS or not FUNCTIONS[kind].declarable:
             raise SpecError(f"{where} [functions] {fname}: unknown function kind {kind!r}; "
-                            f"known: {sorted(FUNCTIONS)}")
+                            f"known: {sorted(k for k, f in FUNCTIONS.items() if f.declarable)}")
+        elif FUNCTIONS[kind].parameters:
+            raise SpecError(f"{where} [functions] {fname}: kind {kind!r} needs its parameters: "
+                            f"{{ kind = \"{kind}\", {', '.join(f'{p} = ...' for p in FUNCTIONS[kind].parameters)} }}")
         functions[fname] = kind
+        function_args[fname] = args
 
     latex = {}
     for k, v in _table(data, "latex", where).items():
@@ -272,6 +295,7 @@ def _build(data: dict, source: str, path: Path) -> Cell:
         output=output,
         latex=latex,
         shapes=shapes,
+        function_args=function_args,
     )
 
 
