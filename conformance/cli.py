@@ -19,7 +19,7 @@ def cmd_conform(args) -> int:
         print(f"lstm-spec conform: {exc}", file=sys.stderr)
         return 2
     cells = args.cells or list(target.cells)
-    dtypes = args.dtypes or ["float64", "float32"]
+    dtypes = args.dtypes or [d for d in ("float64", "float32") if d in target.dtypes]
     cases = default_cases(cells, dtypes)
     if args.quick:
         cases = [c for c in cases if c.direction == "forward" and c.lengths is None and c.layers == 1]

@@ -245,7 +245,33 @@ class ReferenceLSTM:
         return _ref.backward(cache, dy, d_final)
 
 
+class NumpyPeephole:
+    """A hand-written, forward-only peephole LSTM (cell ``peephole``: i and f look at c_{t-1}, o at c_t),
+    per-gate layout. ``bug="output_peephole_old_cell"`` lets o look at c_{t-1}."""
+
+    def __init__(self, bug: str | None = None):
+        self.bug = bug
+        self.conformance = {"cell": "peephole", "params": "per_gate", "dtypes": ["float32", "float64"],
+                            "name": f"NumpyPeephole({'bug=' + repr(bug) if bug else 'correct'})"}
+
+    def forward(self, params, x, h0, c0):
+        P = params
+        h, c, ys = h0, c0, []
+        for t in range(x.shape[0]):
+            lin = {g: x[t] @ P[f"W_{g}"].T + h @ P[f"U_{g}"].T + P[f"b_{g}"] for g in "fico"}
+            f = _sig(lin["f"] + P["p_f"] * c)
+            i = _sig(lin["i"] + P["p_i"] * c)
+            c_new = f * c + i * np.tanh(lin["c"])
+            o = _sig(lin["o"] + P["p_o"] * (c if self.bug == "output_peephole_old_cell" else c_new))
+            c = c_new
+            h = o * np.tanh(c)
+            ys.append(h)
+        return np.stack(ys), (h, c)
+
+
 reference_lstm = ReferenceLSTM()
+correct_peephole = NumpyPeephole()
+broken_output_peephole = NumpyPeephole(bug="output_peephole_old_cell")
 correct = NumpyLSTM()
 correct_keras_like = NumpyLSTM(transposed=True, gate_order="ifco")
 correct_torch_like = NumpyLSTM(biases=2, batch_major=True)

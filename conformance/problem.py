@@ -118,7 +118,12 @@ class Problem:
 
 
 def bias_names(module) -> list[str]:
-    return [n for n in module.SIGNATURE.parameters if n.startswith("b_")]
+    """The biases a two-bias system splits into an input-side and a recurrent-side part (b = b_ih + b_hh).
+    A reset-after GRU's b_n (input side) and b_hn (inside r * (U_n h + b_hn)) are not such a sum."""
+    names = [n for n in module.SIGNATURE.parameters if n.startswith("b_")]
+    if "b_hn" in names:
+        names = [n for n in names if n not in ("b_n", "b_hn")]
+    return names
 
 
 def make_problem(case: Case, module=None) -> Problem:
@@ -247,7 +252,7 @@ def expected(problem: Problem, module=None, dtype="float64", biases: int = 1, wi
                                    np.ascontiguousarray(d_out[..., d * H:(d + 1) * H]), conv(problem.d_final[k]),
                                    problem.lengths, reverse_of(d))
             for name in problem.params[k]:
-                if name.startswith("b_") and biases == 2:
+                if name in problem.bias_ih[k] and biases == 2:
                     res[slot_key(f"d {name}(ih)", slot)] = g[name]
                     res[slot_key(f"d {name}(hh)", slot)] = g[name]
                 else:

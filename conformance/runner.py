@@ -65,7 +65,8 @@ def run_case(target: Target, case: Case, diagnose_failures: bool = True) -> Case
         return CaseResult(case, "skip", detail=why)
     tol, _ = tolerance_for(target, case.dtype)
     problem = make_problem(case)
-    want = expected(problem, biases=target.biases, with_grads=target.has_gradients)
+    problem.extra["biases"] = target.biases_for(case)
+    want = expected(problem, biases=problem.extra["biases"], with_grads=target.has_gradients)
     try:
         got = target.run(problem)
     except TargetError as exc:
@@ -129,7 +130,9 @@ def expand_variants(target: Target, cases) -> list[Case]:
 
 
 def conform(target: Target, cases=None, progress=None, diagnose_failures: bool = True) -> Report:
-    cases = expand_variants(target, cases if cases is not None else default_cases(target.cells))
+    if cases is None:
+        cases = default_cases(target.cells, [d for d in ("float64", "float32") if d in target.dtypes])
+    cases = expand_variants(target, cases)
     results = []
     for k, case in enumerate(cases, 1):
         r = run_case(target, case, diagnose_failures)

@@ -46,8 +46,12 @@ def _with_params(problem, fn) -> Problem:
     return problem.with_(params=[p])
 
 
+def _nb(problem, target) -> int:
+    return problem.extra.get("biases", target.biases)
+
+
 def _ref(problem, target, module=None, dtype="float64", direction=None):
-    return expected(problem, module=module, dtype=dtype, biases=target.biases, with_grads=target.has_gradients,
+    return expected(problem, module=module, dtype=dtype, biases=_nb(problem, target), with_grads=target.has_gradients,
                     direction=direction)
 
 
@@ -140,7 +144,7 @@ def _bias_twice(problem, target, got):
 
 
 def _bias_dropped(problem, target, got):
-    if target.biases == 1:
+    if _nb(problem, target) == 1:
         def fn(p):
             for k in p:
                 if k.startswith("b_"):
@@ -199,7 +203,7 @@ def _final_off_by_one(problem, target, got):
                 res["d x"] = gx
                 continue
             total = v + g_pre[k]
-            if k.startswith("b_") and target.biases == 2:
+            if k in problem.bias_ih[0] and _nb(problem, target) == 2:
                 res[f"d {k}(ih)"] = res[f"d {k}(hh)"] = total
             else:
                 res[f"d {k}"] = total
@@ -255,6 +259,42 @@ def _clipped(problem, target, got):
         yield f"parameter gradients rescaled to global norm {n_got:.4g} (from {n_ref:.4g})", res, None
 
 
+_SPEC_MUTANTS: dict = {}
+
+
+def _spec_mutant(cell: str, old: str, new: str):
+    """The cell's spec with ``old`` replaced by ``new`` in its equations, derived and generated in
+    memory: a reference *with the bug*, forward and backward, from the same machinery (cached)."""
+    key = (cell, old, new)
+    if key in _SPEC_MUTANTS:
+        return _SPEC_MUTANTS[key]
+    import tempfile
+    from pathlib import Path
+
+    from lstm_spec.derivations import derive
+    from lstm_spec.derivations.codegen import generate_module
+    from lstm_spec.spec import SPEC_DIR, load
+
+    mod = None
+    path = SPEC_DIR / f"{cell}.toml"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if old in text:
+        with tempfile.TemporaryDirectory() as d:
+            bad = Path(d) / f"{cell}_mutant.toml"
+            bad.write_text(text.replace(old, new), encoding="utf-8")
+            mod = load_module(generate_module(derive(load(bad))), f"lstm_spec_spec_mutant_{cell}")
+    _SPEC_MUTANTS[key] = mod
+    return mod
+
+
+def _peephole_old_cell(problem, target, got):
+    if "p_o" not in problem.params[0]:
+        return
+    mod = _spec_mutant(problem.case.cell, "p_o ⊙ c +", "p_o ⊙ c[t-1] +")
+    if mod is not None:
+        yield "the output gate's peephole reads c_{t-1} instead of c_t", _ref(problem, target, module=mod), None
+
+
 def _precision(problem, target, got):
     if problem.case.dtype != "float64":
         return
@@ -276,6 +316,9 @@ SIGNATURES = [
     Signature("reversed_time", "reversed time order",
               "outputs returned reversed, or the sequence read in the wrong direction (onnxruntime #4187, "
               "onnx #2881, tensorflow #40345)", _reversed),
+    Signature("output_peephole_old_cell", "output peephole on c_{t-1}",
+              "the output gate's peephole looks at the previous cell state instead of the new one (Lasagne #448 "
+              "and the peephole conventions of ONNX, TF1 and Greff et al.)", _peephole_old_cell),
     Signature("final_state_off_by_one", "final state off by one step",
               "the final states returned are those after step T-1, not T", _final_off_by_one),
     Signature("no_recurrent_gradient", "missing recurrent gradient",

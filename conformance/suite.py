@@ -67,7 +67,8 @@ def pytest_generate_tests(metafunc):
         raise pytest.UsageError(f"lstm-spec target {spec}: {exc}") from exc
     skips, xfails = _load_deviations(configured_xfail(metafunc.config))
     params = []
-    for case in expand_variants(target, default_cases(target.cells)):
+    dtypes = [d for d in ("float64", "float32") if d in target.dtypes]
+    for case in expand_variants(target, default_cases(target.cells, dtypes)):
         marks = []
         for s in skips:
             if _matches(s, case.name):

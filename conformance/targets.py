@@ -58,6 +58,10 @@ class Target:
             return "single layer only"
         return None
 
+    def biases_for(self, case: Case) -> int:
+        """1 or 2: whether this target splits the biases of ``case``'s cell in two (b = b_ih + b_hh)."""
+        return self.biases
+
     @property
     def has_gradients(self) -> bool:
         return "gradients" in self.features

@@ -8,11 +8,11 @@ W_f, U_f, b_f, ...) and other layouts: the stacked 4H layout of the source notes
 | PyTorch nn.LSTM / LSTMCell | weight_ih: (4H, D) | weight_hh: (4H, H) | bias_ih + bias_hh: (4H,) each | i, f, g (= c), o |
 """
 
-from .frameworks import (Layout, from_flax_lstm, from_keras_lstm, from_onnx_lstm, grads_from_layout, to_flax_lstm,
-                         to_keras_lstm, to_layout, to_onnx_lstm)
+from .frameworks import (Layout, from_flax_lstm, from_keras_lstm, from_onnx_lstm, grads_from_layout, to_flax_gru,
+                         to_flax_lstm, to_keras_gru, to_keras_lstm, to_layout, to_onnx_gru, to_onnx_lstm)
 from .stacked import GATES, from_stacked, from_torch_lstm, to_stacked, to_torch_lstm
 
 # Keras 3, ONNX and Flax converters and the conformance protocol's Layout: see frameworks.py (table there).
 __all__ = ["GATES", "Layout", "from_flax_lstm", "from_keras_lstm", "from_onnx_lstm", "from_stacked", "from_torch_lstm",
-           "grads_from_layout", "to_flax_lstm", "to_keras_lstm", "to_layout", "to_onnx_lstm", "to_stacked",
-           "to_torch_lstm"]
+           "grads_from_layout", "to_flax_gru", "to_flax_lstm", "to_keras_gru", "to_keras_lstm", "to_layout", "to_onnx_gru",
+           "to_onnx_lstm", "to_stacked", "to_torch_lstm"]

@@ -10,6 +10,13 @@ gate; y = W_g x + U_g h + b_g.
 | Keras 3 LSTM (`to_keras_lstm`) | kernel (D, 4H), transposed | recurrent_kernel (H, 4H) | bias (4H,), one | i, f, c, o |
 | ONNX LSTM (`to_onnx_lstm`) | W [dirs, 4H, D] | R [dirs, 4H, H] | B [dirs, 8H] = Wb then Rb | i, o, f, c |
 | Flax linen LSTMCell / OptimizedLSTMCell (`to_flax_lstm`) | ii, if, ig, io: kernel (D, H), no bias | hi, hf, hg, ho: kernel (H, H) | bias on the h side only | i, f, g, o (named) |
+| PyTorch nn.GRU / GRUCell (conformance/adapters/torch_adapter.py `to_torch`) | weight_ih (3H, D) | weight_hh (3H, H) | bias_ih, bias_hh; n blocks = b_n and b_hn | r, z, n |
+| Keras 3 GRU (`to_keras_gru`) | kernel (D, 3H) | recurrent_kernel (H, 3H) | reset_after: bias (2, 3H) = input row, recurrent row (h block of the recurrent row = b_hn); else (3H,) | z, r, h (= n) |
+| ONNX GRU (`to_onnx_gru`) | W [dirs, 3H, D] | R [dirs, 3H, H] | B [dirs, 6H] = Wb, Rb; linear_before_reset=1: Rb's h block = b_hn | z, r, h (= n) |
+| Flax linen GRUCell (`to_flax_gru`) | ir, iz, in: kernel (D, H) and bias | hr, hz: kernel (H, H), no bias; hn: kernel and bias (= b_hn) | one per gate, plus b_hn | r, z, n (named) |
+
+GRU cells: ``gru_reset_after`` (W_g, U_g, b_g for g = r, z, n, and b_hn inside r * (U_n h + b_hn)) and
+``gru_reset_before`` (no b_hn; r scales h before U_n).
 
 Differences that matter when converting (see also ../shared/anchors.md sections 1 and 2):
 
@@ -110,6 +117,63 @@ def from_flax_lstm(tree: dict) -> dict:
         out[f"W_{g}"] = np.asarray(tree[f"i{n}"]["kernel"]).T.copy()
         out[f"U_{g}"] = np.asarray(tree[f"h{n}"]["kernel"]).T.copy()
         out[f"b_{g}"] = np.asarray(tree[f"h{n}"]["bias"]).copy()
+    return out
+
+
+# ----------------------------------------------------------------------------------------- GRU
+KERAS_GRU_ORDER = ("z", "r", "n")
+ONNX_GRU_ORDER = ("z", "r", "n")
+
+
+def _split(params, bias_ih, order):
+    """Input-side and recurrent-side bias vectors (gate blocks in ``order``) for a two-bias GRU layout:
+    b_g = ih_g + hh_g for r and z; the n block is b_n (input side) and b_hn (recurrent side, when the
+    cell has it)."""
+    H = np.asarray(params["b_r"]).shape[0]
+    ih, hh = [], []
+    for g in order:
+        b = np.asarray(params[f"b_{g}"])
+        if g == "n":
+            ih.append(b)
+            hh.append(np.asarray(params["b_hn"]) if "b_hn" in params else np.zeros(H, b.dtype))
+        else:
+            part = np.asarray(bias_ih[f"b_{g}"]) if bias_ih and f"b_{g}" in bias_ih else b
+            ih.append(part)
+            hh.append(b - part)
+    return np.concatenate(ih), np.concatenate(hh)
+
+
+def to_keras_gru(params: dict, bias_ih: dict | None = None) -> dict:
+    """Canonical GRU -> Keras 3 ``GRU`` weights. ``gru_reset_after`` (with b_hn) -> reset_after=True,
+    bias (2, 3H); ``gru_reset_before`` -> reset_after=False, bias (3H,)."""
+    o = KERAS_GRU_ORDER
+    out = {"kernel": np.concatenate(_blocks(params, "W", o), axis=0).T.copy(),
+           "recurrent_kernel": np.concatenate(_blocks(params, "U", o), axis=0).T.copy()}
+    if "b_hn" in params:
+        out["bias"] = np.stack(_split(params, bias_ih, o))
+    else:
+        out["bias"] = np.concatenate(_blocks(params, "b", o))
+    return out
+
+
+def to_onnx_gru(params: dict, bias_ih: dict | None = None) -> dict:
+    """Canonical GRU -> one direction of ONNX ``GRU``'s W [1, 3H, D], R [1, 3H, H], B [1, 6H] (gates
+    z, r, h). Use ``linear_before_reset=1`` for ``gru_reset_after`` and 0 for ``gru_reset_before``
+    (whose b_n then sits all in Wb)."""
+    o = ONNX_GRU_ORDER
+    ih, hh = _split(params, bias_ih, o)
+    return {"W": np.concatenate(_blocks(params, "W", o))[None], "R": np.concatenate(_blocks(params, "U", o))[None],
+            "B": np.concatenate([ih, hh])[None]}
+
+
+def to_flax_gru(params: dict) -> dict:
+    """Canonical ``gru_reset_after`` -> Flax linen ``GRUCell`` params (ir/iz/in with bias, hr/hz
+    without, hn with bias = b_hn)."""
+    out = {}
+    for g in ("r", "z", "n"):
+        out[f"i{g}"] = {"kernel": np.asarray(params[f"W_{g}"]).T.copy(), "bias": np.asarray(params[f"b_{g}"]).copy()}
+        out[f"h{g}"] = {"kernel": np.asarray(params[f"U_{g}"]).T.copy()}
+    out["hn"]["bias"] = np.asarray(params["b_hn"]).copy()
     return out
 
 

@@ -44,6 +44,21 @@ def test_broken_implementation_is_caught_and_diagnosed(bug):
     assert len(BUGS) >= 12
 
 
+def _cell_exists(cell):
+    return importlib.util.find_spec(f"lstm_spec.reference.{cell}") is not None
+
+
+@pytest.mark.skipif(not _cell_exists("peephole"), reason="the peephole cell is not in the spec yet")
+def test_output_peephole_on_old_cell_is_diagnosed():
+    from lstm_spec.conformance.examples import NumpyPeephole
+
+    assert conform(ProtocolTarget(NumpyPeephole())).passed
+    report = conform(ProtocolTarget(NumpyPeephole(bug="output_peephole_old_cell")))
+    assert not report.passed
+    assert set(_summary(report)) == {"output_peephole_old_cell"}
+    assert all(r.diagnoses for r in report.results if r.status == "FAIL")
+
+
 def test_catalogue_diagnoses_are_specific():
     """A bug is not also explained by an unrelated signature (on the quick cases)."""
     for bug, (_, _, key) in BUGS.items():

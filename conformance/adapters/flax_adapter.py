@@ -1,4 +1,5 @@
-"""Flax linen adapter: ``LSTMCell`` and ``OptimizedLSTMCell`` run by ``nn.RNN`` (``reverse`` with
+"""Flax linen adapter: ``LSTMCell`` and ``OptimizedLSTMCell`` (variants "cell" and "optimized"), and
+``GRUCell`` for the ``gru_reset_after`` cell, run by ``nn.RNN`` (``reverse`` with
 ``keep_order=True``, ``seq_lengths``), in float32 and float64 (this enables ``jax_enable_x64`` for the
 process), gradients from ``jax.vjp`` for every parameter, the input and the initial carry.
 
@@ -19,50 +20,80 @@ import numpy as np  # noqa: E402
 
 import flax  # noqa: E402
 from flax import linen as nn  # noqa: E402
-from lstm_spec.layouts.frameworks import from_flax_lstm, to_flax_lstm  # noqa: E402
+import importlib  # noqa: E402
+
+from lstm_spec.layouts.frameworks import from_flax_lstm, to_flax_gru, to_flax_lstm  # noqa: E402
 
 from ..problem import Case, Problem  # noqa: E402
 from ..targets import Target  # noqa: E402
 
 
+def _exists(cell):
+    try:
+        importlib.import_module(f"lstm_spec.reference.{cell}")
+    except ImportError:
+        return False
+    return True
+
+
 class FlaxLSTM(Target):
     name = "flax"
-    cells = ("lstm",)
     dtypes = ("float32", "float64")
     features = frozenset({"gradients", "reverse", "lengths"})
     biases = 1
-    variants = ("LSTMCell", "OptimizedLSTMCell")
+    variants = ("cell", "optimized")
 
     def __init__(self):
-        self.description = "Flax linen LSTMCell and OptimizedLSTMCell under nn.RNN, JAX on CPU, jax.vjp gradients"
+        self.cells = tuple(c for c in ("lstm", "gru_reset_after") if _exists(c))
+        self.description = ("Flax linen LSTMCell (variant cell), OptimizedLSTMCell (variant optimized) and GRUCell "
+                            "under nn.RNN, JAX on CPU, jax.vjp gradients; cells " + ", ".join(self.cells))
 
     def versions(self) -> str:
         return f"flax {flax.__version__}, jax {jax.__version__}"
 
     def supports(self, case: Case) -> str | None:
+        if case.variant == "optimized" and case.cell != "lstm":
+            return "OptimizedLSTMCell is an LSTM"
         return super().supports(case)
 
     def run(self, problem: Problem) -> dict:
         case = problem.case
         T, B, D, H = case.shape
         dt = jnp.float64 if case.dtype == "float64" else jnp.float32
-        cls = nn.OptimizedLSTMCell if case.variant == "OptimizedLSTMCell" else nn.LSTMCell
-        cell = cls(features=H, param_dtype=dt, dtype=dt)
+        gru = case.cell == "gru_reset_after"
+        if gru:
+            cell = nn.GRUCell(features=H, param_dtype=dt, dtype=dt)
+        else:
+            cls = nn.OptimizedLSTMCell if case.variant == "optimized" else nn.LSTMCell
+            cell = cls(features=H, param_dtype=dt, dtype=dt)
         rnn = nn.RNN(cell, return_carry=True, reverse=case.direction == "reverse", keep_order=True)
-        tree = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dt), to_flax_lstm(problem.params[0]))
+        tree = to_flax_gru(problem.params[0]) if gru else to_flax_lstm(problem.params[0])
+        tree = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dt), tree)
         lengths = None if problem.lengths is None else jnp.asarray(problem.lengths)
 
         def f(params, x, h0, c0):
-            (cT, hT), y = rnn.apply({"params": {"cell": params}}, x, initial_carry=(c0, h0), seq_lengths=lengths)
+            carry = h0 if gru else (c0, h0)
+            carry, y = rnn.apply({"params": {"cell": params}}, x, initial_carry=carry, seq_lengths=lengths)
+            hT, cT = (carry, 0 * carry) if gru else (carry[1], carry[0])
             return y, hT, cT
 
         x = jnp.asarray(np.swapaxes(problem.x, 0, 1))
-        h0, c0 = jnp.asarray(problem.init[0]["h"]), jnp.asarray(problem.init[0]["c"])
+        h0 = jnp.asarray(problem.init[0]["h"])
+        c0 = jnp.zeros_like(h0) if gru else jnp.asarray(problem.init[0]["c"])
         (y, hT, cT), vjp = jax.vjp(f, tree, x, h0, c0)
         dy = jnp.asarray(np.swapaxes(problem.dy, 0, 1))
-        gp, gx, gh0, gc0 = vjp((dy, jnp.asarray(problem.d_final[0]["h"]), jnp.asarray(problem.d_final[0]["c"])))
-        res = {"y": np.swapaxes(np.asarray(y), 0, 1), "h_T": np.asarray(hT), "c_T": np.asarray(cT),
-               "d x": np.swapaxes(np.asarray(gx), 0, 1), "d h0": np.asarray(gh0), "d c0": np.asarray(gc0)}
-        for k, v in from_flax_lstm(jax.tree_util.tree_map(np.asarray, gp)).items():
+        dc = jnp.zeros_like(h0) if gru else jnp.asarray(problem.d_final[0]["c"])
+        gp, gx, gh0, gc0 = vjp((dy, jnp.asarray(problem.d_final[0]["h"]), dc))
+        res = {"y": np.swapaxes(np.asarray(y), 0, 1), "h_T": np.asarray(hT),
+               "d x": np.swapaxes(np.asarray(gx), 0, 1), "d h0": np.asarray(gh0)}
+        gp = jax.tree_util.tree_map(np.asarray, gp)
+        if gru:
+            for g in ("r", "z", "n"):
+                res[f"d W_{g}"], res[f"d b_{g}"] = gp[f"i{g}"]["kernel"].T, gp[f"i{g}"]["bias"]
+                res[f"d U_{g}"] = gp[f"h{g}"]["kernel"].T
+            res["d b_hn"] = gp["hn"]["bias"]
+            return res
+        res.update({"c_T": np.asarray(cT), "d c0": np.asarray(gc0)})
+        for k, v in from_flax_lstm(gp).items():
             res[f"d {k}"] = v
         return res

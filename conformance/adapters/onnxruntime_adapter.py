@@ -1,7 +1,8 @@
 """ONNX Runtime adapter: the ONNX ``LSTM`` operator, built with the ``onnx`` helper API and run by
 ONNX Runtime's CPU provider, forward only (ONNX Runtime has no training gradients here). Directions
 forward, reverse and bidirectional; ``sequence_lens``; ``layout`` 0 (time-major; ORT's CPU kernel rejects layout 1);
-two layers as two chained operators; diagonal peepholes ``P`` (cell ``peephole``) and
+two layers as two chained operators; the ``GRU`` operator for ``gru_reset_after``
+(``linear_before_reset=1``) and ``gru_reset_before`` (``linear_before_reset=0``); diagonal peepholes ``P`` (cell ``peephole``) and
 ``input_forget=1`` (cell ``cifg_f``, f = 1 - i) when those cells exist in the spec.
 
 ONNX's layout: W [dirs, 4H, D], R [dirs, 4H, H], B [dirs, 8H] (Wb then Rb), gates i, o, f, c; P
@@ -19,12 +20,15 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from lstm_spec.layouts.frameworks import ONNX_LSTM_ORDER
+from lstm_spec.layouts.frameworks import ONNX_LSTM_ORDER, to_onnx_gru
 
 from ..problem import Case, Problem, slot_key
 from ..targets import Target
 
-_ONNX_CELLS = {"lstm": {}, "peephole": {}, "cifg_f": {"input_forget": 1}}
+# cell -> (operator, attributes)
+_ONNX_CELLS = {"lstm": ("LSTM", {}), "peephole": ("LSTM", {}), "cifg_f": ("LSTM", {"input_forget": 1}),
+               "gru_reset_after": ("GRU", {"linear_before_reset": 1}),
+               "gru_reset_before": ("GRU", {"linear_before_reset": 0})}
 
 
 def _cell_exists(cell: str) -> bool:
@@ -96,29 +100,36 @@ class OnnxRuntimeLSTM(Target):
             inputs.append(helper.make_tensor_value_info("seq", TensorProto.INT32, [B]))
             feed["seq"] = problem.lengths.astype(np.int32)
         cur = "X"
+        op, op_attrs = _ONNX_CELLS[case.cell]
+        states = problem.states
         for layer in range(case.layers):
-            ws = [onnx_lstm_weights(problem.params[layer * ndir + d], problem.bias_ih[layer * ndir + d])
-                  for d in range(ndir)]
+            if op == "GRU":
+                ws = [{k: v[0] for k, v in to_onnx_gru(problem.params[layer * ndir + d],
+                                                        problem.bias_ih[layer * ndir + d]).items()}
+                      for d in range(ndir)]
+            else:
+                ws = [onnx_lstm_weights(problem.params[layer * ndir + d], problem.bias_ih[layer * ndir + d])
+                      for d in range(ndir)]
             names = {}
             for key in ("W", "R", "B", "P"):
                 if key in ws[0]:
                     names[key] = f"{key}{layer}"
                     inits.append(numpy_helper.from_array(np.stack([w[key] for w in ws]), names[key]))
-            for s in ("h", "c"):
+            for s in states:
                 name = f"init_{s}{layer}"
                 a = np.stack([problem.init[layer * ndir + d][s] for d in range(ndir)])
                 a = np.swapaxes(a, 0, 1) if layout else a
                 inputs.append(helper.make_tensor_value_info(name, elem, list(a.shape)))
                 feed[name] = np.ascontiguousarray(a)
             ins = [cur, names["W"], names["R"], names["B"], "seq" if problem.lengths is not None else "",
-                   f"init_h{layer}", f"init_c{layer}", names.get("P", "")]
+                   f"init_h{layer}"] + ([f"init_c{layer}", names.get("P", "")] if op == "LSTM" else [])
             while ins[-1] == "":
                 ins.pop()
-            attrs = dict(hidden_size=H, direction=direction, **_ONNX_CELLS[case.cell])
+            attrs = dict(hidden_size=H, direction=direction, **op_attrs)
             if layout:
                 attrs["layout"] = 1
-            outs = [f"Y{layer}", f"Yh{layer}", f"Yc{layer}"]
-            nodes.append(helper.make_node("LSTM", ins, outs, **attrs))
+            outs = [f"Y{layer}"] + [f"Y{s}{layer}" for s in states]
+            nodes.append(helper.make_node(op, ins, outs, **attrs))
             st_shape = [B, ndir, H] if layout else [ndir, B, H]
             outputs += [helper.make_tensor_value_info(o, elem, st_shape) for o in outs[1:]]
             if layer + 1 < case.layers:  # [T, dirs, B, H] -> [T, B, dirs * H]
@@ -148,12 +159,11 @@ class OnnxRuntimeLSTM(Target):
             y = np.transpose(y, (1, 2, 0, 3))
         T, ndir, B, H = y.shape
         res = {"y": np.transpose(y, (0, 2, 1, 3)).reshape(T, B, ndir * H)}
+        st = problem.states
         for layer in range(case.layers):
-            yh, yc = outs[1 + 2 * layer], outs[2 + 2 * layer]
-            if layout:
-                yh, yc = np.swapaxes(yh, 0, 1), np.swapaxes(yc, 0, 1)
-            for d in range(ndir):
-                slot = case.slots[layer * ndir + d]
-                res[slot_key("h_T", slot)] = yh[d]
-                res[slot_key("c_T", slot)] = yc[d]
+            for j, s in enumerate(st):
+                a = outs[1 + len(st) * layer + j]
+                a = np.swapaxes(a, 0, 1) if layout else a
+                for d in range(ndir):
+                    res[slot_key(f"{s}_T", case.slots[layer * ndir + d])] = a[d]
         return res

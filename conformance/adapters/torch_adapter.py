@@ -1,136 +1,186 @@
 """PyTorch adapter: ``nn.LSTM`` (bidirectional, several layers, sequence lengths through
-``pack_padded_sequence``) and ``nn.LSTMCell`` stepped in a Python loop (forward and reverse), in
+``pack_padded_sequence``, ``proj_size`` for the ``projection`` cell), ``nn.LSTMCell`` stepped in a
+Python loop (forward and reverse), and ``nn.GRU`` / ``nn.GRUCell`` for the ``gru_reset_after`` cell, in
 float32 and float64, with autograd gradients of every parameter, the input and the initial states.
 
-PyTorch's layout: weight_ih (4H, D), weight_hh (4H, H), bias_ih and bias_hh (4H,) each, gates i, f, g, o;
-h_0 / c_0 are (layers * directions, B, H) with index layer * directions + direction. The two biases
-get a random split of our single bias (a bug that drops or doubles one of them shows). PyTorch has no
-reverse-only nn.LSTM: the reverse case runs on nn.LSTMCell only.
+PyTorch's layout: weight_ih (4H, D), weight_hh (4H, H), bias_ih and bias_hh (4H,) each, gates i, f, g, o
+(GRU: 3H, gates r, z, n; bias_ih's n block is our b_n, bias_hh's n block our b_hn, which sits inside
+r * (W_hn h + b_hn)); with proj_size P: weight_hr (P, H) and weight_hh (4H, P). h_0 / c_0 are
+(layers * directions, B, H) with index layer * directions + direction. The two biases get a random
+split of our single bias, so a bug that drops or doubles one of them shows. PyTorch has no
+reverse-only nn.LSTM: the reverse cases run on the cell APIs only.
 """
 
 from __future__ import annotations
 
+import importlib
+import warnings
+
 import numpy as np
 import torch
-
-from lstm_spec.layouts import GATES, from_stacked, to_torch_lstm
 
 from ..problem import Case, Problem, slot_key
 from ..targets import Target
 
+KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+ORDERS = {"lstm": ("i", "f", "c", "o"), "projection": ("i", "f", "c", "o"), "gru_reset_after": ("r", "z", "n")}
+MODULES = {"lstm": ("nn.LSTM", "nn.LSTMCell"), "projection": ("nn.LSTM",), "gru_reset_after": ("nn.GRU", "nn.GRUCell")}
 
-def _ih(problem: Problem, k: int) -> np.ndarray:
-    return np.concatenate([problem.bias_ih[k][f"b_{g}"] for g in GATES])
+
+def _exists(cell):
+    try:
+        importlib.import_module(f"lstm_spec.reference.{cell}")
+    except ImportError:
+        return False
+    return True
+
+
+def to_torch(cell: str, params: dict, bias_ih: dict) -> dict:
+    """Canonical parameters of a cell -> PyTorch's weight_ih, weight_hh, bias_ih, bias_hh (and weight_hr)."""
+    order = ORDERS[cell]
+    cat = lambda kind: np.concatenate([np.asarray(params[f"{kind}_{g}"]) for g in order])  # noqa: E731
+    b = cat("b")
+    ih = np.concatenate([np.asarray(bias_ih.get(f"b_{g}", params[f"b_{g}"])) for g in order])
+    hh = b - ih
+    if cell == "gru_reset_after":
+        hh[2 * len(hh) // 3:] = params["b_hn"]
+    out = {"weight_ih": cat("W"), "weight_hh": cat("U"), "bias_ih": ih, "bias_hh": hh}
+    if "W_hr" in params:
+        out["weight_hr"] = np.asarray(params["W_hr"])
+    return out
+
+
+def from_torch_grads(cell: str, g: dict, slot: str = "") -> dict:
+    """PyTorch gradients -> our quantity names (two-sided biases as 'd b_g(ih)' / 'd b_g(hh)')."""
+    order = ORDERS[cell]
+    n = len(order)
+    res = {}
+    for kind, ours in (("weight_ih", "W"), ("weight_hh", "U")):
+        for gate, blk in zip(order, np.split(g[kind], n)):
+            res[slot_key(f"d {ours}_{gate}", slot)] = blk
+    for side in ("ih", "hh"):
+        for gate, blk in zip(order, np.split(g[f"bias_{side}"], n)):
+            if cell == "gru_reset_after" and gate == "n":
+                res[slot_key("d b_n" if side == "ih" else "d b_hn", slot)] = blk
+            else:
+                res[slot_key(f"d b_{gate}({side})", slot)] = blk
+    if "weight_hr" in g:
+        res[slot_key("d W_hr", slot)] = g["weight_hr"]
+    return res
 
 
 class TorchLSTM(Target):
     name = "torch"
-    cells = ("lstm",)
     dtypes = ("float32", "float64")
     features = frozenset({"gradients", "reverse", "lengths", "bidirectional", "layers"})
     biases = 2
-    variants = ("nn.LSTM", "nn.LSTMCell")
 
     def __init__(self):
         torch.set_num_threads(1)
-        self.description = ("PyTorch nn.LSTM (bidirectional, 2 layers, packed sequences) and nn.LSTMCell "
-                            "(stepped in a loop), CPU, autograd gradients")
+        warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
+        self.cells = tuple(c for c in ORDERS if _exists(c))
+        self.variants = ("module", "cell")
+        self.description = ("PyTorch nn.LSTM (bidirectional, 2 layers, packed sequences, proj_size), nn.LSTMCell "
+                            "stepped in a loop, nn.GRU and nn.GRUCell; CPU, autograd gradients; cells "
+                            + ", ".join(self.cells))
 
     def versions(self) -> str:
         return f"torch {torch.__version__}"
+
+    def api(self, case: Case) -> str:
+        mods = MODULES[case.cell]
+        return mods[1] if case.variant == "cell" and len(mods) > 1 else mods[0]
 
     def supports(self, case: Case) -> str | None:
         why = super().supports(case)
         if why:
             return why
-        if case.variant == "nn.LSTMCell" and (case.ndir != 1 or case.layers != 1 or case.lengths is not None):
-            return "nn.LSTMCell: one layer, one direction, full length"
-        if case.variant != "nn.LSTMCell" and case.direction == "reverse":
-            return "nn.LSTM has no reverse-only direction (tested on nn.LSTMCell)"
+        if case.variant == "cell":
+            if len(MODULES[case.cell]) < 2:
+                return f"no cell API for {case.cell}"
+            if case.ndir != 1 or case.layers != 1 or case.lengths is not None:
+                return "cell API: one layer, one direction, full length"
+        elif case.direction == "reverse":
+            return f"{self.api(case)} has no reverse-only direction (tested on the cell API)"
         return None
 
     def run(self, problem: Problem) -> dict:
-        if problem.case.variant == "nn.LSTMCell":
+        if problem.case.variant == "cell":
             return self._run_cell(problem)
-        return self._run_lstm(problem)
+        return self._run_module(problem)
 
-    def _tensor(self, a, dtype):
-        return torch.tensor(np.asarray(a), dtype=dtype, requires_grad=True)
+    @staticmethod
+    def _t(a, dtype, grad=True):
+        return torch.tensor(np.asarray(a), dtype=dtype, requires_grad=grad)
 
-    def _run_lstm(self, problem: Problem) -> dict:
+    def _run_module(self, problem: Problem) -> dict:
         case = problem.case
         dt = torch.float64 if case.dtype == "float64" else torch.float32
-        T, B, D, H = case.shape
-        ndir = case.ndir
-        net = torch.nn.LSTM(D, H, num_layers=case.layers, bidirectional=ndir == 2).to(dt)
-        for k, slot in enumerate(case.slots):
-            layer, d = divmod(k, ndir)
-            sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
-            tp = to_torch_lstm(problem.params[k], bias_ih=_ih(problem, k))
-            with torch.no_grad():
-                for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                    getattr(net, kind + sfx).copy_(torch.tensor(tp[kind + "_l0"], dtype=dt))
-        x = self._tensor(problem.x, dt)
-        h0 = self._tensor(np.stack([problem.init[k]["h"] for k in range(len(case.slots))]), dt)
-        c0 = self._tensor(np.stack([problem.init[k]["c"] for k in range(len(case.slots))]), dt)
-        if problem.lengths is not None:
-            packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(problem.lengths), enforce_sorted=False)
-            out, (hn, cn) = net(packed, (h0, c0))
-            y, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+        T, B, D, _ = case.shape
+        ndir, states = case.ndir, problem.states
+        cell = case.cell
+        H = problem.params[0][f"U_{ORDERS[cell][0]}"].shape[0]
+        if cell == "gru_reset_after":
+            net = torch.nn.GRU(D, H, num_layers=case.layers, bidirectional=ndir == 2)
         else:
-            y, (hn, cn) = net(x, (h0, c0))
-        dh = np.stack([problem.d_final[k]["h"] for k in range(len(case.slots))])
-        dc = np.stack([problem.d_final[k]["c"] for k in range(len(case.slots))])
-        loss = (y * torch.tensor(problem.dy, dtype=dt)).sum() + (hn * torch.tensor(dh, dtype=dt)).sum() + (
-            cn * torch.tensor(dc, dtype=dt)).sum()
+            P = problem.output_size if cell == "projection" else 0
+            net = torch.nn.LSTM(D, H, num_layers=case.layers, bidirectional=ndir == 2, proj_size=P)
+        net = net.to(dt)
+        sfx = lambda k: f"_l{k // ndir}" + ("_reverse" if k % ndir else "")  # noqa: E731
+        for k in range(len(case.slots)):
+            for kind, a in to_torch(cell, problem.params[k], problem.bias_ih[k]).items():
+                with torch.no_grad():
+                    getattr(net, kind + sfx(k)).copy_(torch.tensor(a, dtype=dt))
+        x = self._t(problem.x, dt)
+        init = {s: self._t(np.stack([problem.init[k][s] for k in range(len(case.slots))]), dt) for s in states}
+        hx = init["h"] if cell == "gru_reset_after" else (init["h"], init["c"])
+        inp = x
+        if problem.lengths is not None:
+            inp = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(problem.lengths), enforce_sorted=False)
+        out, fin = net(inp, hx)
+        if problem.lengths is not None:
+            out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+        final = {"h": fin} if cell == "gru_reset_after" else {"h": fin[0], "c": fin[1]}
+        loss = (out * torch.tensor(problem.dy, dtype=dt)).sum()
+        for s in states:
+            ds = np.stack([problem.d_final[k][s] for k in range(len(case.slots))])
+            loss = loss + (final[s] * torch.tensor(ds, dtype=dt)).sum()
         loss.backward()
-        res = {"y": y.detach().numpy(), "d x": x.grad.numpy()}
+        res = {"y": out.detach().numpy(), "d x": x.grad.numpy()}
         for k, slot in enumerate(case.slots):
-            layer, d = divmod(k, ndir)
-            sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
-            res[slot_key("h_T", slot)] = hn[k].detach().numpy()
-            res[slot_key("c_T", slot)] = cn[k].detach().numpy()
-            res[slot_key("d h0", slot)] = h0.grad[k].numpy()
-            res[slot_key("d c0", slot)] = c0.grad[k].numpy()
-            g = {kind: getattr(net, kind + sfx).grad.numpy() for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-            for side in ("ih", "hh"):
-                canon = from_stacked({"W": g["weight_ih"], "U": g["weight_hh"], "b": g[f"bias_{side}"]}, GATES)
-                for name, v in canon.items():
-                    if name.startswith("b_"):
-                        res[slot_key(f"d {name}({side})", slot)] = v
-                    elif side == "ih":
-                        res[slot_key(f"d {name}", slot)] = v
+            for s in states:
+                res[slot_key(f"{s}_T", slot)] = final[s][k].detach().numpy()
+                res[slot_key(f"d {s}0", slot)] = init[s].grad[k].numpy()
+            kinds = KINDS + (("weight_hr",) if cell == "projection" else ())
+            res.update(from_torch_grads(cell, {kd: getattr(net, kd + sfx(k)).grad.numpy() for kd in kinds}, slot))
         return res
 
     def _run_cell(self, problem: Problem) -> dict:
         case = problem.case
         dt = torch.float64 if case.dtype == "float64" else torch.float32
-        T, B, D, H = case.shape
-        net = torch.nn.LSTMCell(D, H).to(dt)
-        tp = to_torch_lstm(problem.params[0], bias_ih=_ih(problem, 0))
-        with torch.no_grad():
-            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(net, kind).copy_(torch.tensor(tp[kind + "_l0"], dtype=dt))
-        x = self._tensor(problem.x, dt)
-        h0, c0 = self._tensor(problem.init[0]["h"], dt), self._tensor(problem.init[0]["c"], dt)
-        h, c = h0, c0
+        T, B, D, _ = case.shape
+        cell = case.cell
+        H = problem.params[0][f"U_{ORDERS[cell][0]}"].shape[0]
+        net = (torch.nn.GRUCell(D, H) if cell == "gru_reset_after" else torch.nn.LSTMCell(D, H)).to(dt)
+        for kind, a in to_torch(cell, problem.params[0], problem.bias_ih[0]).items():
+            with torch.no_grad():
+                getattr(net, kind).copy_(torch.tensor(a, dtype=dt))
+        x = self._t(problem.x, dt)
+        init = {s: self._t(problem.init[0][s], dt) for s in problem.states}
+        state = init["h"] if cell == "gru_reset_after" else (init["h"], init["c"])
         ys = [None] * T
-        steps = range(T - 1, -1, -1) if case.direction == "reverse" else range(T)
-        for t in steps:
-            h, c = net(x[t], (h, c))
-            ys[t] = h
-        y = torch.stack(ys) if T else torch.zeros((0, B, H), dtype=dt)
-        loss = (y * torch.tensor(problem.dy, dtype=dt)).sum() + (h * torch.tensor(problem.d_final[0]["h"], dtype=dt)).sum() + (
-            c * torch.tensor(problem.d_final[0]["c"], dtype=dt)).sum()
+        for t in (range(T - 1, -1, -1) if case.direction == "reverse" else range(T)):
+            state = net(x[t], state)
+            ys[t] = state if cell == "gru_reset_after" else state[0]
+        final = {"h": state} if cell == "gru_reset_after" else {"h": state[0], "c": state[1]}
+        y = torch.stack(ys)
+        loss = (y * torch.tensor(problem.dy, dtype=dt)).sum()
+        for s in problem.states:
+            loss = loss + (final[s] * torch.tensor(problem.d_final[0][s], dtype=dt)).sum()
         loss.backward()
-        res = {"y": y.detach().numpy(), "h_T": h.detach().numpy(), "c_T": c.detach().numpy(), "d x": x.grad.numpy(),
-               "d h0": h0.grad.numpy(), "d c0": c0.grad.numpy()}
-        g = {kind: getattr(net, kind).grad.numpy() for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-        for side in ("ih", "hh"):
-            canon = from_stacked({"W": g["weight_ih"], "U": g["weight_hh"], "b": g[f"bias_{side}"]}, GATES)
-            for name, v in canon.items():
-                if name.startswith("b_"):
-                    res[f"d {name}({side})"] = v
-                elif side == "ih":
-                    res[f"d {name}"] = v
+        res = {"y": y.detach().numpy(), "d x": x.grad.numpy()}
+        for s in problem.states:
+            res[f"{s}_T"] = final[s].detach().numpy()
+            res[f"d {s}0"] = init[s].grad.numpy()
+        res.update(from_torch_grads(cell, {kd: getattr(net, kd).grad.numpy() for kd in KINDS}))
         return res
