@@ -3,7 +3,8 @@ ONNX Runtime's CPU provider, forward only (ONNX Runtime has no training gradient
 forward, reverse and bidirectional; ``sequence_lens``; ``layout`` 0 (time-major; ORT's CPU kernel rejects layout 1);
 two layers as two chained operators; the ``GRU`` operator for ``gru_reset_after``
 (``linear_before_reset=1``) and ``gru_reset_before`` (``linear_before_reset=0``); diagonal peepholes ``P`` (cell ``peephole``) and
-``input_forget=1`` (cell ``cifg_f``, f = 1 - i) when those cells exist in the spec.
+``input_forget=1`` (cell ``cifg_f``, f = 1 - i) and ``clip`` (cell ``lstm_clip``, the bound read
+from its spec) when those cells exist in the spec.
 
 ONNX's layout: W [dirs, 4H, D], R [dirs, 4H, H], B [dirs, 8H] (Wb then Rb), gates i, o, f, c; P
 [dirs, 3H] in the order i, o, f; Y [T, dirs, B, H]; a reverse pass returns its outputs in original
@@ -26,7 +27,18 @@ from ..problem import Case, Problem, slot_key
 from ..targets import Target
 
 # cell -> (operator, attributes)
+def _clip_bound(cell: str) -> float:
+    """The bound of the clip function declared in the cell's spec file."""
+    import tomllib
+
+    from lstm_spec.spec import SPEC_DIR
+
+    with open(SPEC_DIR / f"{cell}.toml", "rb") as fh:
+        return float(tomllib.load(fh)["functions"]["clip"]["bound"])
+
+
 _ONNX_CELLS = {"lstm": ("LSTM", {}), "peephole": ("LSTM", {}), "cifg_f": ("LSTM", {"input_forget": 1}),
+               "lstm_clip": ("LSTM", {"clip": "from_spec"}),
                "gru_reset_after": ("GRU", {"linear_before_reset": 1}),
                "gru_reset_before": ("GRU", {"linear_before_reset": 0})}
 
@@ -126,6 +138,8 @@ class OnnxRuntimeLSTM(Target):
             while ins[-1] == "":
                 ins.pop()
             attrs = dict(hidden_size=H, direction=direction, **op_attrs)
+            if attrs.get("clip") == "from_spec":
+                attrs["clip"] = _clip_bound(case.cell)
             if layout:
                 attrs["layout"] = 1
             outs = [f"Y{layer}"] + [f"Y{s}{layer}" for s in states]
