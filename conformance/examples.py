@@ -245,6 +245,26 @@ class ReferenceLSTM:
         return _ref.backward(cache, dy, d_final)
 
 
+class ReferenceCell:
+    """Any cell's generated reference through the protocol (per-gate layout, one bias, time-major):
+    ``ReferenceCell("gru_reset_after")``. The states arrive as keyword arguments h0=, c0=, ..."""
+
+    def __init__(self, cell: str):
+        import importlib
+
+        self.module = importlib.import_module(f"lstm_spec.reference.{cell}")
+        self.conformance = {"cell": cell, "params": "per_gate", "dtypes": ["float32", "float64"],
+                            "name": f"reference {cell} via the protocol"}
+
+    def forward(self, params, x, **init):
+        y, final, _ = self.module.forward(params, x, **init)
+        return y, final
+
+    def backward(self, params, x, dy, d_final, **init):
+        _, _, cache = self.module.forward(params, x, **init)
+        return self.module.backward(cache, dy, d_final)
+
+
 class NumpyPeephole:
     """A hand-written, forward-only peephole LSTM (cell ``peephole``: i and f look at c_{t-1}, o at c_t),
     per-gate layout. ``bug="output_peephole_old_cell"`` lets o look at c_{t-1}."""

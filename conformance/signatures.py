@@ -37,7 +37,9 @@ class Signature:
 
 # ----------------------------------------------------------------------------------------- helpers
 def _gates(problem):
-    return [n[2:] for n in problem.params[0] if n.startswith("W_")]
+    from lstm_spec.layouts.frameworks import gate_names
+
+    return list(gate_names(problem.params[0]))
 
 
 def _with_params(problem, fn) -> Problem:

@@ -202,8 +202,10 @@ class Layout:
 
 
 def gate_names(param_names) -> tuple:
-    """The gates of a cell: the g of its W_g parameters, in the spec's order."""
-    return tuple(n[2:] for n in param_names if n.startswith("W_"))
+    """The gates of a cell: the g of its W_g parameters that have a U_g too (W_hr of the projection
+    cell is no gate), in the spec's order."""
+    names = set(param_names)
+    return tuple(n[2:] for n in param_names if n.startswith("W_") and f"U_{n[2:]}" in names)
 
 
 def _order(layout: Layout, gates) -> tuple:
@@ -215,30 +217,36 @@ def _order(layout: Layout, gates) -> tuple:
 
 def to_layout(params: dict, layout: Layout, bias_ih: dict | None = None) -> dict:
     """Canonical parameters -> the arrays of ``layout``. With two biases, ``bias_ih`` ({b_g: part})
-    is the input-side part and the recurrent side gets the rest (default: all on the input side)."""
+    is the input-side part and the recurrent side gets the rest (default: all on the input side).
+    A kind (W, U or b) is stacked / split only when every gate has one; other parameters pass through."""
     gates = gate_names(params)
-    gated = {f"{k}_{g}" for k in ("W", "U", "b") for g in gates}
+    kinds = [k for k in ("W", "U", "b") if gates and all(f"{k}_{g}" in params for g in gates)]
+    gated = {f"{k}_{g}" for k in kinds for g in gates}
     out = {k: np.asarray(v) for k, v in params.items() if k not in gated}
     t = (lambda a: a.T.copy()) if layout.transposed else (lambda a: a.copy())  # noqa: E731
-    ih = {g: (np.asarray(bias_ih[f"b_{g}"]) if bias_ih else np.asarray(params[f"b_{g}"])) for g in gates}
+    ih = {g: np.asarray((bias_ih or {}).get(f"b_{g}", params[f"b_{g}"])) for g in gates if f"b_{g}" in params}
     if layout.params == "per_gate":
         for g in gates:
-            out[f"W_{g}"], out[f"U_{g}"] = t(np.asarray(params[f"W_{g}"])), t(np.asarray(params[f"U_{g}"]))
-            if layout.biases == 1:
-                out[f"b_{g}"] = np.asarray(params[f"b_{g}"]).copy()
-            else:
-                out[f"b_{g}_ih"] = ih[g].copy()
-                out[f"b_{g}_hh"] = np.asarray(params[f"b_{g}"]) - ih[g]
+            for k in kinds:
+                a = np.asarray(params[f"{k}_{g}"])
+                if k != "b":
+                    out[f"{k}_{g}"] = t(a)
+                elif layout.biases == 1:
+                    out[f"b_{g}"] = a.copy()
+                else:
+                    out[f"b_{g}_ih"], out[f"b_{g}_hh"] = ih[g].copy(), a - ih[g]
         return out
+    if not gates:
+        raise LayoutError("stacked layout: the cell has no per-gate W_g parameters to stack; use per_gate")
     order = _order(layout, gates)
-    out["W"] = t(np.concatenate(_blocks(params, "W", order)))
-    out["U"] = t(np.concatenate(_blocks(params, "U", order)))
-    b = np.concatenate(_blocks(params, "b", order))
-    if layout.biases == 1:
-        out["b"] = b
-    else:
-        out["b_ih"] = np.concatenate([ih[g] for g in order])
-        out["b_hh"] = b - out["b_ih"]
+    for k in kinds:
+        if k != "b":
+            out[k] = t(np.concatenate(_blocks(params, k, order)))
+        elif layout.biases == 1:
+            out["b"] = np.concatenate(_blocks(params, "b", order))
+        else:
+            out["b_ih"] = np.concatenate([ih[g] for g in order])
+            out["b_hh"] = np.concatenate(_blocks(params, "b", order)) - out["b_ih"]
     return out
 
 

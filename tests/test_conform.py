@@ -76,6 +76,48 @@ def test_correct_implementations_pass(target):
     assert any(r.status == "pass" for r in report.results)
 
 
+def test_every_cell_through_the_protocol():
+    """The protocol is not LSTM-specific: every cell's reference passes through it, and a stacked,
+    transposed, batch-major wrapper of it too (parameters that are no gate's W/U/b pass through)."""
+    from lstm_spec.conformance.examples import ReferenceCell
+    from lstm_spec.layouts.frameworks import Layout, gate_names, grads_from_layout
+    from lstm_spec.spec import builtin_cells
+
+    class Stacked(ReferenceCell):
+        def __init__(self, cell):
+            super().__init__(cell)
+            self.conformance.update(params="stacked", transposed=True, batch_major=True)
+            self.layout = Layout("stacked", (), True, 1, True)
+            self.gates = gate_names(self.module.SIGNATURE.parameters)
+
+        def _canon(self, params):
+            return grads_from_layout(params, self.layout, self.gates)  # a linear map: works for values too
+
+        def forward(self, params, x, **init):
+            y, final = super().forward(self._canon(params), np.swapaxes(x, 0, 1), **init)
+            return np.swapaxes(y, 0, 1), final
+
+        def backward(self, params, x, dy, d_final, **init):
+            from lstm_spec.layouts.frameworks import to_layout
+
+            g = super().backward(self._canon(params), np.swapaxes(x, 0, 1), np.swapaxes(dy, 0, 1), d_final, **init)
+            out = to_layout({k: v for k, v in g.items() if k in self.module.SIGNATURE.parameters}, self.layout)
+            out.update({k: v for k, v in g.items() if k not in self.module.SIGNATURE.parameters})
+            out["x"] = np.swapaxes(g["x"], 0, 1)
+            return out
+
+    cells = [c for c in builtin_cells() if _cell_exists(c)]
+    assert "lstm" in cells and "rnn_tanh" in cells
+    for cell in cells:
+        cases = [c for c in default_cases([cell]) if c.single and c.direction == "forward" and c.lengths is None]
+        impls = [ReferenceCell(cell)]
+        if gate_names(impls[0].module.SIGNATURE.parameters):
+            impls.append(Stacked(cell))
+        for impl in impls:
+            report = conform(ProtocolTarget(impl), cases)
+            assert report.passed, format_report(report, verbose=False)
+
+
 def test_declared_layout_must_match():
     """A correct implementation declaring the wrong gate order fails as a permutation."""
     impl = NumpyLSTM(gate_order="iofc")
