@@ -36,7 +36,7 @@ class TorchEquivalent:
     sequence_module: Callable  # (torch, dims) -> nn.Module taking (x, state) over a sequence
     cell_module: Callable | None  # (torch, dims) -> single-step nn.Module, or None
     weights: Callable  # (torch, ours: dict of tensors, dims, seed) -> {torch parameter name: tensor}
-    states: tuple  # our state names in PyTorch's state order
+    states: tuple  # PyTorch's state tuple, each entry the stack (over layers) of our states it holds
 
 
 def _split(torch, b, seed):
@@ -69,19 +69,32 @@ def _rnn_weights(torch, p, dims, seed):
     return {"weight_ih": p["W"], "weight_hh": p["U"], "bias_ih": b_ih, "bias_hh": b_hh}
 
 
+def _stacked_lstm_weights(torch, p, dims, seed):
+    """Layer k's parameters W{k}_f, ... -> PyTorch's weight_ih_l{k-1}, ..."""
+    out = {}
+    for k in (1, 2):
+        layer = {name.replace(str(k), "", 1): v for name, v in p.items() if name[1:2] == str(k)}
+        for key, v in _lstm_weights(torch, layer, dims, seed + k).items():
+            out[f"{key}_l{k - 1}"] = v
+    return out
+
+
 TORCH_EQUIVALENTS: dict[str, TorchEquivalent] = {
     "lstm": TorchEquivalent(lambda t, d: t.nn.LSTM(d["D"], d["H"]), lambda t, d: t.nn.LSTMCell(d["D"], d["H"]),
-                            _lstm_weights, ("h", "c")),
+                            _lstm_weights, (("h",), ("c",))),
     "no_peepholes": TorchEquivalent(lambda t, d: t.nn.LSTM(d["D"], d["H"]),
-                                    lambda t, d: t.nn.LSTMCell(d["D"], d["H"]), _lstm_weights, ("h", "c")),
+                                    lambda t, d: t.nn.LSTMCell(d["D"], d["H"]), _lstm_weights, (("h",), ("c",))),
     "lstm_two_bias": TorchEquivalent(lambda t, d: t.nn.LSTM(d["D"], d["H"]),
-                                     lambda t, d: t.nn.LSTMCell(d["D"], d["H"]), _lstm_weights, ("h", "c")),
+                                     lambda t, d: t.nn.LSTMCell(d["D"], d["H"]), _lstm_weights, (("h",), ("c",))),
     "projection": TorchEquivalent(lambda t, d: t.nn.LSTM(d["D"], d["H"], proj_size=d["P"]), None,
-                                  _lstm_weights, ("h", "c")),
+                                  _lstm_weights, (("h",), ("c",))),
+    "lstm_stacked2": TorchEquivalent(lambda t, d: t.nn.LSTM(d["D"], d["H"], num_layers=2), None,
+                                     _stacked_lstm_weights, (("h1", "h2"), ("c1", "c2"))),
     "gru_reset_after": TorchEquivalent(lambda t, d: t.nn.GRU(d["D"], d["H"]),
-                                       lambda t, d: t.nn.GRUCell(d["D"], d["H"]), _gru_weights, ("h",)),
+                                       lambda t, d: t.nn.GRUCell(d["D"], d["H"]), _gru_weights, (("h",),)),
     "rnn_tanh": TorchEquivalent(lambda t, d: t.nn.RNN(d["D"], d["H"], nonlinearity="tanh"),
-                                lambda t, d: t.nn.RNNCell(d["D"], d["H"], nonlinearity="tanh"), _rnn_weights, ("h",)),
+                                lambda t, d: t.nn.RNNCell(d["D"], d["H"], nonlinearity="tanh"), _rnn_weights,
+                                (("h",),)),
 }
 
 
@@ -93,34 +106,35 @@ def _compare(module, inst, torch, eq: TorchEquivalent, use_cell: bool, weights=N
     leaf = lambda a: torch.tensor(a, dtype=torch.float64, requires_grad=True)  # noqa: E731
     ours = {k: leaf(v) for k, v in inst.params.items()}
     x = leaf(inst.seq["x"])
-    init = {s: leaf(inst.init[s]) for s in eq.states}
+    names = [s for group in eq.states for s in group]
+    init = {s: leaf(inst.init[s]) for s in names}
     net = (eq.cell_module if use_cell else eq.sequence_module)(torch, dims).double()
     w = (weights or eq.weights)(torch, ours, dims, 7)
-    suffix = "" if use_cell else "_l0"
-    w = {f"{k}{suffix}": v for k, v in w.items()}
-    state = tuple(init[s] for s in eq.states)
+    if not use_cell:  # single-layer conversions name PyTorch's layer-0 weights without the suffix
+        w = {k if k[-3:-1] == "_l" else f"{k}_l0": v for k, v in w.items()}
     if use_cell:
-        ys = []
+        state = tuple(init[g[0]] for g in eq.states)
         s = state if len(state) > 1 else state[0]
+        ys = []
         for t in range(T):
             s = functional_call(net, w, (x[t], s))
             ys.append(s[0] if isinstance(s, tuple) else s)
         y = torch.stack(ys) if ys else torch.zeros((0, B, inst.dy.shape[-1]), dtype=torch.float64)
-        final = s if isinstance(s, tuple) else (s,)
+        final = dict(zip([g[0] for g in eq.states], s if isinstance(s, tuple) else (s,)))
     else:
-        arg = tuple(v[None] for v in state)
-        y, final = functional_call(net, w, (x, arg if len(arg) > 1 else arg[0]))
-        final = tuple(f[0] for f in final) if isinstance(final, tuple) else (final[0],)
-    final = dict(zip(eq.states, final))
+        arg = tuple(torch.stack([init[s] for s in group]) for group in eq.states)
+        y, out = functional_call(net, w, (x, arg if len(arg) > 1 else arg[0]))
+        out = out if isinstance(out, tuple) else (out,)
+        final = {s: out[gi][li] for gi, group in enumerate(eq.states) for li, s in enumerate(group)}
     loss = (y * torch.tensor(inst.dy)).sum()
-    for s in eq.states:
+    for s in names:
         loss = loss + (final[s] * torch.tensor(inst.d_final[s])).sum()
     loss.backward()
     ours_y, ours_final, ours_g = run(module, inst)
     pairs = [("y", ours_y, y.detach().numpy())]
-    pairs += [(f"{s}_T", ours_final[s], final[s].detach().numpy()) for s in eq.states]
+    pairs += [(f"{s}_T", ours_final[s], final[s].detach().numpy()) for s in names]
     pairs += [("x", ours_g["x"], x.grad.numpy())]
-    pairs += [(f"{s}0", ours_g[f"{s}0"], init[s].grad.numpy()) for s in eq.states]
+    pairs += [(f"{s}0", ours_g[f"{s}0"], init[s].grad.numpy()) for s in names]
     pairs += [(k, ours_g[k], ours[k].grad.numpy() if ours[k].grad is not None else np.zeros_like(inst.params[k]))
               for k in inst.params]
     return pairs

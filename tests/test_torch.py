@@ -29,7 +29,8 @@ def test_negative_control_permuted_gates_are_caught():
     assert check_torch(lstm, "lstm", weights=swapped)["error"] > TOL
 
 
-@pytest.mark.parametrize("cell", ["lstm_two_bias", "projection", "gru_reset_after", "rnn_tanh", "no_peepholes"])
+@pytest.mark.parametrize("cell", ["lstm_two_bias", "projection", "gru_reset_after", "rnn_tanh", "no_peepholes",
+                                  "lstm_stacked2"])
 def test_other_cells_agree_with_pytorch(cell):
     import importlib
 
