@@ -90,7 +90,7 @@ def compare(problem: Problem, got: dict, want: dict, tolerance: float, quantitie
         mx = float(diff[idx])
         scale = float(np.max(np.abs(w)))
         rel = mx / scale if scale > 0 else mx
-        rows.append(Row(q, mx, rel, position(problem, q, idx), tolerance,
+        rows.append(Row(q, mx, rel, position(problem, q, idx) if mx > 0 else "-", tolerance,
                         f"got {g[idx]:.6g}, expected {w[idx]:.6g}" if rel > tolerance else ""))
     return rows
 
