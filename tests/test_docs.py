@@ -78,6 +78,18 @@ def test_negative_control_a_missing_formula_is_caught(site, tmp_path):
     assert any("backward equations of lstm" in p for p in problems)
 
 
+def test_every_displayed_formula_is_derived(site):
+    assert testing.hand_typed_displays(site) == []
+
+
+def test_negative_control_a_hand_typed_display_is_caught(site, tmp_path):
+    copy = tmp_path / "site"
+    shutil.copytree(site, copy)
+    page = copy / "notation" / "index.html"
+    page.write_text(page.read_text().replace("<h2", '<div class="arithmatex">\\[ c_t = f_t c_{t-1} \\]</div><h2', 1))
+    assert any("c_t = f_t" in p for p in testing.hand_typed_displays(copy))
+
+
 def test_nothing_is_fetched_from_a_network(site):
     assert testing.network_references(site) == []
 

@@ -108,3 +108,14 @@ def network_references(site: Path) -> list[str]:
             for m in CSS_URL.finditer(text):
                 found.append(f"{p.relative_to(site)}: {text[m.start():m.start() + 80]}")
     return found
+
+
+def hand_typed_displays(site: Path) -> list[str]:
+    """Every displayed formula that is not a derived block (pymdownx.arithmatex renders a $$...$$ display
+    typed into a page as <div class="arithmatex">): displays on this site come from the derivation only;
+    hand-written math is limited to inline names in the prose."""
+    found = []
+    for p in pages(site):
+        for m in re.finditer(r'<div class="arithmatex">(.*?)</div>', p.read_text(encoding="utf-8"), re.S):
+            found.append(f"{p.relative_to(site)}: {html.unescape(m.group(1))[:80]}")
+    return found
