@@ -221,7 +221,6 @@ def norms_vs_distance(module, params, T, D, seed):
         g = carried(module, params, x, cache, dy, t)
         for s in out:
             out[s].append(float(np.linalg.norm(g[s])))
-    dist = np.arange(T - 1, 0, -1)
     dist = T - np.arange(T - 1, 0, -1)
     return dist, {s: np.array(v) for s, v in out.items()}
 
