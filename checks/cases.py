@@ -38,7 +38,7 @@ def dims_for(module, shape) -> dict:
     dimension is H (a cell with more dimensions gets H + 1, H + 2, ...)."""
     T, B, D, H = shape
     sig = module.SIGNATURE
-    dims = {"T": T, "B": B}
+    dims = {"T": T, "B": B, "1": 1}
     for n, ds in sig.inputs.items():
         dims.setdefault(ds[-1], D)
     extra = 0

@@ -19,11 +19,11 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from lstm_spec.derivations.functions import Clip, ClipMask, Sigmoid
+from lstm_spec.derivations.functions import Clip, ClipMask, Exp, LogSumExp, LogSumExpN, Sigmoid, UnitSum
 from lstm_spec.derivations.reverse import Derivation
 from lstm_spec.reference._runtime import symbolic
 
-ATOM_FUNCTIONS = (Sigmoid, sympy.tanh, Clip, ClipMask)
+ATOM_FUNCTIONS = (Sigmoid, sympy.tanh, Clip, ClipMask, Exp, LogSumExpN)
 
 
 # ----------------------------------------------------------------------------------------- equality
@@ -81,6 +81,9 @@ class ModularPoint:
             v = int(expr) % P
         elif expr.is_Rational:
             v = int(expr.p) % P * pow(int(expr.q) % P, -1, P) % P
+        elif expr.is_Float:
+            r = exact_constant(expr)
+            v = int(r.p) % P * pow(int(r.q) % P, -1, P) % P
         elif expr.is_Add:
             v = sum(self(a) for a in expr.args) % P
         elif expr.is_Mul:
@@ -99,11 +102,24 @@ class ModularPoint:
         return v
 
 
+def exact_constant(f):
+    """The rational a float constant of the generated code stands for. Spec constants are decimals or
+    small fractions (1/2, 1/3); the generated code carries them as Python floats, which in symbolic
+    mode become SymPy Floats: the nearest fraction with a denominator up to 10^6 recovers them."""
+    from fractions import Fraction
+
+    fr = Fraction(float(f)).limit_denominator(10**6)
+    return sympy.Rational(fr.numerator, fr.denominator)
+
+
 def equal_at_points(a, b, points) -> bool:
     return all(pt(sympy.sympify(a)) == pt(sympy.sympify(b)) for pt in points)
 
 
 def difference_is_zero(a, b, atomize: Atomizer) -> bool:
+    a, b = sympy.sympify(a), sympy.sympify(b)
+    a = a.xreplace({f: exact_constant(f) for f in a.atoms(sympy.Float)})
+    b = b.xreplace({f: exact_constant(f) for f in b.atoms(sympy.Float)})
     diff = sympy.expand(atomize(a) - atomize(b))
     if diff == 0:
         return True
@@ -121,14 +137,15 @@ def _mat(prefix, m, n):
 
 
 class ExplicitStep:
-    """The forward equations of one step (one sample) on explicit symbols for given sizes."""
+    """The forward equations of one step (one sample) on explicit symbols for given sizes. A vector is a
+    list of per-unit expressions; a per-sample value (shape ("1",)) a list of one, which broadcasts."""
 
     def __init__(self, d: Derivation, sizes: dict):
-        self.d, self.sizes = d, sizes
+        self.d, self.sizes = d, {**sizes, "1": 1}
         cell, S = d.cell, d.symbols
         self.leaf = {}  # symbol -> list of per-unit expressions (vectors) / Matrix (matrix params)
         for name, q in cell.parameters.items():
-            dims = [sizes[x] for x in q.shape]
+            dims = [self.sizes[x] for x in q.shape]
             self.leaf[S.param(name)] = _mat(name, *dims) if len(dims) == 2 else _vec(name, dims[0])
 
     def size(self, shape):
@@ -156,16 +173,46 @@ class ExplicitStep:
             if lhs in cut:
                 env[lhs] = cut[lhs]
                 continue
-            n = self.size(fe.shape)
-            env[lhs] = [self._unit(fe.expr, env, k) for k in range(n)]
+            env[lhs] = [explicit(fe.expr, env, k) for k in range(self.size(fe.shape))]
         return env
 
-    def _unit(self, expr, env, k):
-        sub = {}
-        for s in expr.free_symbols:
-            v = env[s]
-            sub[s] = v[k] if not isinstance(v, sympy.MatrixBase) else v
-        return expr.xreplace(sub)
+
+def _units(expr, env) -> int:
+    """How many units an expression ranges over: the longest vector among its symbols."""
+    n = 1
+    for s in expr.free_symbols:
+        v = env[s]
+        if not isinstance(v, sympy.MatrixBase):
+            n = max(n, len(v))
+    return n
+
+
+def explicit(expr, env, k):
+    """Unit k of a per-unit expression on explicit values; reductions (sum, logsumexp) range over the
+    units of their argument, and a per-sample value broadcasts to every unit."""
+    if expr.has(UnitSum, LogSumExp):
+        def reduce(e):
+            if isinstance(e, (UnitSum, LogSumExp)):
+                inner = e.args[0]
+                values = [explicit(inner, env, j) for j in range(_units(inner, env))]
+                return sympy.Add(*values) if isinstance(e, UnitSum) else LogSumExpN(*values)
+            if e.is_Atom:
+                return e
+            return e.func(*[reduce(a) for a in e.args])
+
+        top = reduce(expr)
+        return top.xreplace(_unit_subs(top, env, k))
+    return expr.xreplace(_unit_subs(expr, env, k))
+
+
+def _unit_subs(expr, env, k):
+    sub = {}
+    for s in expr.free_symbols:
+        if s not in env:
+            continue  # a symbol already made explicit by a reduction
+        v = env[s]
+        sub[s] = v if isinstance(v, sympy.MatrixBase) else (v[k] if len(v) > 1 else v[0])
+    return sub
 
 
 # ----------------------------------------------------------------------------------------- (a)
@@ -182,7 +229,7 @@ def check_step(d: Derivation, sizes: dict | None = None, exact: str = "expand", 
     inputs = {n: _vec(n, sizes[q.shape[0]]) for n, q in cell.inputs.items()}
     prev = {n: _vec(f"{n}_prev", sizes[q.shape[0]]) for n, q in cell.states.items()}
     seeds = {S.next(n): _vec(f"d{n}_next", sizes[q.shape[0]]) for n, q in cell.states.items()}
-    out_size = sizes[next(fe.shape for fe in d.forward if fe.lhs == cell.output)[0]]
+    out_size = {**sizes, "1": 1}[next(fe.shape for fe in d.forward if fe.lhs == cell.output)[0]]
     seeds[S.cot()] = _vec("dy", out_size)
 
     def loss(env):
@@ -196,7 +243,11 @@ def check_step(d: Derivation, sizes: dict | None = None, exact: str = "expand", 
     derived = dict(base)
     derived.update(seeds)
     for st in d.statements:
-        derived[st.target] = _evaluate_statement(st, derived, S)
+        info = S.info[st.target]
+        n = len(base[info.of]) if info.kind == "adj" and not isinstance(base[info.of], sympy.MatrixBase) else 1
+        if info.kind == "cse":
+            n = _units(st.elementwise, derived)
+        derived[st.target] = _evaluate_statement(st, derived, S, n)
 
     atomize = Atomizer()
     points = [ModularPoint(seed) for seed in (3, 4)]
@@ -244,38 +295,26 @@ def check_step(d: Derivation, sizes: dict | None = None, exact: str = "expand", 
     return {"error": len(failures), "checked": checked, "failures": failures}
 
 
-def _evaluate_statement(st, env, S):
-    """One derived statement on explicit per-unit values (one sample, one step)."""
-    parts = None
+def _evaluate_statement(st, env, S, n):
+    """One derived statement on explicit per-unit values (one sample, one step); n units."""
     if st.kind == "param_matrix":
         total = None
         for dl, v in st.outer:
             term = sympy.Matrix(env[dl]) * sympy.Matrix(env[v]).T
             total = term if total is None else total + term
         return total
-    e = st.elementwise
-    # length: from any vector symbol in the statement
-    n = None
-    for s in e.free_symbols:
-        if not isinstance(env[s], sympy.MatrixBase):
-            n = len(env[s])
-            break
+    parts = [sympy.S.Zero] * n
     for matrix, dl in st.matvec:
         contrib = list(env[S.param(matrix)].T * sympy.Matrix(env[dl]))
-        parts = contrib if parts is None else [a + b for a, b in zip(parts, contrib)]
-        n = len(contrib)
-    if n is None:
-        raise ValueError(f"cannot size statement {st.target}")
-    if e != 0:
-        vals = [e.xreplace({s: (env[s][k] if not isinstance(env[s], sympy.MatrixBase) else env[s])
-                            for s in e.free_symbols}) for k in range(n)]
-        parts = vals if parts is None else [a + b for a, b in zip(parts, vals)]
-    return parts if parts is not None else [sympy.S.Zero] * n
+        parts = [a + b for a, b in zip(parts, contrib)]
+    if st.elementwise != 0:
+        parts = [a + explicit(st.elementwise, env, k) for k, a in enumerate(parts)]
+    return parts
 
 
 def _default_sizes(cell) -> dict:
     """Small explicit sizes with D != H: inputs' dimension 3, every other dimension 2."""
-    sizes = {}
+    sizes = {"1": 1}
     for q in cell.inputs.values():
         sizes[q.shape[-1]] = 3
     for d in cell.dimensions:
@@ -294,7 +333,7 @@ def check_unrolled(d: Derivation, module, T: int = 2, B: int = 1, sizes: dict | 
     exactly at two random points modulo 2^61 - 1 (see ModularPoint): fast for longer sequences.
     stop_after: stop after that many differing entries (negative controls need only one)."""
     cell, S = d.cell, d.symbols
-    sizes = sizes or _default_sizes(cell)
+    sizes = {**(sizes or _default_sizes(cell)), "1": 1}
     sig = module.SIGNATURE
 
     def arr(prefix, shape):

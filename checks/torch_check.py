@@ -37,6 +37,7 @@ class TorchEquivalent:
     cell_module: Callable | None  # (torch, dims) -> single-step nn.Module, or None
     weights: Callable  # (torch, ours: dict of tensors, dims, seed) -> {torch parameter name: tensor}
     states: tuple  # PyTorch's state tuple, each entry the stack (over layers) of our states it holds
+    head: Callable | None = None  # (torch, ours, hidden sequence (T, B, H), inst) -> the cell's output
 
 
 def _split(torch, b, seed):
@@ -90,6 +91,16 @@ TORCH_EQUIVALENTS: dict[str, TorchEquivalent] = {
                                   _lstm_weights, (("h",), ("c",))),
     "lstm_stacked2": TorchEquivalent(lambda t, d: t.nn.LSTM(d["D"], d["H"], num_layers=2), None,
                                      _stacked_lstm_weights, (("h1", "h2"), ("c1", "c2"))),
+    "lstm_mse": TorchEquivalent(lambda t, d: t.nn.LSTM(d["D"], d["H"]), lambda t, d: t.nn.LSTMCell(d["D"], d["H"]),
+                                _lstm_weights, (("h",), ("c",)), head=lambda t, p, h, inst: 0.5 * (
+                                    (t.nn.functional.linear(h, p["W_hy"], p["b_y"]) - t.tensor(inst.seq["target"]))
+                                    ** 2).sum(-1, keepdim=True)),
+    "lstm_softmax_ce": TorchEquivalent(
+        lambda t, d: t.nn.LSTM(d["D"], d["H"]), lambda t, d: t.nn.LSTMCell(d["D"], d["H"]), _lstm_weights,
+        (("h",), ("c",)), head=lambda t, p, h, inst: t.nn.functional.cross_entropy(
+            t.nn.functional.linear(h, p["W_hy"], p["b_y"]).reshape(-1, p["b_y"].shape[0]),
+            t.tensor(inst.seq["target"]).reshape(-1, p["b_y"].shape[0]), reduction="none").reshape(
+            h.shape[0], h.shape[1], 1)),
     "gru_reset_after": TorchEquivalent(lambda t, d: t.nn.GRU(d["D"], d["H"]),
                                        lambda t, d: t.nn.GRUCell(d["D"], d["H"]), _gru_weights, (("h",),)),
     "rnn_tanh": TorchEquivalent(lambda t, d: t.nn.RNN(d["D"], d["H"], nonlinearity="tanh"),
@@ -119,13 +130,15 @@ def _compare(module, inst, torch, eq: TorchEquivalent, use_cell: bool, weights=N
         for t in range(T):
             s = functional_call(net, w, (x[t], s))
             ys.append(s[0] if isinstance(s, tuple) else s)
-        y = torch.stack(ys) if ys else torch.zeros((0, B, inst.dy.shape[-1]), dtype=torch.float64)
+        y = torch.stack(ys) if ys else torch.zeros((0, B, dims["H"]), dtype=torch.float64)
         final = dict(zip([g[0] for g in eq.states], s if isinstance(s, tuple) else (s,)))
     else:
         arg = tuple(torch.stack([init[s] for s in group]) for group in eq.states)
         y, out = functional_call(net, w, (x, arg if len(arg) > 1 else arg[0]))
         out = out if isinstance(out, tuple) else (out,)
         final = {s: out[gi][li] for gi, group in enumerate(eq.states) for li, s in enumerate(group)}
+    if eq.head is not None:
+        y = eq.head(torch, ours, y, inst)
     loss = (y * torch.tensor(inst.dy)).sum()
     for s in names:
         loss = loss + (final[s] * torch.tensor(inst.d_final[s])).sum()

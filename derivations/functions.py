@@ -86,6 +86,58 @@ class Clip(sympy.Function):
         return r"\operatorname{clip}_{%s}\left(%s\right)" % (b, x)
 
 
+class Exp(sympy.Function):
+    """exp(x), kept as an opaque function (SymPy would merge exp(a) exp(b) into exp(a + b)), with
+    exp' = exp."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return self
+
+    def _eval_rewrite_as_exp(self, arg, **kwargs):
+        return sympy.exp(arg)
+
+    def _latex(self, printer, exp=None):
+        return r"\exp\left(%s\right)" % printer._print(self.args[0])
+
+
+class UnitSum(sympy.Function):
+    """Sum over the units of a vector (a reduction: the per-unit argument, summed). Per unit, the
+    derivative of the sum with respect to its argument is 1."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sympy.S.One
+
+    def _latex(self, printer, exp=None):
+        return r"\sum_{k} %s" % printer.parenthesize(self.args[0], 1000)
+
+
+class LogSumExp(sympy.Function):
+    """log sum_k exp(x_k), written per unit: its derivative with respect to unit k of its argument is
+    the softmax exp(x_k - logsumexp(x)), i.e. it is expressed through the function's own output."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return Exp(self.args[0] - self)
+
+    def _latex(self, printer, exp=None):
+        return r"\log\sum_{k}\exp\left(%s\right)" % printer._print(self.args[0])
+
+
+class LogSumExpN(sympy.Function):
+    """logsumexp of explicit arguments (the checks' explicit form of LogSumExp)."""
+
+    def fdiff(self, argindex=1):
+        return Exp(self.args[argindex - 1] - self)
+
+    def _eval_rewrite_as_exp(self, *args, **kwargs):
+        return sympy.log(sum(sympy.exp(a) for a in args))
+
+
 @dataclass(frozen=True)
 class FunctionKind:
     kind: str
@@ -95,6 +147,7 @@ class FunctionKind:
     derivative_text: str  # the rule as documented
     parameters: tuple = ()  # names of constant parameters declared with the function (e.g. "bound")
     declarable: bool = True  # False for functions that only appear in derivatives
+    reduction: bool = False  # True when the function maps a vector to one value per sample
 
 
 FUNCTIONS: dict[str, FunctionKind] = {
@@ -105,6 +158,10 @@ FUNCTIONS: dict[str, FunctionKind] = {
     "identity": FunctionKind("identity", Identity, "identity", lambda x: x, "identity'(x) = 1"),
     "clip": FunctionKind("clip", Clip, "clip", lambda x, b: sympy.Piecewise((-b, x < -b), (x, x <= b), (b, True)),
                          "clip'(x) = 1 if -b <= x <= b else 0 (1 at the kinks)", ("bound",)),
+    "exp": FunctionKind("exp", Exp, "exp", lambda x: sympy.exp(x), "exp'(x) = exp(x)"),
+    "sum": FunctionKind("sum", UnitSum, "unit_sum", None, "d sum_k x_k / d x_j = 1", reduction=True),
+    "logsumexp": FunctionKind("logsumexp", LogSumExp, "logsumexp", None,
+                              "d logsumexp(x) / d x_j = exp(x_j - logsumexp(x)) (the softmax)", reduction=True),
     "clip_mask": FunctionKind("clip_mask", ClipMask, "clip_mask", None, "the derivative of clip", ("bound",),
                               declarable=False),
 }
@@ -125,6 +182,9 @@ def confirm_rules() -> list[tuple[str, object]]:
     for fk in FUNCTIONS.values():
         if fk.kind == "clip":
             out.append((fk.kind, _confirm_clip(fk)))
+            continue
+        if fk.reduction:
+            out.append((fk.kind, _confirm_reduction(fk)))
             continue
         if not fk.declarable:
             continue
@@ -152,4 +212,26 @@ def _confirm_clip(fk) -> int:
                 bad += 1
             if value_rule.subs(x, point) != fk.definition(x, b).subs(x, point):
                 bad += 1
+    return bad
+
+
+def _confirm_reduction(fk) -> int:
+    """A reduction's per-unit rule against sympy.diff of its closed form on 3 explicit units: returns the
+    number of units where they differ (after rewriting in exp and simplifying)."""
+    xs = sympy.symbols("x0:3", real=True)
+    if fk.kind == "sum":
+        closed, explicit = sum(xs), sum(xs)
+        rule = [sympy.diff(UnitSum(x), x) for x in xs]  # per unit: 1
+    else:
+        closed = sympy.log(sum(sympy.exp(x) for x in xs))
+        explicit = LogSumExpN(*xs)
+        rule = [sympy.diff(LogSumExp(x), x).subs(LogSumExp(x), explicit) for x in xs]
+    bad = 0
+    for x, r in zip(xs, rule):
+        want = sympy.diff(closed, x)
+        got = r.rewrite(sympy.exp)
+        if sympy.simplify(got - want) != 0:
+            bad += 1
+        if sympy.simplify(sympy.diff(explicit, x).rewrite(sympy.exp) - want) != 0:
+            bad += 1
     return bad

@@ -75,6 +75,9 @@ class CodePrinter(StrPrinter):
     _print_tanh = _print_Function
     _print_Clip = _print_Function
     _print_ClipMask = _print_Function
+    _print_Exp = _print_Function
+    _print_UnitSum = _print_Function
+    _print_LogSumExp = _print_Function
 
     def _print_Rational(self, e):
         return f"({e.p}/{e.q})"
@@ -118,6 +121,9 @@ class PlainPrinter(CodePrinter):
     _print_tanh = _print_Function
     _print_Clip = _print_Function
     _print_ClipMask = _print_Function
+    _print_Exp = _print_Function
+    _print_UnitSum = _print_Function
+    _print_LogSumExp = _print_Function
 
     def _print_Rational(self, e):
         return f"{e.p}/{e.q}"

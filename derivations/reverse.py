@@ -33,7 +33,7 @@ import sympy
 from lstm_spec.spec.cells import Cell
 from lstm_spec.spec.language import BinOp, Call, Name, Neg, Num, Pow
 
-from .functions import FUNCTIONS, kind_of
+from .functions import FUNCTIONS, UnitSum, kind_of
 
 
 # ----------------------------------------------------------------------------------------- symbols
@@ -169,7 +169,9 @@ def equations_to_sympy(cell: Cell, symbols: Symbols) -> list[ForwardEquation]:
                 base = f"{node.func}_{arg.name}" if isinstance(arg, Name) and not arg.prev else f"{node.func}_{lhs}"
                 name = fresh(base)
                 hoisted[call] = name
-                out.append(ForwardEquation(name, conv(call), True, "", call, cell.shapes[lhs]))
+                kind = FUNCTIONS[cell.functions[node.func]]
+                out.append(ForwardEquation(name, conv(call), True, "", call, ("1",) if kind.reduction else
+                                           cell.shapes[lhs]))
             return Name(hoisted[call])
         return node
 
@@ -236,6 +238,16 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
         add(symbols.value(s), symbols.next(s))
     add(symbols.value(cell.output), symbols.cot())  # the cotangent of y_t
 
+    shapes = {fe.lhs: fe.shape for fe in forward}
+    for table in (cell.inputs, cell.states, cell.parameters):
+        shapes.update({n: q.shape for n, q in table.items()})
+
+    def shape_of(sym):
+        info = symbols.info[sym]
+        if info.kind == "term":
+            return (cell.parameters[info.matrix].shape[0],)
+        return shapes[info.name]
+
     # first (in forward order) equation consuming each linear term: its adjoint is final after it
     first_use: dict[sympy.Symbol, int] = {}
     for idx, fe in enumerate(forward):
@@ -260,7 +272,10 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
 
         for a in _differentiable(fe.expr, symbols):
             partial = _name_function_values(sympy.diff(fe.expr, a), forward, symbols)
-            add(a, d_lhs * partial)
+            contribution = d_lhs * partial
+            if shape_of(a) == ("1",) and fe.shape != ("1",):
+                contribution = UnitSum(contribution)  # a per-sample value used by every unit
+            add(a, contribution)
 
         for term, first in first_use.items():
             if first != idx:

@@ -52,6 +52,36 @@ def identity(z):
     return z
 
 
+def exp(z):
+    if z.dtype == object:
+        from lstm_spec.derivations.functions import Exp
+
+        return _elementwise(Exp, z)
+    return np.exp(z)
+
+
+def unit_sum(z):
+    """Sum over the units (last axis), kept as a length-1 axis so it broadcasts against vectors."""
+    return np.sum(z, axis=-1, keepdims=True)
+
+
+def logsumexp(z):
+    """log sum_k exp(z_k) over the last axis, shifted by the largest real part: no overflow, and
+    analytic in z (the shift is a constant), so complex-step derivatives work."""
+    if z.dtype == object:
+        from lstm_spec.derivations.functions import LogSumExpN
+
+        out = np.empty(z.shape[:-1] + (1,), dtype=object)
+        for idx in np.ndindex(z.shape[:-1]):
+            out[idx + (0,)] = LogSumExpN(*z[idx])
+        return out
+    if z.shape[-1] == 0:
+        return np.full(z.shape[:-1] + (1,), -np.inf, dtype=z.dtype)
+    shift = np.max(z.real, axis=-1, keepdims=True)
+    shift = np.where(np.isfinite(shift), shift, 0)
+    return (shift + np.log(np.sum(np.exp(z - shift), axis=-1, keepdims=True))).astype(z.dtype, copy=False)
+
+
 def clip(z, bound):
     """min(max(z, -bound), bound). For complex z (complex-step checks) the real part decides the piece,
     so the imaginary part carries the derivative: 1 inside, 0 where clipped."""
@@ -142,6 +172,8 @@ def prepare(sig: Signature, params, sequence: dict, initial: dict):
         raise InputError(f"{first}: dtype {dtype} is not supported; use float32, float64 or complex128")
 
     dims: dict[str, int] = {}
+
+    dims["1"] = 1  # the shape of one value per sample
 
     def bind(label, a, expected):
         """expected: tuple of dim names or ints; binds names on first sight."""

@@ -29,6 +29,7 @@ from .language import (
 )
 
 SPEC_DIR = Path(__file__).resolve().parent
+SCALAR = "1"  # the shape of one value per sample (what a reduction such as sum(...) gives): ("1",)
 SPEC_SUFFIX = ".toml"
 MAX_SPEC_BYTES = 200_000
 MAX_EQUATIONS = 200
@@ -88,7 +89,7 @@ def _parse_shape(text, where) -> tuple[str, ...]:
     if not isinstance(text, str):
         raise SpecError(f"{where}: a shape is a string such as \"H\" or \"H x D\", got {text!r}")
     parts = [p.strip() for p in re.split(r"\s*[x×]\s*", text.strip())] if text.strip() else []
-    if not 1 <= len(parts) <= 2 or not all(IDENTIFIER.match(p) for p in parts):
+    if not 1 <= len(parts) <= 2 or not all(IDENTIFIER.match(p) or p == SCALAR for p in parts):
         raise SpecError(f"{where}: bad shape {text!r}; write \"H\" for a vector or \"H x D\" for a matrix")
     return tuple(parts)
 
@@ -170,7 +171,7 @@ def _build(data: dict, source: str, path: Path) -> Cell:
                 raise SpecError(f"{where} [{key}]: {qname!r} is declared twice")
             shape = _parse_shape(shape_text, f"{where} [{key}] {qname}")
             for d in shape:
-                if d not in dims:
+                if d not in dims and d != SCALAR:
                     raise SpecError(f"{where} [{key}] {qname}: dimension {d!r} is not declared in [dimensions]")
             if role != "parameter" and len(shape) != 1:
                 raise SpecError(f"{where} [{key}] {qname}: {role}s are vectors (one dimension), got {shape_text!r}")
@@ -333,6 +334,12 @@ def _infer(node, loc, declared, shapes, functions, used):
         shape = _infer(node.arg, loc, declared, shapes, functions, used)
         if shape is not None and len(shape) != 1:
             raise SpecError(f"{loc}: {node.func}() applies elementwise to a vector, not to a matrix")
+        from lstm_spec.derivations.functions import FUNCTIONS
+
+        if FUNCTIONS[functions[node.func]].reduction:
+            if shape is None or shape == (SCALAR,):
+                raise SpecError(f"{loc}: {node.func}() reduces a vector over its units; its argument is not a vector")
+            return (SCALAR,)
         return shape
     if isinstance(node, Neg):
         return _vector_or_scalar(_infer(node.operand, loc, declared, shapes, functions, used), loc, "-")
@@ -356,6 +363,8 @@ def _infer(node, loc, declared, shapes, functions, used):
         ls = _vector_or_scalar(_infer(node.left, loc, declared, shapes, functions, used), loc, node.op)
         rs = _vector_or_scalar(_infer(node.right, loc, declared, shapes, functions, used), loc, node.op)
         if ls is not None and rs is not None and ls != rs:
+            if ls == (SCALAR,) or rs == (SCALAR,):  # one value per sample broadcasts over the units
+                return rs if ls == (SCALAR,) else ls
             raise SpecError(f"{loc}: elementwise {node.op!r} between shapes {ls} and {rs}")
         return ls if ls is not None else rs
     raise SpecError(f"{loc}: unsupported expression")  # pragma: no cover - the parser makes no other nodes

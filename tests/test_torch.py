@@ -30,7 +30,7 @@ def test_negative_control_permuted_gates_are_caught():
 
 
 @pytest.mark.parametrize("cell", ["lstm_two_bias", "projection", "gru_reset_after", "rnn_tanh", "no_peepholes",
-                                  "lstm_stacked2"])
+                                  "lstm_stacked2", "lstm_mse", "lstm_softmax_ce"])
 def test_other_cells_agree_with_pytorch(cell):
     import importlib
 
