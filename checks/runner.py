@@ -106,6 +106,7 @@ def unrolled_sizes(cell: Cell) -> dict:
     sizes = {d: 1 for d in cell.dimensions}
     for q in cell.inputs.values():
         sizes[q.shape[-1]] = 2
+    sizes["1"] = 1
     return sizes
 
 

@@ -314,9 +314,10 @@ def _evaluate_statement(st, env, S, n):
 
 def _default_sizes(cell) -> dict:
     """Small explicit sizes with D != H: inputs' dimension 3, every other dimension 2."""
-    sizes = {"1": 1}
+    sizes = {}
     for q in cell.inputs.values():
         sizes[q.shape[-1]] = 3
+    sizes["1"] = 1
     for d in cell.dimensions:
         sizes.setdefault(d, 2)
     return sizes

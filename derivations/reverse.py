@@ -82,7 +82,7 @@ class Symbols:
         return self._make(("next", state), f"δ{state}⁺", SymInfo("next", state))
 
     def cot(self):
-        return self._make(("cot",), "δy", SymInfo("cot", "y"))
+        return self._make(("cot",), "δ⟨y⟩", SymInfo("cot", "y"))
 
     def cse(self, index):
         return self._make(("cse", index), f"r{index}", SymInfo("cse", f"r{index}"))

@@ -37,6 +37,7 @@ def test_b_unrolled_with_two_hidden_units_and_its_control(cell):
     sizes = {dim: 2 for dim in c.dimensions}
     for q in c.inputs.values():
         sizes[q.shape[-1]] = 1
+    sizes["1"] = 1
     res = check_unrolled(d, module, T=2, sizes=sizes)
     assert res["error"] == 0, res["failures"]
     bad = mutants.load_module(mutants.mutate_code(text, mutants.recursion_line(text), "delete"))
