@@ -35,7 +35,7 @@ class Row:
     @property
     def status(self) -> str:
         if self.passed is None:
-            return "n/a" if self.detail.startswith("PyTorch has no") else "skip"
+            return "n/a" if self.detail.startswith(("PyTorch has no", "not applicable")) else "skip"
         return "pass" if self.passed and self.control != "NOT CAUGHT" else "FAIL"
 
 
@@ -167,6 +167,9 @@ def verify_cell(cell: Cell, progress=None, torch: bool = True) -> list[Row]:
         progress(f"{name}: {label}")
         tol = TOLERANCES[(method, dtype)].value
         res, secs = timed(lambda: check_derivatives(module, method))
+        if "skipped" in res:
+            rows.append(Row(name, label, None, None, None, "-", secs, res["skipped"]))
+            continue
         ctl = check_derivatives(mutant, method)
         rows.append(Row(name, label, res["error"], tol, res["error"] <= tol,
                         "caught" if not ctl["error"] <= tol else "NOT CAUGHT", secs, res["worst"]))

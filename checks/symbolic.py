@@ -19,11 +19,12 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from lstm_spec.derivations.functions import Clip, ClipMask, Exp, LogSumExp, LogSumExpN, Sigmoid, UnitSum
+from lstm_spec.derivations.functions import (Clip, ClipMask, Exp, LogSumExp, LogSumExpN, Sigmoid, StopGradient,
+                                             UnitSum)
 from lstm_spec.derivations.reverse import Derivation
 from lstm_spec.reference._runtime import symbolic
 
-ATOM_FUNCTIONS = (Sigmoid, sympy.tanh, Clip, ClipMask, Exp, LogSumExpN)
+ATOM_FUNCTIONS = (Sigmoid, sympy.tanh, Clip, ClipMask, Exp, LogSumExpN, StopGradient)
 
 
 # ----------------------------------------------------------------------------------------- equality

@@ -181,6 +181,11 @@ def generate_module(d: Derivation) -> str:
                 key = arg.name if arg.kind in ("value", "prev") else None
                 if key and (key, float(m.args[1])) not in kinks:
                     kinks.append((key, float(m.args[1])))
+    if any(kind_of(a.func).kind == "stop_gradient" for fe in d.forward for a in fe.expr.atoms(sympy.Function)):
+        emit("")
+        emit("# The backward pass is the gradient of a truncated objective (stop_gradient): finite differences,")
+        emit("# which see the untruncated function, do not apply to it; complex-step derivatives do.")
+        emit("STOP_GRADIENT = True")
     if kinks:
         emit("")
         emit("# Where the derivative has kinks: (cached value, |value| at which the clip's derivative jumps).")

@@ -138,6 +138,18 @@ class LogSumExpN(sympy.Function):
         return sympy.log(sum(sympy.exp(a) for a in args))
 
 
+class StopGradient(sympy.Function):
+    """stop_gradient(x) = x in value, with derivative 0: what a truncated gradient treats as a constant."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sympy.S.Zero
+
+    def _latex(self, printer, exp=None):
+        return r"\operatorname{sg}\left(%s\right)" % printer._print(self.args[0])
+
+
 @dataclass(frozen=True)
 class FunctionKind:
     kind: str
@@ -158,6 +170,8 @@ FUNCTIONS: dict[str, FunctionKind] = {
     "identity": FunctionKind("identity", Identity, "identity", lambda x: x, "identity'(x) = 1"),
     "clip": FunctionKind("clip", Clip, "clip", lambda x, b: sympy.Piecewise((-b, x < -b), (x, x <= b), (b, True)),
                          "clip'(x) = 1 if -b <= x <= b else 0 (1 at the kinks)", ("bound",)),
+    "stop_gradient": FunctionKind("stop_gradient", StopGradient, "stop_gradient", None,
+                                  "stop_gradient'(x) = 0 (the value passes, the derivative does not)"),
     "exp": FunctionKind("exp", Exp, "exp", lambda x: sympy.exp(x), "exp'(x) = exp(x)"),
     "sum": FunctionKind("sum", UnitSum, "unit_sum", None, "d sum_k x_k / d x_j = 1", reduction=True),
     "logsumexp": FunctionKind("logsumexp", LogSumExp, "logsumexp", None,
@@ -185,6 +199,9 @@ def confirm_rules() -> list[tuple[str, object]]:
             continue
         if fk.reduction:
             out.append((fk.kind, _confirm_reduction(fk)))
+            continue
+        if fk.kind == "stop_gradient":  # a definition, not a rule: nothing to confirm but that it is 0
+            out.append((fk.kind, sympy.diff(fk.sympy_function(x), x)))
             continue
         if not fk.declarable:
             continue

@@ -78,6 +78,7 @@ class CodePrinter(StrPrinter):
     _print_Exp = _print_Function
     _print_UnitSum = _print_Function
     _print_LogSumExp = _print_Function
+    _print_StopGradient = _print_Function
 
     def _print_Rational(self, e):
         return f"({e.p}/{e.q})"
@@ -124,6 +125,7 @@ class PlainPrinter(CodePrinter):
     _print_Exp = _print_Function
     _print_UnitSum = _print_Function
     _print_LogSumExp = _print_Function
+    _print_StopGradient = _print_Function
 
     def _print_Rational(self, e):
         return f"{e.p}/{e.q}"

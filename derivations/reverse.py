@@ -319,8 +319,23 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
             after.append(Statement(d, "param_vector", _tidy(total(sym), simplify)))
         adjoint_of[sym] = d
 
+    loop = _drop_dead(loop, after)
     loop = _cse(loop, symbols) if simplify else loop
     return Derivation(cell, symbols, forward, loop, after, adjoint_of)
+
+
+def _drop_dead(loop: list[Statement], after: list[Statement]) -> list[Statement]:
+    """Remove loop statements whose adjoint nobody reads (e.g. the adjoint of a stop_gradient's output):
+    every line of the generated backward then matters, which the negative controls check."""
+    def reads(st):
+        return st.elementwise.free_symbols | {dl for _, dl in st.matvec} | {dl for dl, _ in st.outer}
+
+    while True:
+        used = set().union(*(reads(st) for st in loop + after)) if loop or after else set()
+        keep = [st for st in loop if st.kind == "prev" or st.target in used]
+        if len(keep) == len(loop):
+            return loop
+        loop = keep
 
 
 def _tidy(expr, simplify):

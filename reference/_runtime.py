@@ -52,6 +52,18 @@ def identity(z):
     return z
 
 
+def stop_gradient(z):
+    """The value of z, with no derivative: for complex z (complex-step checks) the imaginary part, which
+    carries the derivative, is dropped."""
+    if z.dtype == object:
+        from lstm_spec.derivations.functions import StopGradient
+
+        return _elementwise(StopGradient, z)
+    if np.iscomplexobj(z):
+        return z.real.astype(z.dtype)
+    return z.copy()
+
+
 def exp(z):
     if z.dtype == object:
         from lstm_spec.derivations.functions import Exp

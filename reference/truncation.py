@@ -1,0 +1,76 @@
+"""Truncated backpropagation through time, driven by a cell's generated forward and backward.
+
+TBPTT(k1, k2): the sequence is processed in chunks of k1 steps; after each chunk, the error of that
+chunk's outputs is propagated back k2 >= k1 steps, and not further: the state at the start of that
+window is treated as a constant. The gradient returned is the exact gradient of that truncated
+objective,
+
+    L_trunc = sum over chunks u of <dy[chunk u], y[chunk u]>  (+ <d_final, s_T> in the last chunk),
+
+where in chunk u everything before step end_u - k2 is held fixed. k1 = k2 is the usual "chunked" BPTT
+with the state carried across chunks; k2 >= T gives full BPTT. Hand-written, free of gradient formulas:
+every derivative comes from the cell's generated backward(); this only runs it over windows and sums.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _windows(T: int, k1: int, k2: int):
+    for start in range(0, T, k1):
+        end = min(start + k1, T)
+        yield start, end, max(0, end - k2)
+
+
+def truncated_bptt(module, params: dict, seq: dict, k1: int, k2: int, init: dict | None = None,
+                   dy=None, d_final: dict | None = None):
+    """Returns (y, final, grads) where grads is the gradient of the truncated objective: one entry per
+    parameter, per input (per step) and per initial state (only the first window reaches it)."""
+    if not (isinstance(k1, int) and isinstance(k2, int)) or k1 < 1 or k2 < k1:
+        raise ValueError(f"k1, k2: expected integers with 1 <= k1 <= k2, got k1={k1!r}, k2={k2!r}")
+    init = dict(init or {})
+    sig = module.SIGNATURE
+    y, final, cache = module.forward(params, **seq, **{f"{s}0": v for s, v in init.items()})
+    T = y.shape[0]
+    dy = np.zeros_like(y) if dy is None else dy
+    grads = {k: np.zeros_like(v) for k, v in cache.items() if k in sig.parameters}
+    grads.update({n: np.zeros_like(seq[n]) for n in sig.inputs})
+    grads.update({f"{s}0": np.zeros_like(cache[s][0]) for s in sig.states})
+    for start, end, begin in _windows(T, k1, k2):
+        window_init = {f"{s}0": cache[s][begin] for s in sig.states}  # a constant of this window
+        _, _, wcache = module.forward(params, **{n: seq[n][begin:end] for n in sig.inputs}, **window_init)
+        wdy = np.zeros_like(dy[begin:end])
+        wdy[start - begin:] = dy[start:end]
+        g = module.backward(wcache, wdy, d_final if end == T else None)
+        for k in sig.parameters:
+            grads[k] += g[k]
+        for n in sig.inputs:
+            grads[n][begin:end] += g[n]
+        if begin == 0:
+            for s in sig.states:
+                grads[f"{s}0"] += g[f"{s}0"]
+    if T == 0 and d_final:
+        for s in sig.states:
+            grads[f"{s}0"] += d_final.get(s, 0)
+    return y, final, grads
+
+
+def truncated_objective(module, params: dict, seq: dict, k1: int, k2: int, init: dict, dy, d_final: dict):
+    """The truncated objective's value, computed from the forward pass alone and written so that a
+    complex-step derivative of it is the truncated gradient: each window's initial state is the real part
+    of the full forward's state there (a constant), except the first window's, which is the true initial
+    state. Used by the tests as the independent reference for truncated_bptt."""
+    sig = module.SIGNATURE
+    y, final, cache = module.forward(params, **seq, **{f"{s}0": v for s, v in init.items()})
+    T = y.shape[0]
+    total = 0.0
+    for start, end, begin in _windows(T, k1, k2):
+        window_init = {f"{s}0": (cache[s][begin] if begin > 0 else init[s]) for s in sig.states}
+        if begin > 0:
+            window_init = {k: v.real.astype(v.dtype) for k, v in window_init.items()}
+        wy, wfin, _ = module.forward(params, **{n: seq[n][begin:end] for n in sig.inputs}, **window_init)
+        total = total + np.sum(dy[start:end] * wy[start - begin:])
+        if end == T:
+            total = total + sum(np.sum(d_final[s] * wfin[s]) for s in d_final)
+    return total
