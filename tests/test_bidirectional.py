@@ -1,0 +1,92 @@
+"""Bidirectional layers: complex step on the composition, both output-order conventions, and PyTorch."""
+
+import numpy as np
+import pytest
+
+from lstm_spec.checks.cases import random_instance
+from lstm_spec.reference import bidirectional, lstm
+
+H_CS = 1e-30
+
+
+def _setup(seed=3, shape=(5, 2, 3, 4)):
+    a = random_instance(lstm, shape, seed)
+    b = random_instance(lstm, shape, seed + 1)
+    rng = np.random.default_rng(seed)
+    T, B, _, H = shape
+    dy = rng.standard_normal((T, B, 2 * H))
+    d_final = {"fwd": {s: rng.standard_normal((B, H)) for s in "hc"}, "bwd": {s: rng.standard_normal((B, H)) for s in "hc"}}
+    return a, b, dy, d_final
+
+
+def _loss(a_params, b_params, x, init_f, init_b, dy, d_final, order):
+    y, fin, _ = bidirectional.forward(lstm, a_params, b_params, {"x": x}, init_f, init_b, order)
+    total = np.sum(dy * y)
+    for d in ("fwd", "bwd"):
+        total = total + sum(np.sum(d_final[d][s] * fin[d][s]) for s in "hc")
+    return total
+
+
+@pytest.mark.parametrize("order", ["original", "processing"])
+def test_bidirectional_gradients_by_complex_step(order):
+    a, b, dy, d_final = _setup()
+    x = a.seq["x"]
+    _, _, cache = bidirectional.forward(lstm, a.params, b.params, {"x": x}, a.init, b.init, order)
+    g = bidirectional.backward(cache, dy, d_final)
+    rng = np.random.default_rng(0)
+    c = lambda d: {k: v.astype(complex) for k, v in d.items()}  # noqa: E731
+    args = {"pf": c(a.params), "pb": c(b.params), "x": x.astype(complex), "if": c(a.init), "ib": c(b.init)}
+    checks = [("pf", k, g["fwd"][k]) for k in a.params] + [("pb", k, g["bwd"][k]) for k in b.params]
+    checks += [("x", None, g["x"])] + [("if", s, g[f"fwd_{s}0"]) for s in "hc"] + [("ib", s, g[f"bwd_{s}0"]) for s in "hc"]
+    for where, key, grad in checks:
+        v = rng.standard_normal(grad.shape)
+        pert = {k: (dict(val) if isinstance(val, dict) else val) for k, val in args.items()}
+        if key is None:
+            pert[where] = pert[where] + 1j * H_CS * v
+        else:
+            pert[where][key] = pert[where][key] + 1j * H_CS * v
+        val = _loss(pert["pf"], pert["pb"], pert["x"], pert["if"], pert["ib"], dy, d_final, order)
+        cs = np.imag(val) / H_CS
+        assert abs(cs - np.sum(grad * v)) <= 1e-12 * np.linalg.norm(grad) * np.linalg.norm(v), (where, key)
+
+
+def test_output_orders_differ_only_in_the_reverse_half():
+    a, b, _, _ = _setup()
+    y1, _, _ = bidirectional.forward(lstm, a.params, b.params, a.seq, a.init, b.init, "original")
+    y2, _, _ = bidirectional.forward(lstm, a.params, b.params, a.seq, a.init, b.init, "processing")
+    H = 4
+    np.testing.assert_array_equal(y1[..., :H], y2[..., :H])
+    np.testing.assert_array_equal(y1[..., H:], y2[::-1, :, H:])
+    with pytest.raises(ValueError, match="order"):
+        bidirectional.forward(lstm, a.params, b.params, a.seq, order="reversed")
+
+
+def test_bidirectional_agrees_with_pytorch():
+    torch = pytest.importorskip("torch")
+    from lstm_spec.layouts import to_torch_lstm
+
+    a, b, dy, d_final = _setup(shape=(4, 3, 5, 3))
+    T, B, D, H = 4, 3, 5, 3
+    net = torch.nn.LSTM(D, H, bidirectional=True).double()
+    with torch.no_grad():
+        for params, sfx in ((a.params, "_l0"), (b.params, "_l0_reverse")):
+            for k, v in to_torch_lstm(params).items():
+                getattr(net, k.replace("_l0", sfx)).copy_(torch.tensor(v))
+    x = torch.tensor(a.seq["x"], requires_grad=True)
+    h0 = torch.tensor(np.stack([a.init["h"], b.init["h"]]), requires_grad=True)
+    c0 = torch.tensor(np.stack([a.init["c"], b.init["c"]]), requires_grad=True)
+    y, (hn, cn) = net(x, (h0, c0))
+    loss = (y * torch.tensor(dy)).sum()
+    for i, d in enumerate(("fwd", "bwd")):
+        loss = loss + (hn[i] * torch.tensor(d_final[d]["h"])).sum() + (cn[i] * torch.tensor(d_final[d]["c"])).sum()
+    loss.backward()
+    ours_y, ours_fin, cache = bidirectional.forward(lstm, a.params, b.params, a.seq, a.init, b.init, "original")
+    g = bidirectional.backward(cache, dy, d_final)
+    np.testing.assert_allclose(ours_y, y.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ours_fin["bwd"]["h"], hn[1].detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(g["x"], x.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g["bwd_c0"], c0.grad[1].numpy(), rtol=1e-10, atol=1e-12)
+    w = net.weight_hh_l0_reverse.grad.numpy()
+    from lstm_spec.layouts import to_stacked
+
+    np.testing.assert_allclose(to_stacked(g["bwd"])["U"], w, rtol=1e-10, atol=1e-12)
