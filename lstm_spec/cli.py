@@ -16,9 +16,11 @@ def _cells(names):
 def cmd_list(args) -> int:
     from lstm_spec.spec import builtin_cells, load
 
-    for name in builtin_cells():
+    names = builtin_cells()
+    width = max(map(len, names))
+    for name in names:
         cell = load(name)
-        print(f"{name:<12} {cell.title}: {cell.summary}")
+        print(f"{name:<{width}}  {cell.title}: {cell.summary}")
     return 0
 
 
