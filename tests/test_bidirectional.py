@@ -90,3 +90,89 @@ def test_bidirectional_agrees_with_pytorch():
     from lstm_spec.layouts import to_stacked
 
     np.testing.assert_allclose(to_stacked(g["bwd"])["U"], w, rtol=1e-10, atol=1e-12)
+
+
+def test_bidirectional_by_finite_differences():
+    a, b, dy, d_final = _setup(seed=9, shape=(3, 2, 2, 3))
+    _, _, cache = bidirectional.forward(lstm, a.params, b.params, a.seq, a.init, b.init, "original")
+    g = bidirectional.backward(cache, dy, d_final)
+    rng = np.random.default_rng(1)
+    for side, params, grads in (("fwd", a.params, g["fwd"]), ("bwd", b.params, g["bwd"])):
+        for k in params:
+            v = rng.standard_normal(params[k].shape)
+            eps = 1e-6
+            vals = []
+            for sgn in (1, -1):
+                p = dict(params, **{k: params[k] + sgn * eps * v})
+                pf, pb = (p, b.params) if side == "fwd" else (a.params, p)
+                vals.append(_loss(pf, pb, a.seq["x"], a.init, b.init, dy, d_final, "original"))
+            fd = (vals[0] - vals[1]) / (2 * eps)
+            assert abs(fd - np.sum(grads[k] * v)) <= 1e-6 * np.linalg.norm(grads[k]) * np.linalg.norm(v)
+
+
+def test_bidirectional_equals_sympy_diff_of_the_unrolled_loss():
+    """The composition run on SymPy symbols (T = 2, H = 1, D = 2) against sympy.diff of a loss built
+    independently from the spec's equations, for every parameter entry of both directions and x."""
+    import sympy
+
+    from lstm_spec.checks.symbolic import ExplicitStep, ModularPoint, equal_at_points
+    from lstm_spec.derivations import derive
+    from lstm_spec.reference._runtime import symbolic
+    from lstm_spec.spec import load
+
+    d = derive(load("lstm"))
+    S = d.symbols
+    T, D, H = 2, 2, 1
+
+    def arr(prefix, shape):
+        out = np.empty(shape, dtype=object)
+        for idx in np.ndindex(shape):
+            out[idx] = sympy.Symbol(f"{prefix}_{'_'.join(map(str, idx))}", real=True)
+        return out
+
+    sizes = {"D": D, "H": H}
+    pf = {n: arr(f"f{n}", tuple(sizes[x] for x in ds)) for n, ds in lstm.SIGNATURE.parameters.items()}
+    pb = {n: arr(f"b{n}", tuple(sizes[x] for x in ds)) for n, ds in lstm.SIGNATURE.parameters.items()}
+    x = arr("x", (T, 1, D))
+    dy = arr("dy", (T, 1, 2 * H))
+
+    def unrolled(params, xs):
+        ex = ExplicitStep(d, sizes)
+        ex.leaf = {S.param(n): (sympy.Matrix(v) if v.ndim == 2 else list(v)) for n, v in params.items()}
+        state, ys = {"h": [0] * H, "c": [0] * H}, []
+        for t in range(len(xs)):
+            env = ex.run({"x": list(xs[t])}, state)
+            ys.append(env[S.value("h")])
+            state = {s: env[S.value(s)] for s in ("h", "c")}
+        return ys
+
+    yf = unrolled(pf, x[:, 0])
+    yb = unrolled(pb, x[::-1, 0])[::-1]  # reverse pass, re-aligned with the input's time order
+    L = sum(dy[t, 0, k] * yf[t][k] for t in range(T) for k in range(H))
+    L += sum(dy[t, 0, H + k] * yb[t][k] for t in range(T) for k in range(H))
+
+    with symbolic():
+        _, _, cache = bidirectional.forward(lstm, pf, pb, {"x": x}, order="original")
+        g = bidirectional.backward(cache, dy)
+    points = [ModularPoint(s) for s in (1, 2)]
+    leaves = [(g["fwd"][n], pf[n]) for n in pf] + [(g["bwd"][n], pb[n]) for n in pb] + [(g["x"], x)]
+    for got, sym in leaves:
+        for idx in np.ndindex(sym.shape):
+            assert equal_at_points(got[idx], sympy.diff(L, sym[idx]), points), sym[idx]
+
+
+def test_negative_control_misrouted_reverse_cotangent_is_caught():
+    """Routing dy to the reverse pass without re-reversing it (a classic reverse-direction bug) breaks the
+    agreement with PyTorch-independent complex step."""
+    a, b, dy, d_final = _setup()
+    _, _, cache = bidirectional.forward(lstm, a.params, b.params, a.seq, a.init, b.init, "original")
+    cache["order"] = "processing"  # the bug: backward forgets that the outputs were re-aligned
+    g = bidirectional.backward(cache, dy, d_final)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(b.params["U_c"].shape)
+    p = {k: val.astype(complex) for k, val in b.params.items()}
+    p["U_c"] = p["U_c"] + 1j * H_CS * v
+    cs = np.imag(_loss({k: val.astype(complex) for k, val in a.params.items()}, p, a.seq["x"].astype(complex),
+                       {k: val.astype(complex) for k, val in a.init.items()},
+                       {k: val.astype(complex) for k, val in b.init.items()}, dy, d_final, "original")) / H_CS
+    assert abs(cs - np.sum(g["bwd"]["U_c"] * v)) > 1e-6 * np.linalg.norm(g["bwd"]["U_c"]) * np.linalg.norm(v)
