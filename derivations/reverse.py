@@ -319,8 +319,10 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
             after.append(Statement(d, "param_vector", _tidy(total(sym), simplify)))
         adjoint_of[sym] = d
 
-    loop = _drop_dead(loop, after)
-    loop = _cse(loop, symbols) if simplify else loop
+    live = _drop_dead(loop, after)
+    dead = {st.target for st in loop} - {st.target for st in live}
+    adjoint_of = {sym: adj for sym, adj in adjoint_of.items() if adj not in dead}  # nobody reads those
+    loop = _cse(live, symbols) if simplify else live
     return Derivation(cell, symbols, forward, loop, after, adjoint_of)
 
 

@@ -33,8 +33,11 @@ def test_a_symbolic_step_and_its_control(cell):
 
 
 def test_b_unrolled_with_two_hidden_units_and_its_control(cell):
+    """T = 2 with 2 units per non-input dimension (verify uses 1); the two largest cells (fgr,
+    lstm_stacked2: more than 16 parameter arrays) keep 1 unit so that sympy.diff stays affordable."""
     c, d, module, text = cell
-    sizes = {dim: 2 for dim in c.dimensions}
+    units = 2 if len(c.parameters) <= 16 else 1
+    sizes = {dim: units for dim in c.dimensions}
     for q in c.inputs.values():
         sizes[q.shape[-1]] = 1
     sizes["1"] = 1
