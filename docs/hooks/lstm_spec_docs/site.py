@@ -191,6 +191,11 @@ def expand(args: list[str]) -> str:
             text = path.read_text(encoding="utf-8")
             return re.sub(r"^#", "###", text, flags=re.M)  # nest its headings under this page's
         return f'!!! note "Not written yet"\n    `{rest[0]}` does not exist yet; this section is filled from it.'
+    if what == "cell-link":  # cell-link NAME [PREFIX]: a link to a cell's page if the cell exists, else its name
+        prefix = rest[1] if len(rest) > 1 else ""
+        if rest[0] in formulas.cells():
+            return f"[{cell_title(rest[0])}]({prefix}cells/{rest[0]}.md) (`{rest[0]}`)"
+        return f"`{rest[0]}` (not in this build)"
     if what == "cells":
         return "\n".join(f"- [{cell_title(n)}](cells/{n}.md) (`{n}`)" for n in formulas.cells())
     raise ValueError(f"unknown directive {what!r}")
