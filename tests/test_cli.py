@@ -13,8 +13,12 @@ def test_verify_prints_table_and_passes():
     assert res.returncode == 0, res.stdout + res.stderr
     for check in ("(a) symbolic, one step", "(b) symbolic, unrolled T=2", "(c) complex step",
                   "(c) finite differences", "(d) PyTorch"):
-        line = next(l for l in res.stdout.splitlines() if check in l)
+        line = next(l for l in res.stdout.splitlines() if check in l and l.startswith("lstm "))
         assert "pass" in line and "caught" in line
+    from lstm_spec.spec import builtin_cells
+
+    for name in builtin_cells():  # every cell of the spec is in the default run
+        assert any(l.startswith(f"{name} ") for l in res.stdout.splitlines()), name
     assert "all checks passed" in res.stdout
     assert "... lstm: (c) complex step" in res.stderr  # progress
 
@@ -40,6 +44,9 @@ def test_derive_prints_plain_and_latex():
 
 def test_list_and_unknown_cell():
     res = cli("list")
-    assert res.returncode == 0 and res.stdout.startswith("lstm")
+    from lstm_spec.spec import builtin_cells
+
+    assert res.returncode == 0 and len(res.stdout.splitlines()) == len(builtin_cells())
+    assert any(l.startswith("lstm ") and "Canonical LSTM" in l for l in res.stdout.splitlines())
     res = cli("derive", "nope")
     assert res.returncode == 2 and "unknown cell 'nope'" in res.stderr

@@ -61,5 +61,7 @@ def test_generate_check_fails_when_the_spec_changes(tmp_path):
 
 
 def test_list_of_builtin_cells_matches_generated_files():
-    names = {p.stem for p in REFERENCE_DIR.glob("*.py") if not p.stem.startswith("_")}
-    assert names == set(builtin_cells())
+    """Every generated module in reference/ comes from a spec file, and the hand-written helpers there
+    (runtime, losses, masks, truncation, bidirectional, training) say nothing of being generated."""
+    generated = {p.stem for p in REFERENCE_DIR.glob("*.py") if "GENERATED FILE - DO NOT EDIT" in p.read_text()[:400]}
+    assert generated == set(builtin_cells())
