@@ -71,14 +71,6 @@ class CodePrinter(StrPrinter):
         extra = [repr(float(a)) if not a.is_Integer else str(a) for a in e.args[1:]]
         return ", ".join([self._print(e.args[0])] + extra)
 
-    _print_Sigmoid = _print_Function
-    _print_tanh = _print_Function
-    _print_Clip = _print_Function
-    _print_ClipMask = _print_Function
-    _print_Exp = _print_Function
-    _print_UnitSum = _print_Function
-    _print_LogSumExp = _print_Function
-    _print_StopGradient = _print_Function
 
     def _print_Rational(self, e):
         return f"({e.p}/{e.q})"
@@ -118,17 +110,16 @@ class PlainPrinter(CodePrinter):
         name = self.functions.get(e.func) or kind_of(e.func).runtime_name
         return f"{name}({self._args(e)})"
 
-    _print_Sigmoid = _print_Function
-    _print_tanh = _print_Function
-    _print_Clip = _print_Function
-    _print_ClipMask = _print_Function
-    _print_Exp = _print_Function
-    _print_UnitSum = _print_Function
-    _print_LogSumExp = _print_Function
-    _print_StopGradient = _print_Function
 
     def _print_Rational(self, e):
         return f"{e.p}/{e.q}"
+
+
+# SymPy dispatches on the class name first: route every function of the spec language to _print_Function
+_FUNCTION_CLASSES = ("Sigmoid", "tanh", "Clip", "ClipMask", "Exp", "UnitSum", "LogSumExp", "StopGradient")
+for _cls in (CodePrinter, PlainPrinter):
+    for _name in _FUNCTION_CLASSES:
+        setattr(_cls, f"_print_{_name}", _cls._print_Function)
 
 
 class MathPrinter(LatexPrinter):
