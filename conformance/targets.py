@@ -48,6 +48,14 @@ class Target:
             return f"cell {case.cell!r} not offered (offers {', '.join(self.cells)})"
         if case.dtype not in self.dtypes:
             return f"dtype {case.dtype} not offered"
+        from .problem import reference_module
+
+        try:
+            inputs = list(reference_module(case.cell).SIGNATURE.inputs)
+        except ImportError:
+            return f"cell {case.cell!r} has no generated reference"
+        if inputs != ["x"]:
+            return f"cell {case.cell!r} reads inputs {inputs}; conform handles cells with one input x"
         if case.direction == "reverse" and "reverse" not in self.features:
             return "no reverse direction"
         if case.direction == "bidirectional" and "bidirectional" not in self.features:

@@ -106,7 +106,10 @@ def test_every_cell_through_the_protocol():
             out["x"] = np.swapaxes(g["x"], 0, 1)
             return out
 
-    cells = [c for c in builtin_cells() if _cell_exists(c)]
+    import importlib
+
+    cells = [c for c in builtin_cells() if _cell_exists(c)
+             and list(importlib.import_module(f"lstm_spec.reference.{c}").SIGNATURE.inputs) == ["x"]]
     assert "lstm" in cells and "rnn_tanh" in cells
     for cell in cells:
         cases = [c for c in default_cases([cell]) if c.single and c.direction == "forward" and c.lengths is None]
