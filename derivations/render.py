@@ -85,7 +85,7 @@ def latex_names(d: Derivation) -> dict:
         elif info.kind == "cot":
             names[sym] = r"\delta y_{t}"
         elif info.kind == "cse":
-            names[sym] = r"r_{%s}" % info.name[1:]
+            names[sym] = r"\tau_{%s}" % info.name[3:]  # a common subexpression (not to be read as a gate)
         else:
             of = d.symbols.info[info.of]
             inner = latex_name(d, of.name, None) if of.kind == "param" else names.get(info.of) or ""

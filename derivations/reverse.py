@@ -85,7 +85,7 @@ class Symbols:
         return self._make(("cot",), "δ⟨y⟩", SymInfo("cot", "y"))
 
     def cse(self, index):
-        return self._make(("cse", index), f"r{index}", SymInfo("cse", f"r{index}"))
+        return self._make(("cse", index), f"tmp{index}", SymInfo("cse", f"tmp{index}"))
 
 
 # ----------------------------------------------------------------------------------------- forward

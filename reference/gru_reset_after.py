@@ -17,12 +17,12 @@ Derived backward step (d_q is the adjoint dL/dq; products are elementwise; d_s_n
 step t+1 sent back to state s, d_s_prev what this step sends to step t-1; dy is the cotangent of
 the output y_t = h_t; parameter sums run over time and batch):
     d_h = d_h_next + dy
-    r0 = 1 - z
-    d_n = d_h * r0
+    tmp0 = 1 - z
+    d_n = d_h * tmp0
     d_a_n = d_n * (1 - n**2)
     d_U_n_h_prev = d_a_n * r
     d_z = d_h * (h[t-1] - n)
-    d_a_z = d_z * r0 * z
+    d_a_z = d_z * tmp0 * z
     d_r = d_a_n * (U_n @ h[t-1] + b_hn)
     d_a_r = d_r * r * (1 - r)
     d_h_prev = d_h * z + U_r^T d_a_r + U_z^T d_a_z + U_n^T d_U_n_h_prev
@@ -158,12 +158,12 @@ def backward(cache, dy=None, d_final=None):
 
     for t in reversed(range(T)):
         d_h = d_h_next + dy[t]
-        _r0 = 1 - z[t]
-        d_n = d_h * _r0
+        _tmp0 = 1 - z[t]
+        d_n = d_h * _tmp0
         d_a_n[t] = d_n * (1 - n[t]**2)
         d_U_n_h_prev[t] = d_a_n[t] * r[t]
         d_z = d_h * (h[t] - n[t])
-        d_a_z[t] = d_z * _r0 * z[t]
+        d_a_z[t] = d_z * _tmp0 * z[t]
         d_r = d_a_n[t] * (U_n_h_prev[t] + b_hn)
         d_a_r[t] = d_r * r[t] * (1 - r[t])
         d_h_prev = d_h * z[t] + d_a_r[t] @ U_r + d_a_z[t] @ U_z + d_U_n_h_prev[t] @ U_n

@@ -35,9 +35,9 @@ the output y_t = h_t; parameter sums run over time and batch):
     d_z_i = d_i * i * (1 - i)
     d_f = d_c_new * c[t-1]
     d_z_f = d_f * f * (1 - f)
-    r0 = 1 - m
-    d_h_prev = d_h * r0 + U_f^T d_z_f + U_i^T d_z_i + U_c^T d_z_c + U_o^T d_z_o
-    d_c_prev = d_c_new * f + d_c * r0
+    tmp0 = 1 - m
+    d_h_prev = d_h * tmp0 + U_f^T d_z_f + U_i^T d_z_i + U_c^T d_z_c + U_o^T d_z_o
+    d_c_prev = d_c_new * f + d_c * tmp0
     d_x = W_f^T d_z_f + W_i^T d_z_i + W_c^T d_z_c + W_o^T d_z_o
     d_m = unit_sum(d_c * (-c[t-1] + c_new)) + unit_sum(d_h * (-h[t-1] + h_new))
     d_W_f = sum_t d_z_f x^T
@@ -212,9 +212,9 @@ def backward(cache, dy=None, d_final=None):
         d_z_i[t] = d_i * i[t] * (1 - i[t])
         d_f = d_c_new * c[t]
         d_z_f[t] = d_f * f[t] * (1 - f[t])
-        _r0 = 1 - m[t]
-        d_h_prev = d_h[t] * _r0 + d_z_f[t] @ U_f + d_z_i[t] @ U_i + d_z_c[t] @ U_c + d_z_o[t] @ U_o
-        d_c_prev = d_c_new * f[t] + d_c[t] * _r0
+        _tmp0 = 1 - m[t]
+        d_h_prev = d_h[t] * _tmp0 + d_z_f[t] @ U_f + d_z_i[t] @ U_i + d_z_c[t] @ U_c + d_z_o[t] @ U_o
+        d_c_prev = d_c_new * f[t] + d_c[t] * _tmp0
         d_h_next, d_c_next = d_h_prev, d_c_prev
 
     # inputs and parameters: from the stored adjoints of all steps at once
