@@ -56,18 +56,24 @@ def truncated_bptt(module, params: dict, seq: dict, k1: int, k2: int, init: dict
     return y, final, grads
 
 
-def truncated_objective(module, params: dict, seq: dict, k1: int, k2: int, init: dict, dy, d_final: dict):
-    """The truncated objective's value, computed from the forward pass alone and written so that a
-    complex-step derivative of it is the truncated gradient: each window's initial state is the real part
-    of the full forward's state there (a constant), except the first window's, which is the true initial
-    state. Used by the tests as the independent reference for truncated_bptt."""
+def truncated_objective(module, params: dict, seq: dict, k1: int, k2: int, init: dict, dy, d_final: dict,
+                        frozen: dict | None = None):
+    """The truncated objective's value, computed from the forward pass alone: each window's initial state
+    is a constant, except the first window's, which is the true initial state. The constant is the
+    full forward's state there, with its derivative removed: for complex arrays its real part (so a
+    complex-step derivative of this function is the truncated gradient), or, when ``frozen`` is given
+    ({state: (T + 1, B, ...) array of the states at the unperturbed point}), those fixed values (so finite
+    differences of this function are the truncated gradient too). Used by the tests as the independent
+    reference for truncated_bptt."""
     sig = module.SIGNATURE
     y, final, cache = module.forward(params, **seq, **{f"{s}0": v for s, v in init.items()})
     T = y.shape[0]
     total = 0.0
     for start, end, begin in _windows(T, k1, k2):
         window_init = {f"{s}0": (cache[s][begin] if begin > 0 else init[s]) for s in sig.states}
-        if begin > 0:
+        if begin > 0 and frozen is not None:
+            window_init = {f"{s}0": frozen[s][begin] for s in sig.states}
+        elif begin > 0:
             window_init = {k: v.real.astype(v.dtype) for k, v in window_init.items()}
         wy, wfin, _ = module.forward(params, **{n: seq[n][begin:end] for n in sig.inputs}, **window_init)
         total = total + np.sum(dy[start:end] * wy[start - begin:])
