@@ -185,6 +185,11 @@ def expand(args: list[str]) -> str:
                              [(f"`{s.key}`", s.title, s.explain) for s in SIGNATURES])
     if what == "include-code":  # include-code PATH LANG: a file of the repository, verbatim, as a code block
         return f"```{rest[1]}\n" + (ROOT / rest[0]).read_text(encoding="utf-8").rstrip() + "\n```"
+    if what == "include":  # include PATH: a markdown file of the repository (it must exist)
+        path = ROOT / rest[0]
+        if not path.exists():
+            raise FileNotFoundError(f"docs: {rest[0]} is included by a page but does not exist")
+        return re.sub(r"^#", "###", path.read_text(encoding="utf-8"), flags=re.M)
     if what == "include-if-exists":
         path = ROOT / rest[0]
         if path.exists():
