@@ -17,6 +17,14 @@ ADAPTERS = {
 }
 
 
+def available_cells(names) -> tuple:
+    """The cells among ``names`` that the spec has (an adapter lists what it could map)."""
+    from lstm_spec.spec import builtin_cells
+
+    have = set(builtin_cells())
+    return tuple(c for c in names if c in have)
+
+
 def install_command(name: str) -> str:
     return f'pip install "lstm-spec[{ADAPTERS[name][2]}]"'
 

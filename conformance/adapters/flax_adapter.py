@@ -20,20 +20,14 @@ import numpy as np  # noqa: E402
 
 import flax  # noqa: E402
 from flax import linen as nn  # noqa: E402
-import importlib  # noqa: E402
 
 from lstm_spec.layouts.frameworks import from_flax_lstm, to_flax_gru, to_flax_lstm  # noqa: E402
 
 from ..problem import Case, Problem  # noqa: E402
 from ..targets import Target  # noqa: E402
+from . import available_cells  # noqa: E402
 
 
-def _exists(cell):
-    try:
-        importlib.import_module(f"lstm_spec.reference.{cell}")
-    except ImportError:
-        return False
-    return True
 
 
 class FlaxLSTM(Target):
@@ -44,7 +38,7 @@ class FlaxLSTM(Target):
     variants = ("cell", "optimized")
 
     def __init__(self):
-        self.cells = tuple(c for c in ("lstm", "gru_reset_after") if _exists(c))
+        self.cells = available_cells(("lstm", "gru_reset_after"))
         self.description = ("Flax linen LSTMCell (variant cell), OptimizedLSTMCell (variant optimized) and GRUCell "
                             "under nn.RNN, JAX on CPU, jax.vjp gradients; cells " + ", ".join(self.cells))
 

@@ -20,20 +20,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras  # noqa: E402
-import importlib  # noqa: E402
 
 from lstm_spec.layouts.frameworks import KERAS_GRU_ORDER, from_keras_lstm, to_keras_gru, to_keras_lstm  # noqa: E402
 
 from ..problem import Case, Problem  # noqa: E402
 from ..targets import Target, TargetError  # noqa: E402
+from . import available_cells  # noqa: E402
 
 
-def _exists(cell):
-    try:
-        importlib.import_module(f"lstm_spec.reference.{cell}")
-    except ImportError:
-        return False
-    return True
 
 
 def _gru_grads(gk, grk, gb, H):
@@ -60,7 +54,7 @@ class KerasLSTM(Target):
     def __init__(self):
         if keras.backend.backend() != "tensorflow":
             raise TargetError(f"the keras adapter needs KERAS_BACKEND=tensorflow, got {keras.backend.backend()}")
-        self.cells = tuple(c for c in ("lstm", "gru_reset_after", "gru_reset_before") if _exists(c))
+        self.cells = available_cells(("lstm", "gru_reset_after", "gru_reset_before"))
         self.description = ("Keras 3 keras.layers.LSTM and GRU on the TensorFlow backend (go_backwards, masking), "
                             "CPU; cells " + ", ".join(self.cells))
 

@@ -14,7 +14,6 @@ tolerance is looser (("conform:onnxruntime", "float32") in lstm_spec.checks.tole
 
 from __future__ import annotations
 
-import importlib
 
 import numpy as np
 import onnx
@@ -25,6 +24,7 @@ from lstm_spec.layouts.frameworks import ONNX_LSTM_ORDER, to_onnx_gru
 
 from ..problem import Case, Problem, slot_key
 from ..targets import Target
+from . import available_cells  # noqa: E402
 
 # cell -> (operator, attributes)
 def _clip_bound(cell: str) -> float:
@@ -43,12 +43,6 @@ _ONNX_CELLS = {"lstm": ("LSTM", {}), "peephole": ("LSTM", {}), "cifg_f": ("LSTM"
                "gru_reset_before": ("GRU", {"linear_before_reset": 0})}
 
 
-def _cell_exists(cell: str) -> bool:
-    try:
-        importlib.import_module(f"lstm_spec.reference.{cell}")
-    except ImportError:
-        return False
-    return True
 
 
 def onnx_lstm_weights(params: dict, bias_ih: dict) -> dict:
@@ -80,7 +74,7 @@ class OnnxRuntimeLSTM(Target):
     variants = ()
 
     def __init__(self):
-        self.cells = tuple(c for c in _ONNX_CELLS if _cell_exists(c))
+        self.cells = available_cells(_ONNX_CELLS)
         self.description = ("ONNX LSTM operator (onnx helper API, opset 14) on ONNX Runtime's CPU provider, "
                             "forward only; cells " + ", ".join(self.cells))
 

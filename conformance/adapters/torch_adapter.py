@@ -13,7 +13,6 @@ reverse-only nn.LSTM: the reverse cases run on the cell APIs only.
 
 from __future__ import annotations
 
-import importlib
 import warnings
 
 import numpy as np
@@ -21,18 +20,13 @@ import torch
 
 from ..problem import Case, Problem, slot_key
 from ..targets import Target
+from . import available_cells  # noqa: E402
 
 KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 ORDERS = {"lstm": ("i", "f", "c", "o"), "projection": ("i", "f", "c", "o"), "gru_reset_after": ("r", "z", "n")}
 MODULES = {"lstm": ("nn.LSTM", "nn.LSTMCell"), "projection": ("nn.LSTM",), "gru_reset_after": ("nn.GRU", "nn.GRUCell")}
 
 
-def _exists(cell):
-    try:
-        importlib.import_module(f"lstm_spec.reference.{cell}")
-    except ImportError:
-        return False
-    return True
 
 
 def to_torch(cell: str, params: dict, bias_ih: dict) -> dict:
@@ -78,7 +72,7 @@ class TorchLSTM(Target):
     def __init__(self):
         torch.set_num_threads(1)
         warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
-        self.cells = tuple(c for c in ORDERS if _exists(c))
+        self.cells = available_cells(ORDERS)
         self.variants = ("module", "cell")
         self.description = ("PyTorch nn.LSTM (bidirectional, 2 layers, packed sequences, proj_size), nn.LSTMCell "
                             "stepped in a loop, nn.GRU and nn.GRUCell; CPU, autograd gradients; cells "
