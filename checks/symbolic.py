@@ -22,6 +22,7 @@ import sympy
 from lstm_spec.derivations.functions import (Clip, ClipMask, Exp, LogSumExp, LogSumExpN, Sigmoid, StopGradient,
                                              UnitSum)
 from lstm_spec.derivations.reverse import Derivation
+from lstm_spec.derivations.rules import symbol_array
 from lstm_spec.reference._runtime import symbolic
 
 ATOM_FUNCTIONS = (Sigmoid, sympy.tanh, Clip, ClipMask, Exp, LogSumExpN, StopGradient)
@@ -106,15 +107,31 @@ class ModularPoint:
 def exact_constant(f):
     """The rational a float constant of the generated code stands for. Spec constants are decimals or
     small fractions (1/2, 1/3); the generated code carries them as Python floats, which in symbolic
-    mode become SymPy Floats: the nearest fraction with a denominator up to 10^6 recovers them."""
+    mode become SymPy Floats: the nearest fraction with a denominator up to 10^6 recovers them when it
+    rounds to exactly that float; any other float stands for its own exact binary value."""
     from fractions import Fraction
 
-    fr = Fraction(float(f)).limit_denominator(10**6)
+    exact = Fraction(float(f))
+    fr = exact.limit_denominator(10**6)
+    if float(fr) != float(f):  # not a small fraction: keep the float's exact binary value, so a
+        fr = exact             # perturbed constant such as 1.0000001 is not mistaken for 1
     return sympy.Rational(fr.numerator, fr.denominator)
 
 
 def equal_at_points(a, b, points) -> bool:
     return all(pt(sympy.sympify(a)) == pt(sympy.sympify(b)) for pt in points)
+
+
+def comparator(exact: str, seeds=(1, 2)):
+    """same(a, b) for the symbolic checks: "expand" proves the difference is 0 (function values as atoms),
+    "points" evaluates both exactly at random points modulo 2^61 - 1."""
+    if exact == "expand":
+        atomize = Atomizer()
+        return lambda a, b: difference_is_zero(a, b, atomize)
+    if exact == "points":
+        points = [ModularPoint(seed) for seed in seeds]
+        return lambda a, b: equal_at_points(a, b, points)
+    raise ValueError(f"exact: expected 'expand' or 'points', got {exact!r}")
 
 
 def difference_is_zero(a, b, atomize: Atomizer) -> bool:
@@ -250,10 +267,7 @@ def check_step(d: Derivation, sizes: dict | None = None, exact: str = "expand", 
             n = _units(st.elementwise, derived)
         derived[st.target] = _evaluate_statement(st, derived, S, n)
 
-    atomize = Atomizer()
-    points = [ModularPoint(seed) for seed in (3, 4)]
-    same = (lambda a, b: difference_is_zero(a, b, atomize)) if exact == "expand" else (
-        lambda a, b: equal_at_points(a, b, points))
+    same = comparator(exact, seeds=(3, 4))
     failures, checked = [], 0
     for sym, adj in d.adjoint_of.items():
         if stop_after and len(failures) >= stop_after:
@@ -338,17 +352,12 @@ def check_unrolled(d: Derivation, module, T: int = 2, B: int = 1, sizes: dict | 
     sizes = {**(sizes or _default_sizes(cell)), "1": 1}
     sig = module.SIGNATURE
 
-    def arr(prefix, shape):
-        a = np.empty(shape, dtype=object)
-        for idx in np.ndindex(shape):
-            a[idx] = sympy.Symbol(f"{prefix}_{'_'.join(map(str, idx))}", real=True)
-        return a
 
-    params = {n: arr(n, tuple(sizes[x] for x in ds)) for n, ds in sig.parameters.items()}
-    seq = {n: arr(n, (T, B) + tuple(sizes[x] for x in ds)) for n, ds in sig.inputs.items()}
-    init = {n: arr(f"{n}0", (B,) + tuple(sizes[x] for x in ds)) for n, ds in sig.states.items()}
-    dy = arr("dy", (T, B) + tuple(sizes[x] for x in sig.output_dims))
-    d_final = {n: arr(f"d{n}T", (B,) + tuple(sizes[x] for x in ds)) for n, ds in sig.states.items()}
+    params = {n: symbol_array(n, tuple(sizes[x] for x in ds)) for n, ds in sig.parameters.items()}
+    seq = {n: symbol_array(n, (T, B) + tuple(sizes[x] for x in ds)) for n, ds in sig.inputs.items()}
+    init = {n: symbol_array(f"{n}0", (B,) + tuple(sizes[x] for x in ds)) for n, ds in sig.states.items()}
+    dy = symbol_array("dy", (T, B) + tuple(sizes[x] for x in sig.output_dims))
+    d_final = {n: symbol_array(f"d{n}T", (B,) + tuple(sizes[x] for x in ds)) for n, ds in sig.states.items()}
 
     # independent unrolled loss: the spec's equations evaluated step by step, per sample
     ex = ExplicitStep(d, sizes)
@@ -370,10 +379,7 @@ def check_unrolled(d: Derivation, module, T: int = 2, B: int = 1, sizes: dict | 
     except Exception as exc:  # a broken generated module fails the check, it does not crash it
         return {"error": float("inf"), "checked": 0, "failures": [f"{type(exc).__name__}: {exc}"]}
 
-    atomize = Atomizer()
-    points = [ModularPoint(seed) for seed in (1, 2)]
-    same = (lambda a, b: difference_is_zero(a, b, atomize)) if exact == "expand" else (
-        lambda a, b: equal_at_points(a, b, points))
+    same = comparator(exact, seeds=(1, 2))
     leaves = [(n, params[n]) for n in params] + [(n, seq[n]) for n in seq] + [(f"{s}0", init[s]) for s in init]
     failures, checked = [], 0
     for key, arr_ in leaves:

@@ -26,7 +26,8 @@ def _run(template: str, **arrays):
     return eval(template.format(**{k: k for k in arrays}), {"np": np}, arrays)  # noqa: S307
 
 
-def _symbols(prefix, shape):
+def symbol_array(prefix, shape):
+    """An object array of real SymPy symbols named prefix_i_j..., one per entry."""
     out = np.empty(shape, dtype=object)
     for idx in np.ndindex(shape):
         out[idx] = sympy.Symbol(f"{prefix}_{'_'.join(map(str, idx))}", real=True)
@@ -35,7 +36,8 @@ def _symbols(prefix, shape):
 
 def confirm_rules(T: int = 2, B: int = 2, m: int = 2, n: int = 3) -> list[tuple[str, int]]:
     """For each rule: (name, number of entries where the template differs from sympy.diff). All must be 0."""
-    M, v, dL, p = _symbols("M", (m, n)), _symbols("v", (T, B, n)), _symbols("dL", (T, B, m)), _symbols("p", (m,))
+    M, v = symbol_array("M", (m, n)), symbol_array("v", (T, B, n))
+    dL, p = symbol_array("dL", (T, B, m)), symbol_array("p", (m,))
     L = _run(MATVEC, v=v, M=M)
     s = sum((dL * L).ravel())  # the scalar <dL, M v> summed over time and batch
     out = []

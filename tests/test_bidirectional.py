@@ -117,6 +117,7 @@ def test_bidirectional_equals_sympy_diff_of_the_unrolled_loss():
 
     from lstm_spec.checks.symbolic import ExplicitStep, ModularPoint, equal_at_points
     from lstm_spec.derivations import derive
+    from lstm_spec.derivations.rules import symbol_array
     from lstm_spec.reference._runtime import symbolic
     from lstm_spec.spec import load
 
@@ -124,17 +125,12 @@ def test_bidirectional_equals_sympy_diff_of_the_unrolled_loss():
     S = d.symbols
     T, D, H = 2, 2, 1
 
-    def arr(prefix, shape):
-        out = np.empty(shape, dtype=object)
-        for idx in np.ndindex(shape):
-            out[idx] = sympy.Symbol(f"{prefix}_{'_'.join(map(str, idx))}", real=True)
-        return out
 
     sizes = {"D": D, "H": H}
-    pf = {n: arr(f"f{n}", tuple(sizes[x] for x in ds)) for n, ds in lstm.SIGNATURE.parameters.items()}
-    pb = {n: arr(f"b{n}", tuple(sizes[x] for x in ds)) for n, ds in lstm.SIGNATURE.parameters.items()}
-    x = arr("x", (T, 1, D))
-    dy = arr("dy", (T, 1, 2 * H))
+    pf = {n: symbol_array(f"f{n}", tuple(sizes[x] for x in ds)) for n, ds in lstm.SIGNATURE.parameters.items()}
+    pb = {n: symbol_array(f"b{n}", tuple(sizes[x] for x in ds)) for n, ds in lstm.SIGNATURE.parameters.items()}
+    x = symbol_array("x", (T, 1, D))
+    dy = symbol_array("dy", (T, 1, 2 * H))
 
     def unrolled(params, xs):
         ex = ExplicitStep(d, sizes)

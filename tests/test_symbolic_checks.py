@@ -47,3 +47,12 @@ def test_b_negative_control_a_wrong_gate_line_is_caught(lstm_derivation, lstm_te
     index = next(i for i in mutants.backward_lines(lstm_text) if lines[i].strip().startswith("d_z_o[t] ="))
     bad = mutants.load_module(mutants.mutate_code(lstm_text, index, "negate"))
     assert check_unrolled(lstm_derivation, bad, T=2, stop_after=1)["error"] > 0
+
+
+def test_b_negative_control_a_tiny_constant_change_is_caught(lstm_derivation, lstm_text):
+    """Float constants are read back as small fractions only when that is exact: a line scaled by
+    1.0000001 is not mistaken for the original."""
+    line = "        d_c_prev = d_c * f[t]\n"
+    assert line in lstm_text
+    bad = mutants.load_module(lstm_text.replace(line, "        d_c_prev = d_c * f[t] * 1.0000001\n"))
+    assert check_unrolled(lstm_derivation, bad, T=2, stop_after=1)["error"] > 0

@@ -95,6 +95,7 @@ def test_tbptt_equals_sympy_diff_of_the_truncated_unrolled_loss():
 
     from lstm_spec.checks.symbolic import ExplicitStep, ModularPoint, equal_at_points
     from lstm_spec.derivations import derive
+    from lstm_spec.derivations.rules import symbol_array
     from lstm_spec.derivations.functions import StopGradient
     from lstm_spec.reference._runtime import symbolic
     from lstm_spec.spec import load
@@ -104,14 +105,10 @@ def test_tbptt_equals_sympy_diff_of_the_truncated_unrolled_loss():
     T, D, H, k1, k2 = 3, 2, 1, 1, 2
     sizes = {"D": D, "H": H}
 
-    def arr(prefix, shape):
-        out = np.empty(shape, dtype=object)
-        for idx in np.ndindex(shape):
-            out[idx] = sympy.Symbol(f"{prefix}_{'_'.join(map(str, idx))}", real=True)
-        return out
 
-    params = {n: arr(n, tuple(sizes[x] for x in ds)) for n, ds in lstm.SIGNATURE.parameters.items()}
-    x, h0, c0, dy = arr("x", (T, 1, D)), arr("h0", (1, H)), arr("c0", (1, H)), arr("dy", (T, 1, H))
+    params = {n: symbol_array(n, tuple(sizes[x] for x in ds)) for n, ds in lstm.SIGNATURE.parameters.items()}
+    x, dy = symbol_array("x", (T, 1, D)), symbol_array("dy", (T, 1, H))
+    h0, c0 = symbol_array("h0", (1, H)), symbol_array("c0", (1, H))
     ex = ExplicitStep(d, sizes)
     ex.leaf = {S.param(n): (sympy.Matrix(v) if v.ndim == 2 else list(v)) for n, v in params.items()}
 
