@@ -160,7 +160,9 @@ def generate_module(d: Derivation) -> str:
         applied |= {a.func for a in e.atoms(sympy.Function)}
     runtime = sorted({FUNCTIONS[k].runtime_name for k in cell.functions.values()} |
                      {kind_of(f).runtime_name for f in applied})
-    emit("from lstm_spec.reference._runtime import Signature, prepare, prepare_cotangents, " + ", ".join(runtime))
+    emit("from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, "
+         "prepare_cotangents,")
+    emit("                                           " + ", ".join(runtime) + ")")
     emit("")
     emit(f"SIGNATURE = Signature(")
     emit(f"    cell={cell.name!r},")
@@ -198,7 +200,7 @@ def generate_module(d: Derivation) -> str:
     inputs = list(cell.inputs)
     states = plan.states
     init_args = ", ".join(f"{s}0=None" for s in states)
-    emit(f"def forward(params, {', '.join(inputs)}, {init_args}):")
+    emit(f"def forward(params, {', '.join(inputs)}, {init_args}, *, nonfinite=\"propagate\"):")
     emit(f'    """Run the {cell.name} cell over a sequence.')
     emit("")
     emit("    params: dict of arrays keyed by the spec's parameter names: " +
@@ -212,6 +214,8 @@ def generate_module(d: Derivation) -> str:
          f"{', '.join(plan.shapes[cell.output])}),")
     emit("    final = {" + ", ".join(f"{s!r}: {s}_T" for s in states) + "}, and the cache that backward() needs.")
     emit("    T = 0 is allowed: y is empty and the final states are the initial ones.")
+    emit("    nonfinite: 'propagate' (default: NaN and Inf flow through like any value) or 'raise'")
+    emit("    (NonFiniteError naming the array, step and index of the first non-finite value).")
     emit('    """')
     emit(f"    p, seq, init, dims = prepare(SIGNATURE, params, {{{', '.join(f'{n!r}: {n}' for n in inputs)}}}, "
          f"{{{', '.join(f'{s!r}: {s}0' for s in states)}}})")
@@ -274,12 +278,13 @@ def generate_module(d: Derivation) -> str:
         (plan.term_name(s) for s in plan.precomputed | plan.cached_terms if s in plan.refs)) + list(cell.parameters)
     emit("    cache = {'dims': dims, 'dtype': dtype, " + ", ".join(f"{n!r}: {n}" for n in cache_items) + "}")
     emit(f"    final = {{{', '.join(f'{s!r}: {s}[T]' for s in states)}}}")
+    emit("    finish_forward(SIGNATURE, cache, nonfinite)")
     emit(f"    return {out_expr}, final, cache")
     emit("")
     emit("")
 
     # ------------------------------------------------------------------ backward
-    emit("def backward(cache, dy=None, d_final=None):")
+    emit('def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):')
     emit(f'    """Backpropagation through time for the {cell.name} cell.')
     emit("")
     emit(f"    cache: from forward(). dy: cotangent of y, shape (T, B, {', '.join(plan.shapes[cell.output])}). "
@@ -287,6 +292,7 @@ def generate_module(d: Derivation) -> str:
     emit("    Missing cotangents are zeros. Returns the gradients of L = <dy, y> + sum_s <d_final[s], s_T>: one")
     emit("    entry per parameter (summed over time and batch), per input (per step) and per initial state (" +
          ", ".join(f"'{s}0'" for s in states) + ").")
+    emit("    nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).")
     emit('    """')
     emit("    dims, dtype = cache[\"dims\"], cache[\"dtype\"]")
     emit("    dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)")
@@ -355,10 +361,12 @@ def generate_module(d: Derivation) -> str:
     grads += [f"{n!r}: {plan.adjoint_name(d.adjoint_of[d.symbols.value(n)])}" for n in inputs]
     grads += [f"'{s}0': d_{s}_next" for s in states]
     return_at = len(L)
-    emit("    return {")
+    emit("    grads = {")
     for g in grads:
         emit(f"        {g},")
     emit("    }")
+    emit("    finish_backward(SIGNATURE, cache, grads, nonfinite)")
+    emit("    return grads")
     body = "\n".join(L[dims_at:return_at])
     used = lambda n: re.search(rf"\b{re.escape(n)}\b", body) is not None  # noqa: E731
     L[dims_at:dims_at] = [f"    {dim} = dims[{dim!r}]" for dim in cell.dimensions if used(dim)]

@@ -258,3 +258,67 @@ def prepare_cotangents(sig: Signature, cache: dict, dy, d_final):
 
 def _shape_text(expected, dims):
     return "(" + ", ".join(f"{e}={dims[e]}" if isinstance(e, str) and e in dims else str(e) for e in expected) + ")"
+
+
+# ----------------------------------------------------------------------------------------- non-finite values
+NONFINITE_POLICIES = ("propagate", "raise")
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or Inf appeared and the caller asked for nonfinite='raise'; the message says where first."""
+
+
+def _check_policy(nonfinite):
+    if nonfinite not in NONFINITE_POLICIES:
+        raise InputError(f"nonfinite: got {nonfinite!r}, expected one of {list(NONFINITE_POLICIES)}")
+
+
+def _first_nonfinite(a):
+    if a.dtype == object or a.size == 0:
+        return None
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return None
+    return tuple(int(i) for i in np.argwhere(bad)[0])
+
+
+def finish_forward(sig: Signature, cache: dict, nonfinite):
+    """Apply the non-finite policy after a forward pass. With 'raise', the arrays are scanned in the
+    order they were computed (inputs and parameters first, then step by step in equation order), so the
+    error names the first place a NaN or Inf appeared."""
+    _check_policy(nonfinite)
+    if nonfinite == "propagate":
+        return
+    T = cache["dims"]["T"]
+    for name in sig.inputs:
+        where = _first_nonfinite(cache[name])
+        if where is not None:
+            raise NonFiniteError(f"{sig.cell}: input {name} is non-finite at index {where} (t, b, ...)")
+    for name in sig.parameters:
+        where = _first_nonfinite(cache[name])
+        if where is not None:
+            raise NonFiniteError(f"{sig.cell}: parameter {name} is non-finite at index {where}")
+    for name in sig.states:
+        where = _first_nonfinite(cache[name][0])
+        if where is not None:
+            raise NonFiniteError(f"{sig.cell}: initial state {name}0 is non-finite at index {where} (b, ...)")
+    skip = {"dims", "dtype"} | set(sig.inputs) | set(sig.parameters)
+    per_step = [(k, v, 1 if k in sig.states else 0) for k, v in cache.items()
+                if k not in skip and isinstance(v, np.ndarray) and v.ndim >= 2]
+    for t in range(T):
+        for name, arr, offset in per_step:
+            where = _first_nonfinite(arr[t + offset])
+            if where is not None:
+                raise NonFiniteError(f"{sig.cell}: first non-finite value in the forward pass: {name} at step "
+                                     f"t={t} (0-based), index {where} (b, ...)")
+
+
+def finish_backward(sig: Signature, cache: dict, grads: dict, nonfinite):
+    """Apply the non-finite policy to the gradients returned by backward."""
+    _check_policy(nonfinite)
+    if nonfinite == "propagate":
+        return
+    for name, g in grads.items():
+        where = _first_nonfinite(np.asarray(g))
+        if where is not None:
+            raise NonFiniteError(f"{sig.cell}: gradient {name!r} is non-finite at index {where}")

@@ -68,7 +68,8 @@ initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of th
 
 import numpy as np
 
-from lstm_spec.reference._runtime import Signature, prepare, prepare_cotangents, sigmoid, tanh
+from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
+                                           sigmoid, tanh)
 
 SIGNATURE = Signature(
     cell='fgr',
@@ -105,7 +106,7 @@ SIGNATURE = Signature(
 )
 
 
-def forward(params, x, h0=None, c0=None, i0=None, f0=None, o0=None):
+def forward(params, x, h0=None, c0=None, i0=None, f0=None, o0=None, *, nonfinite="propagate"):
     """Run the fgr cell over a sequence.
 
     params: dict of arrays keyed by the spec's parameter names: W_f (H, D), U_f (H, H), b_f (H), W_i (H, D), U_i (H, H), b_i (H), W_c (H, D), U_c (H, H), b_c (H), W_o (H, D), U_o (H, H), b_o (H), p_f (H), p_i (H), p_o (H), R_ii (H, H), R_if (H, H), R_io (H, H), R_fi (H, H), R_ff (H, H), R_fo (H, H), R_oi (H, H), R_of (H, H), R_oo (H, H).
@@ -119,6 +120,8 @@ def forward(params, x, h0=None, c0=None, i0=None, f0=None, o0=None):
     Returns (y, final, cache): y = (h_1, ..., h_T) of shape (T, B, H),
     final = {'h': h_T, 'c': c_T, 'i': i_T, 'f': f_T, 'o': o_T}, and the cache that backward() needs.
     T = 0 is allowed: y is empty and the final states are the initial ones.
+    nonfinite: 'propagate' (default: NaN and Inf flow through like any value) or 'raise'
+    (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0, 'c': c0, 'i': i0, 'f': f0, 'o': o0})
     x = seq['x']
@@ -186,15 +189,17 @@ def forward(params, x, h0=None, c0=None, i0=None, f0=None, o0=None):
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'c': c, 'i': i, 'f': f, 'o': o, 'c_tilde': c_tilde, 'tanh_c': tanh_c, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'p_f': p_f, 'p_i': p_i, 'p_o': p_o, 'R_ii': R_ii, 'R_if': R_if, 'R_io': R_io, 'R_fi': R_fi, 'R_ff': R_ff, 'R_fo': R_fo, 'R_oi': R_oi, 'R_of': R_of, 'R_oo': R_oo}
     final = {'h': h[T], 'c': c[T], 'i': i[T], 'f': f[T], 'o': o[T]}
+    finish_forward(SIGNATURE, cache, nonfinite)
     return h[1:], final, cache
 
 
-def backward(cache, dy=None, d_final=None):
+def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     """Backpropagation through time for the fgr cell.
 
     cache: from forward(). dy: cotangent of y, shape (T, B, H). d_final: {'h': cotangent of h_T, 'c': cotangent of c_T, 'i': cotangent of i_T, 'f': cotangent of f_T, 'o': cotangent of o_T}.
     Missing cotangents are zeros. Returns the gradients of L = <dy, y> + sum_s <d_final[s], s_T>: one
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h0', 'c0', 'i0', 'f0', 'o0').
+    nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
     dims, dtype = cache["dims"], cache["dtype"]
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
@@ -287,7 +292,7 @@ def backward(cache, dy=None, d_final=None):
     d_R_of = np.tensordot(d_z_o, f[:-1], axes=([0, 1], [0, 1]))
     d_R_oo = np.tensordot(d_z_o, o[:-1], axes=([0, 1], [0, 1]))
 
-    return {
+    grads = {
         'W_f': d_W_f,
         'U_f': d_U_f,
         'b_f': d_b_f,
@@ -319,3 +324,5 @@ def backward(cache, dy=None, d_final=None):
         'f0': d_f_next,
         'o0': d_o_next,
     }
+    finish_backward(SIGNATURE, cache, grads, nonfinite)
+    return grads

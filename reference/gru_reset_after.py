@@ -44,7 +44,8 @@ initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of th
 
 import numpy as np
 
-from lstm_spec.reference._runtime import Signature, prepare, prepare_cotangents, sigmoid, tanh
+from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
+                                           sigmoid, tanh)
 
 SIGNATURE = Signature(
     cell='gru_reset_after',
@@ -67,7 +68,7 @@ SIGNATURE = Signature(
 )
 
 
-def forward(params, x, h0=None):
+def forward(params, x, h0=None, *, nonfinite="propagate"):
     """Run the gru_reset_after cell over a sequence.
 
     params: dict of arrays keyed by the spec's parameter names: W_r (H, D), U_r (H, H), b_r (H), W_z (H, D), U_z (H, H), b_z (H), W_n (H, D), U_n (H, H), b_n (H), b_hn (H).
@@ -77,6 +78,8 @@ def forward(params, x, h0=None):
     Returns (y, final, cache): y = (h_1, ..., h_T) of shape (T, B, H),
     final = {'h': h_T}, and the cache that backward() needs.
     T = 0 is allowed: y is empty and the final states are the initial ones.
+    nonfinite: 'propagate' (default: NaN and Inf flow through like any value) or 'raise'
+    (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0})
     x = seq['x']
@@ -120,15 +123,17 @@ def forward(params, x, h0=None):
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'r': r, 'z': z, 'n': n, 'U_n_h_prev': U_n_h_prev, 'W_r': W_r, 'U_r': U_r, 'b_r': b_r, 'W_z': W_z, 'U_z': U_z, 'b_z': b_z, 'W_n': W_n, 'U_n': U_n, 'b_n': b_n, 'b_hn': b_hn}
     final = {'h': h[T]}
+    finish_forward(SIGNATURE, cache, nonfinite)
     return h[1:], final, cache
 
 
-def backward(cache, dy=None, d_final=None):
+def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     """Backpropagation through time for the gru_reset_after cell.
 
     cache: from forward(). dy: cotangent of y, shape (T, B, H). d_final: {'h': cotangent of h_T}.
     Missing cotangents are zeros. Returns the gradients of L = <dy, y> + sum_s <d_final[s], s_T>: one
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h0').
+    nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
     dims, dtype = cache["dims"], cache["dtype"]
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
@@ -182,7 +187,7 @@ def backward(cache, dy=None, d_final=None):
     d_b_n = d_a_n.sum(axis=(0, 1))
     d_b_hn = np.broadcast_to(d_a_n * r, (T, B) + b_hn.shape).sum(axis=(0, 1))
 
-    return {
+    grads = {
         'W_r': d_W_r,
         'U_r': d_U_r,
         'b_r': d_b_r,
@@ -196,3 +201,5 @@ def backward(cache, dy=None, d_final=None):
         'x': d_x,
         'h0': d_h_next,
     }
+    finish_backward(SIGNATURE, cache, grads, nonfinite)
+    return grads

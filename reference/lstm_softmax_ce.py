@@ -66,7 +66,8 @@ initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of th
 
 import numpy as np
 
-from lstm_spec.reference._runtime import Signature, prepare, prepare_cotangents, exp, logsumexp, sigmoid, tanh, unit_sum
+from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
+                                           exp, logsumexp, sigmoid, tanh, unit_sum)
 
 SIGNATURE = Signature(
     cell='lstm_softmax_ce',
@@ -93,7 +94,7 @@ SIGNATURE = Signature(
 )
 
 
-def forward(params, x, target, h0=None, c0=None):
+def forward(params, x, target, h0=None, c0=None, *, nonfinite="propagate"):
     """Run the lstm_softmax_ce cell over a sequence.
 
     params: dict of arrays keyed by the spec's parameter names: W_f (H, D), U_f (H, H), b_f (H), W_i (H, D), U_i (H, H), b_i (H), W_c (H, D), U_c (H, H), b_c (H), W_o (H, D), U_o (H, H), b_o (H), W_hy (K, H), b_y (K).
@@ -105,6 +106,8 @@ def forward(params, x, target, h0=None, c0=None):
     Returns (y, final, cache): y = (loss_1, ..., loss_T) of shape (T, B, 1),
     final = {'h': h_T, 'c': c_T}, and the cache that backward() needs.
     T = 0 is allowed: y is empty and the final states are the initial ones.
+    nonfinite: 'propagate' (default: NaN and Inf flow through like any value) or 'raise'
+    (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x, 'target': target}, {'h': h0, 'c': c0})
     x = seq['x']
@@ -170,15 +173,17 @@ def forward(params, x, target, h0=None, c0=None):
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'target': target, 'h': h, 'c': c, 'f': f, 'i': i, 'c_tilde': c_tilde, 'o': o, 'tanh_c': tanh_c, 'a': a, 'logsumexp_a': logsumexp_a, 'log_p': log_p, 'loss': loss, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'W_hy': W_hy, 'b_y': b_y}
     final = {'h': h[T], 'c': c[T]}
+    finish_forward(SIGNATURE, cache, nonfinite)
     return loss, final, cache
 
 
-def backward(cache, dy=None, d_final=None):
+def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     """Backpropagation through time for the lstm_softmax_ce cell.
 
     cache: from forward(). dy: cotangent of y, shape (T, B, 1). d_final: {'h': cotangent of h_T, 'c': cotangent of c_T}.
     Missing cotangents are zeros. Returns the gradients of L = <dy, y> + sum_s <d_final[s], s_T>: one
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h0', 'c0').
+    nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
     dims, dtype = cache["dims"], cache["dtype"]
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
@@ -257,7 +262,7 @@ def backward(cache, dy=None, d_final=None):
     d_W_hy = np.tensordot(d_a, h[1:], axes=([0, 1], [0, 1]))
     d_b_y = d_a.sum(axis=(0, 1))
 
-    return {
+    grads = {
         'W_f': d_W_f,
         'U_f': d_U_f,
         'b_f': d_b_f,
@@ -277,3 +282,5 @@ def backward(cache, dy=None, d_final=None):
         'h0': d_h_next,
         'c0': d_c_next,
     }
+    finish_backward(SIGNATURE, cache, grads, nonfinite)
+    return grads

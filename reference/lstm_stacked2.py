@@ -89,7 +89,8 @@ initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of th
 
 import numpy as np
 
-from lstm_spec.reference._runtime import Signature, prepare, prepare_cotangents, sigmoid, tanh
+from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
+                                           sigmoid, tanh)
 
 SIGNATURE = Signature(
     cell='lstm_stacked2',
@@ -126,7 +127,7 @@ SIGNATURE = Signature(
 )
 
 
-def forward(params, x, h10=None, c10=None, h20=None, c20=None):
+def forward(params, x, h10=None, c10=None, h20=None, c20=None, *, nonfinite="propagate"):
     """Run the lstm_stacked2 cell over a sequence.
 
     params: dict of arrays keyed by the spec's parameter names: W1_f (H, D), U1_f (H, H), b1_f (H), W1_i (H, D), U1_i (H, H), b1_i (H), W1_c (H, D), U1_c (H, H), b1_c (H), W1_o (H, D), U1_o (H, H), b1_o (H), W2_f (H, H), U2_f (H, H), b2_f (H), W2_i (H, H), U2_i (H, H), b2_i (H), W2_c (H, H), U2_c (H, H), b2_c (H), W2_o (H, H), U2_o (H, H), b2_o (H).
@@ -139,6 +140,8 @@ def forward(params, x, h10=None, c10=None, h20=None, c20=None):
     Returns (y, final, cache): y = (h2_1, ..., h2_T) of shape (T, B, H),
     final = {'h1': h1_T, 'c1': c1_T, 'h2': h2_T, 'c2': c2_T}, and the cache that backward() needs.
     T = 0 is allowed: y is empty and the final states are the initial ones.
+    nonfinite: 'propagate' (default: NaN and Inf flow through like any value) or 'raise'
+    (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h1': h10, 'c1': c10, 'h2': h20, 'c2': c20})
     x = seq['x']
@@ -223,15 +226,17 @@ def forward(params, x, h10=None, c10=None, h20=None, c20=None):
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h1': h1, 'c1': c1, 'h2': h2, 'c2': c2, 'f1': f1, 'i1': i1, 'c1_tilde': c1_tilde, 'o1': o1, 'tanh_c1': tanh_c1, 'f2': f2, 'i2': i2, 'c2_tilde': c2_tilde, 'o2': o2, 'tanh_c2': tanh_c2, 'W1_f': W1_f, 'U1_f': U1_f, 'b1_f': b1_f, 'W1_i': W1_i, 'U1_i': U1_i, 'b1_i': b1_i, 'W1_c': W1_c, 'U1_c': U1_c, 'b1_c': b1_c, 'W1_o': W1_o, 'U1_o': U1_o, 'b1_o': b1_o, 'W2_f': W2_f, 'U2_f': U2_f, 'b2_f': b2_f, 'W2_i': W2_i, 'U2_i': U2_i, 'b2_i': b2_i, 'W2_c': W2_c, 'U2_c': U2_c, 'b2_c': b2_c, 'W2_o': W2_o, 'U2_o': U2_o, 'b2_o': b2_o}
     final = {'h1': h1[T], 'c1': c1[T], 'h2': h2[T], 'c2': c2[T]}
+    finish_forward(SIGNATURE, cache, nonfinite)
     return h2[1:], final, cache
 
 
-def backward(cache, dy=None, d_final=None):
+def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     """Backpropagation through time for the lstm_stacked2 cell.
 
     cache: from forward(). dy: cotangent of y, shape (T, B, H). d_final: {'h1': cotangent of h1_T, 'c1': cotangent of c1_T, 'h2': cotangent of h2_T, 'c2': cotangent of c2_T}.
     Missing cotangents are zeros. Returns the gradients of L = <dy, y> + sum_s <d_final[s], s_T>: one
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h10', 'c10', 'h20', 'c20').
+    nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
     dims, dtype = cache["dims"], cache["dtype"]
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
@@ -340,7 +345,7 @@ def backward(cache, dy=None, d_final=None):
     d_U2_o = np.tensordot(d_z2_o, h2[:-1], axes=([0, 1], [0, 1]))
     d_b2_o = d_z2_o.sum(axis=(0, 1))
 
-    return {
+    grads = {
         'W1_f': d_W1_f,
         'U1_f': d_U1_f,
         'b1_f': d_b1_f,
@@ -371,3 +376,5 @@ def backward(cache, dy=None, d_final=None):
         'h20': d_h2_next,
         'c20': d_c2_next,
     }
+    finish_backward(SIGNATURE, cache, grads, nonfinite)
+    return grads

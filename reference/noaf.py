@@ -54,7 +54,8 @@ initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of th
 
 import numpy as np
 
-from lstm_spec.reference._runtime import Signature, prepare, prepare_cotangents, sigmoid, tanh
+from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
+                                           sigmoid, tanh)
 
 SIGNATURE = Signature(
     cell='noaf',
@@ -82,7 +83,7 @@ SIGNATURE = Signature(
 )
 
 
-def forward(params, x, h0=None, c0=None):
+def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
     """Run the noaf cell over a sequence.
 
     params: dict of arrays keyed by the spec's parameter names: W_f (H, D), U_f (H, H), b_f (H), W_i (H, D), U_i (H, H), b_i (H), W_c (H, D), U_c (H, H), b_c (H), W_o (H, D), U_o (H, H), b_o (H), p_f (H), p_i (H), p_o (H).
@@ -93,6 +94,8 @@ def forward(params, x, h0=None, c0=None):
     Returns (y, final, cache): y = (h_1, ..., h_T) of shape (T, B, H),
     final = {'h': h_T, 'c': c_T}, and the cache that backward() needs.
     T = 0 is allowed: y is empty and the final states are the initial ones.
+    nonfinite: 'propagate' (default: NaN and Inf flow through like any value) or 'raise'
+    (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0, 'c': c0})
     x = seq['x']
@@ -146,15 +149,17 @@ def forward(params, x, h0=None, c0=None):
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'c': c, 'f': f, 'i': i, 'c_tilde': c_tilde, 'o': o, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'p_f': p_f, 'p_i': p_i, 'p_o': p_o}
     final = {'h': h[T], 'c': c[T]}
+    finish_forward(SIGNATURE, cache, nonfinite)
     return h[1:], final, cache
 
 
-def backward(cache, dy=None, d_final=None):
+def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     """Backpropagation through time for the noaf cell.
 
     cache: from forward(). dy: cotangent of y, shape (T, B, H). d_final: {'h': cotangent of h_T, 'c': cotangent of c_T}.
     Missing cotangents are zeros. Returns the gradients of L = <dy, y> + sum_s <d_final[s], s_T>: one
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h0', 'c0').
+    nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
     dims, dtype = cache["dims"], cache["dtype"]
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
@@ -221,7 +226,7 @@ def backward(cache, dy=None, d_final=None):
     d_p_i = np.broadcast_to(d_z_i * c[:-1], (T, B) + p_i.shape).sum(axis=(0, 1))
     d_p_o = np.broadcast_to(d_z_o * c[1:], (T, B) + p_o.shape).sum(axis=(0, 1))
 
-    return {
+    grads = {
         'W_f': d_W_f,
         'U_f': d_U_f,
         'b_f': d_b_f,
@@ -241,3 +246,5 @@ def backward(cache, dy=None, d_final=None):
         'h0': d_h_next,
         'c0': d_c_next,
     }
+    finish_backward(SIGNATURE, cache, grads, nonfinite)
+    return grads

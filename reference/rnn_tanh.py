@@ -25,7 +25,8 @@ initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of th
 
 import numpy as np
 
-from lstm_spec.reference._runtime import Signature, prepare, prepare_cotangents, tanh
+from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
+                                           tanh)
 
 SIGNATURE = Signature(
     cell='rnn_tanh',
@@ -41,7 +42,7 @@ SIGNATURE = Signature(
 )
 
 
-def forward(params, x, h0=None):
+def forward(params, x, h0=None, *, nonfinite="propagate"):
     """Run the rnn_tanh cell over a sequence.
 
     params: dict of arrays keyed by the spec's parameter names: W (H, D), U (H, H), b (H).
@@ -51,6 +52,8 @@ def forward(params, x, h0=None):
     Returns (y, final, cache): y = (h_1, ..., h_T) of shape (T, B, H),
     final = {'h': h_T}, and the cache that backward() needs.
     T = 0 is allowed: y is empty and the final states are the initial ones.
+    nonfinite: 'propagate' (default: NaN and Inf flow through like any value) or 'raise'
+    (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0})
     x = seq['x']
@@ -75,15 +78,17 @@ def forward(params, x, h0=None):
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'W': W, 'U': U, 'b': b}
     final = {'h': h[T]}
+    finish_forward(SIGNATURE, cache, nonfinite)
     return h[1:], final, cache
 
 
-def backward(cache, dy=None, d_final=None):
+def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     """Backpropagation through time for the rnn_tanh cell.
 
     cache: from forward(). dy: cotangent of y, shape (T, B, H). d_final: {'h': cotangent of h_T}.
     Missing cotangents are zeros. Returns the gradients of L = <dy, y> + sum_s <d_final[s], s_T>: one
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h0').
+    nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
     dims, dtype = cache["dims"], cache["dtype"]
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
@@ -111,10 +116,12 @@ def backward(cache, dy=None, d_final=None):
     d_U = np.tensordot(d_z, h[:-1], axes=([0, 1], [0, 1]))
     d_b = d_z.sum(axis=(0, 1))
 
-    return {
+    grads = {
         'W': d_W,
         'U': d_U,
         'b': d_b,
         'x': d_x,
         'h0': d_h_next,
     }
+    finish_backward(SIGNATURE, cache, grads, nonfinite)
+    return grads
