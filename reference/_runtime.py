@@ -11,6 +11,7 @@ expressions are accepted only inside ``with symbolic():`` (the unrolled symbolic
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,17 +153,50 @@ def _dtype_ok(dtype):
     return dtype in NUMERIC_DTYPES or (dtype == object and _SYMBOLIC[-1])
 
 
+_DTYPE_HELP = ("expected float32, float64 or complex128 (nothing is cast: convert ints, bools, float16, "
+               "complex64 and object arrays yourself)")
+
+
+class _Dims(dict):
+    """The dimension sizes bound by a forward call (a plain dict to its users), remembering the cell that
+    bound them, so that backward can refuse a cache made by another cell's forward."""
+
+    cell = None
+
+    def __reduce__(self):  # pickles (and deep-copies) with the cell name
+        return (_make_dims, (self.cell, dict(self)))
+
+
+def _make_dims(cell, items):
+    dims = _Dims(items)
+    dims.cell = cell
+    return dims
+
+
 def _as_array(name, value):
+    """The array a public entry received, never a silently converted one: NumPy arrays (and objects with
+    ``__array__``, such as torch or JAX arrays, viewed as NumPy arrays); no lists, scalars, np.matrix (whose
+    ``*`` is a matrix product) or masked arrays (whose mask would be dropped)."""
+    if isinstance(value, (np.matrix, np.ma.MaskedArray)):
+        raise InputError(f"{name}: got {type(value).__module__}.{type(value).__name__}, expected a plain "
+                         "numpy.ndarray (np.asarray(...) if you mean the raw values)")
     if isinstance(value, np.ndarray):
         return value
-    if hasattr(value, "__array__") and not isinstance(value, (list, tuple)):
+    if hasattr(value, "__array__") and not isinstance(value, (list, tuple, np.generic)):
         return np.asarray(value)
-    raise InputError(f"{name}: expected a NumPy array, got {type(value).__name__}")
+    raise InputError(f"{name}: expected a NumPy array, got {type(value).__name__} "
+                     "(lists, tuples and scalars are not converted)")
 
 
 def prepare(sig: Signature, params, sequence: dict, initial: dict):
     """Validate a forward call. Returns (params, sequences, initial states, dims) with every shape
-    checked against the spec and dims bound (T, B and each dimension of the spec)."""
+    checked against the spec and dims bound (T, B and each dimension of the spec).
+
+    Policy: T = 0 and B = 0 are allowed (empty outputs; the final states are the initial ones); every
+    dimension of the spec (D, H, ...) must be at least 1. Sequences are time-major (T, B, ...). A
+    batch-major (B, T, ...) sequence is caught, with a hint, when an initial state or a second sequence
+    (a mask, a target) pins B or T; with every initial state omitted, or with T = B, it cannot be told
+    from a valid call (the parameters fix only the feature sizes)."""
     if not isinstance(params, dict):
         raise InputError(f"params: expected a dict of arrays keyed by parameter name, got {type(params).__name__}")
     missing = [k for k in sig.parameters if k not in params]
@@ -181,15 +215,23 @@ def prepare(sig: Signature, params, sequence: dict, initial: dict):
     first = next(iter(arrays))
     dtype = arrays[first].dtype
     if not _dtype_ok(dtype):
-        raise InputError(f"{first}: dtype {dtype} is not supported; use float32, float64 or complex128")
+        raise InputError(f"{first}: got dtype {dtype}, {_DTYPE_HELP}")
 
-    dims: dict[str, int] = {}
+    dims = _make_dims(sig.cell, {"1": 1})  # "1": the shape of one value per sample
 
-    dims["1"] = 1  # the shape of one value per sample
+    def hint(size, e):
+        """A T or B mismatch that swapping T and B would resolve: say that a sequence may be batch-major."""
+        x = arrays[first]
+        if e in ("T", "B") and x.shape[0] != x.shape[1] and size == dims["B" if e == "T" else "T"]:
+            return (f"; {first} has shape {tuple(x.shape)}: is it batch-major (B, T, ...)? The reference expects "
+                    "time-major (T, B, ...): pass np.swapaxes(seq, 0, 1)")
+        return ""
 
     def bind(label, a, expected):
         """expected: tuple of dim names or ints; binds names on first sight."""
         if a.dtype != dtype:
+            if not _dtype_ok(a.dtype):
+                raise InputError(f"{label}: got dtype {a.dtype}, {_DTYPE_HELP}")
             raise InputError(f"{label}: dtype {a.dtype} differs from {first}'s {dtype}; all arrays of a call "
                              "must share one dtype (nothing is cast silently)")
         want = tuple(dims.get(e, e) if isinstance(e, str) else e for e in expected)
@@ -199,7 +241,10 @@ def prepare(sig: Signature, params, sequence: dict, initial: dict):
             if isinstance(e, str):
                 if e in dims and dims[e] != size:
                     raise InputError(f"{label}: got {_describe(a)}, expected shape {_shape_text(expected, dims)} "
-                                     f"({e} = {dims[e]} from earlier arrays)")
+                                     f"({e} = {dims[e]} from earlier arrays){hint(size, e)}")
+                if size == 0 and e not in ("T", "B"):
+                    raise InputError(f"{label}: got {_describe(a)}, expected shape {_shape_text(expected, dims)} "
+                                     f"with {e} >= 1 (only T and B may be 0)")
                 dims.setdefault(e, size)
             elif e != size:
                 raise InputError(f"{label}: got {_describe(a)}, expected shape {want}")
@@ -226,9 +271,13 @@ def prepare(sig: Signature, params, sequence: dict, initial: dict):
     return p, arrays, init, dims
 
 
+_PENDING = threading.local()  # the cotangents of the backward call in progress, for its non-finite report
+
+
 def prepare_cotangents(sig: Signature, cache: dict, dy, d_final):
     """Validate the cotangents given to backward: dy (T, B, output dims) and d_final {state: (B, dims)}.
-    Missing cotangents are zeros."""
+    Missing cotangents are zeros. The cache must come from this cell's forward."""
+    _check_cache(sig, cache)
     dims, dtype = cache["dims"], cache["dtype"]
     T, B = dims["T"], dims["B"]
     out_shape = (T, B) + tuple(dims[d] for d in sig.output_dims)
@@ -237,7 +286,11 @@ def prepare_cotangents(sig: Signature, cache: dict, dy, d_final):
     else:
         dy = _as_array("dy", dy)
         if dy.shape != out_shape or dy.dtype != dtype:
-            raise InputError(f"dy: got {_describe(dy)}, expected shape {out_shape} and dtype {dtype}")
+            raise InputError(f"dy: got {_describe(dy)}, expected shape {out_shape} and dtype {dtype} "
+                             f"(like y of the forward pass)")
+    if d_final is not None and not isinstance(d_final, dict):
+        raise InputError(f"d_final: expected a dict {{state: array}} or None, got {type(d_final).__name__}; "
+                         f"the states of {sig.cell!r} are {list(sig.states)}")
     d_final = dict(d_final or {})
     unknown = [k for k in d_final if k not in sig.states]
     if unknown:
@@ -253,7 +306,20 @@ def prepare_cotangents(sig: Signature, cache: dict, dy, d_final):
             if a.shape != shape or a.dtype != dtype:
                 raise InputError(f"d_final[{name!r}]: got {_describe(a)}, expected shape {shape} and dtype {dtype}")
             out[name] = a.copy()
+    _PENDING.value = (id(cache), dy, out)
     return dy, out
+
+
+def _check_cache(sig: Signature, cache):
+    if not isinstance(cache, dict) or "dims" not in cache or "dtype" not in cache:
+        raise InputError(f"cache: expected the cache returned by {sig.cell}.forward(), got {type(cache).__name__}"
+                         + (f" with keys {sorted(cache)[:8]}" if isinstance(cache, dict) else ""))
+    origin = getattr(cache["dims"], "cell", None)
+    if origin is not None and origin != sig.cell:
+        raise InputError(f"cache: made by the forward of cell {origin!r}, expected one from {sig.cell!r}.forward()")
+    needed = [k for k in list(sig.parameters) + list(sig.states) + list(sig.inputs) if k not in cache]
+    if needed:
+        raise InputError(f"cache: missing {needed}; expected the cache returned by {sig.cell}.forward()")
 
 
 def _shape_text(expected, dims):
@@ -274,51 +340,90 @@ def _check_policy(nonfinite):
 
 
 def _first_nonfinite(a):
-    if a.dtype == object or a.size == 0:
+    """Index of the first NaN or Inf of a (C order), or None. Cheap when everything is finite."""
+    if a.dtype == object or a.size == 0 or np.isfinite(a).all():
         return None
-    bad = ~np.isfinite(a)
-    if not bad.any():
-        return None
-    return tuple(int(i) for i in np.argwhere(bad)[0])
+    return tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
 
 
-def finish_forward(sig: Signature, cache: dict, nonfinite):
-    """Apply the non-finite policy after a forward pass. With 'raise', the arrays are scanned in the
-    order they were computed (inputs and parameters first, then step by step in equation order), so the
-    error names the first place a NaN or Inf appeared."""
-    _check_policy(nonfinite)
-    if nonfinite == "propagate":
-        return
-    T = cache["dims"]["T"]
+def _per_step(sig: Signature, cache: dict, T: int, B: int):
+    """The cached arrays that hold one slice per time step (T slots, or T + 1 for states), in the order
+    the forward computed them; stacked parameter matrices and other per-call values are left out."""
+    skip = {"dims", "dtype"} | set(sig.inputs) | set(sig.parameters)
+    out = []
+    for name, arr in cache.items():
+        slots = T + 1 if name in sig.states else T
+        if name in skip or not isinstance(arr, np.ndarray) or arr.ndim < 2 or arr.shape[:2] != (slots, B):
+            continue
+        out.append((name, arr, 1 if name in sig.states else 0))
+    return out
+
+
+def _forward_report(sig: Signature, cache: dict):
+    """Where the first non-finite value of a forward pass is (inputs, parameters, initial states, then
+    step by step in equation order), or None."""
+    dims = cache["dims"]
     for name in sig.inputs:
         where = _first_nonfinite(cache[name])
         if where is not None:
-            raise NonFiniteError(f"{sig.cell}: input {name} is non-finite at index {where} (t, b, ...)")
+            return f"input {name} is non-finite at index {where} (t, b, ...)"
     for name in sig.parameters:
         where = _first_nonfinite(cache[name])
         if where is not None:
-            raise NonFiniteError(f"{sig.cell}: parameter {name} is non-finite at index {where}")
+            return f"parameter {name} is non-finite at index {where}"
     for name in sig.states:
         where = _first_nonfinite(cache[name][0])
         if where is not None:
-            raise NonFiniteError(f"{sig.cell}: initial state {name}0 is non-finite at index {where} (b, ...)")
-    skip = {"dims", "dtype"} | set(sig.inputs) | set(sig.parameters)
-    per_step = [(k, v, 1 if k in sig.states else 0) for k, v in cache.items()
-                if k not in skip and isinstance(v, np.ndarray) and v.ndim >= 2]
-    for t in range(T):
+            return f"initial state {name}0 is non-finite at index {where} (b, ...)"
+    per_step = [item for item in _per_step(sig, cache, dims["T"], dims["B"])
+                if _first_nonfinite(item[1]) is not None]  # whole arrays first: cheap when all is finite
+    for t in range(dims["T"]):
         for name, arr, offset in per_step:
             where = _first_nonfinite(arr[t + offset])
             if where is not None:
-                raise NonFiniteError(f"{sig.cell}: first non-finite value in the forward pass: {name} at step "
-                                     f"t={t} (0-based), index {where} (b, ...)")
+                return (f"first non-finite value in the forward pass: {name} at step t={t} (0-based), "
+                        f"index {where} (b, ...)")
+    return None
 
 
-def finish_backward(sig: Signature, cache: dict, grads: dict, nonfinite):
-    """Apply the non-finite policy to the gradients returned by backward."""
+def finish_forward(sig: Signature, cache: dict, nonfinite):
+    """Apply the non-finite policy after a forward pass. 'propagate' costs nothing (no scan). With 'raise',
+    the arrays are scanned in the order they were computed (inputs and parameters first, then step by
+    step in equation order), so the error names the first place a NaN or Inf appeared."""
     _check_policy(nonfinite)
     if nonfinite == "propagate":
         return
-    for name, g in grads.items():
-        where = _first_nonfinite(np.asarray(g))
+    report = _forward_report(sig, cache)
+    if report is not None:
+        raise NonFiniteError(f"{sig.cell}: {report}")
+
+
+def finish_backward(sig: Signature, cache: dict, grads: dict, nonfinite):
+    """Apply the non-finite policy to a backward pass. 'propagate' costs nothing (no scan). With 'raise'
+    the error names a non-finite cotangent given to backward (dy at (t, b, ...), or d_final[state]);
+    else, when a gradient is non-finite, that gradient and, if there is one, the first non-finite value
+    of the forward pass that caused it."""
+    pending = getattr(_PENDING, "value", None)
+    _PENDING.value = None
+    _check_policy(nonfinite)
+    if nonfinite == "propagate":
+        return
+    if pending is not None and pending[0] == id(cache):
+        _, dy, d_final = pending
+        where = _first_nonfinite(dy)
         if where is not None:
-            raise NonFiniteError(f"{sig.cell}: gradient {name!r} is non-finite at index {where}")
+            raise NonFiniteError(f"{sig.cell}: cotangent dy is non-finite at index {where} (t, b, ...)")
+        for name, a in d_final.items():
+            where = _first_nonfinite(a)
+            if where is not None:
+                raise NonFiniteError(f"{sig.cell}: cotangent d_final[{name!r}] is non-finite at index {where} (b, ...)")
+    bad = [(name, where) for name, where in ((n, _first_nonfinite(np.asarray(g))) for n, g in grads.items())
+           if where is not None]
+    if not bad:
+        return
+    name, where = bad[0]
+    text = f"{sig.cell}: gradient {name!r} is non-finite at index {where}"
+    report = _forward_report(sig, cache)
+    if report is not None:
+        text += f"; the forward pass already was: {report}"
+    raise NonFiniteError(text)
