@@ -31,7 +31,7 @@ from fractions import Fraction
 import sympy
 
 from lstm_spec.spec.cells import Cell
-from lstm_spec.spec.language import BinOp, Call, Name, Neg, Num, Pow
+from lstm_spec.spec.language import BinOp, Call, Name, Neg, Num, Pow, SpecError
 
 from .functions import FUNCTIONS, UnitSum, kind_of
 
@@ -212,6 +212,22 @@ def _name_function_values(expr, forward: list[ForwardEquation], symbols: Symbols
     return expr.xreplace(table) if table else expr
 
 
+_UNDEFINED = (sympy.S.ComplexInfinity, sympy.S.NaN, sympy.S.Infinity, sympy.S.NegativeInfinity,
+              sympy.Derivative, sympy.Subs)
+
+
+def _check_defined(expr, cell: Cell, forward: list[ForwardEquation], idx: int, what: str):
+    """A spec can pass the loader and still have no value or no derivative, e.g. x / (a - a): SymPy
+    then gives zoo, nan or an unevaluated Derivative. That is the spec's error, named like the loader's
+    (file, line, equation), not a crash of the derivation or code that computes nan."""
+    if not expr.has(*_UNDEFINED):
+        return
+    spec_index = sum(1 for fe in forward[:idx] if not fe.aux)  # auxiliaries precede their equation
+    eq = cell.equations[min(spec_index, len(cell.equations) - 1)]
+    raise SpecError(f"{cell.path}, line {eq.line}, equation '{eq.text}': {what} is not defined ({expr}); "
+                    "is something divided by zero?")
+
+
 def _differentiable(expr, symbols: Symbols):
     return sorted((s for s in expr.free_symbols if symbols.info[s].kind in ("value", "prev", "term", "param")),
                   key=lambda s: s.name)
@@ -221,6 +237,8 @@ def _differentiable(expr, symbols: Symbols):
 def derive(cell: Cell, simplify: bool = True) -> Derivation:
     symbols = Symbols()
     forward = equations_to_sympy(cell, symbols)
+    for idx, fe in enumerate(forward):
+        _check_defined(fe.expr, cell, forward, idx, f"the value of {fe.lhs}")
     defined = {fe.lhs for fe in forward}
 
     # contributions[sym] = [elementwise terms], matvecs[sym] = [(M, dL)], outers[M] = [(dL, v_sym)]
@@ -272,6 +290,7 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
 
         for a in _differentiable(fe.expr, symbols):
             partial = _name_function_values(sympy.diff(fe.expr, a), forward, symbols)
+            _check_defined(partial, cell, forward, idx, f"the derivative of {fe.lhs} with respect to {a}")
             contribution = d_lhs * partial
             if shape_of(a) == ("1",) and fe.shape != ("1",):
                 contribution = UnitSum(contribution)  # a per-sample value used by every unit

@@ -2,12 +2,16 @@
 
 A spec file declares dimensions, the role and shape of every name (input, state, parameter), the
 functions the equations may call, and the equations of one time step. Everything is checked here:
-unknown keys, undeclared or unused names, redefinitions, use before definition, shape mismatches.
-Errors name the file, the line and the equation.
+unknown keys, wrong value types, undeclared or unused names, redefinitions, use before definition
+(and so cycles), shape mismatches, names that would collide with the generated code's own names, and
+text that would end up in the generated module. Errors name the file, the line and the equation (or
+the declaration). Spec files are untrusted: every failure is a :class:`SpecError`, never another
+exception, and size limits keep loading and deriving any accepted file fast.
 """
 
 from __future__ import annotations
 
+import builtins
 import keyword
 import re
 import tomllib
@@ -17,6 +21,7 @@ from pathlib import Path
 
 from .language import (
     IDENTIFIER,
+    MAX_NAME_LENGTH,
     BinOp,
     Call,
     Equation,
@@ -26,17 +31,30 @@ from .language import (
     Pow,
     SpecError,
     parse_equation,
+    walk,
 )
 
 SPEC_DIR = Path(__file__).resolve().parent
 SCALAR = "1"  # the shape of one value per sample (what a reduction such as sum(...) gives): ("1",)
 SPEC_SUFFIX = ".toml"
 MAX_SPEC_BYTES = 200_000
-MAX_EQUATIONS = 200
+MAX_EQUATIONS = 100
+MAX_DECLARATIONS = 200  # entries of [dimensions], [inputs], [states], [parameters], [functions] together
+MAX_TITLE_LENGTH = 200
+MAX_DESCRIPTION_LENGTH = 10_000
 
-# Names the generated code uses for itself; a spec may not use them for its own quantities.
-RESERVED = {"np", "t", "T", "B", "params", "cache", "dy", "grads", "sigmoid", "tanh", "identity",
-            "Forward", "forward", "backward", "validate"}
+# Names the generated code uses for itself (its locals, the runtime helpers it imports, the Python
+# builtins it may call); a spec may not use them for its own quantities or dimensions, which become
+# Python variables in the generated module. Function names are exempt: they never appear in the code.
+GENERATED_NAMES = {
+    "np", "t", "T", "B", "params", "cache", "dy", "grads", "Forward", "forward", "backward", "validate",
+    "p", "seq", "init", "dims", "dtype", "final", "nonfinite", "KINKS", "SIGNATURE", "Signature",
+    "prepare", "prepare_cotangents", "finish_forward", "finish_backward", "seq_matmul", "stack_rows",
+    "split_first", "split_last", "sum_loss", "InputError", "NonFiniteError", "symbolic",
+    # numeric implementations of the function kinds (lstm_spec.reference._runtime)
+    "sigmoid", "tanh", "identity", "stop_gradient", "exp", "unit_sum", "logsumexp", "clip", "clip_mask",
+}
+RESERVED = GENERATED_NAMES | {n for n in dir(builtins) if not n.startswith("_")}
 
 TOP_KEYS = {"name", "title", "summary", "description", "output", "equations", "dimensions", "inputs",
             "states", "parameters", "functions", "latex"}
@@ -86,7 +104,7 @@ class Cell:
 
 
 def _parse_shape(text, where) -> tuple[str, ...]:
-    if not isinstance(text, str):
+    if not isinstance(text, str) or len(text) > 2 * MAX_NAME_LENGTH + 10:
         raise SpecError(f"{where}: a shape is a string such as \"H\" or \"H x D\", got {text!r}")
     parts = [p.strip() for p in re.split(r"\s*[x×]\s*", text.strip())] if text.strip() else []
     if not 1 <= len(parts) <= 2 or not all(IDENTIFIER.match(p) or p == SCALAR for p in parts):
@@ -97,50 +115,115 @@ def _parse_shape(text, where) -> tuple[str, ...]:
 def _table(data, key, where) -> dict:
     value = data.get(key, {})
     if not isinstance(value, dict):
-        raise SpecError(f"{where}: [{key}] must be a table")
+        raise SpecError(f"{where}: [{key}] must be a table, got {_type_name(value)}")
+    return value
+
+
+def _type_name(value) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", dict: "a table",
+            list: "an array"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _check_text(value, where, what, max_length, multiline=False, code_safe=False):
+    """A piece of prose from the spec (title, summary, description, dimension or LaTeX text): a string,
+    bounded, printable. code_safe: it is copied into the generated module's docstring, so it may hold
+    neither a quote nor a backslash (which could end the docstring or form an escape)."""
+    if not isinstance(value, str):
+        raise SpecError(f"{where}: {what} must be a string, got {_type_name(value)}")
+    if len(value) > max_length:
+        raise SpecError(f"{where}: {what} is {len(value)} characters long; at most {max_length} are allowed")
+    lines = value.split("\n") if multiline else [value]
+    for line in lines:
+        bad = next((ch for ch in line if not ch.isprintable() and not (multiline and ch in "\t\r")), None)
+        if bad is not None:
+            raise SpecError(f"{where}: {what} contains the control or non-printable character {bad!r}"
+                            + ("" if multiline else "; it must be one line"))
+    if code_safe and ('"' in value or "\\" in value):
+        raise SpecError(f"{where}: {what} may not contain a double quote or a backslash (it is copied into "
+                        f"the generated module's docstring), got {value!r}")
     return value
 
 
 def _check_name(name, where, what):
     if not isinstance(name, str) or not IDENTIFIER.match(name):
-        raise SpecError(f"{where}: {what} {name!r} is not a valid name (letters, digits, _; starts with a letter)")
-    if keyword.iskeyword(name) or name in RESERVED or name.startswith("__"):
-        raise SpecError(f"{where}: {what} {name!r} is a reserved word")
+        raise SpecError(f"{where}: {what} {name!r} is not a valid name (ASCII letters, digits, _; starts with "
+                        "a letter)")
+    if len(name) > MAX_NAME_LENGTH:
+        raise SpecError(f"{where}: {what} name is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
+    if keyword.iskeyword(name) or name in RESERVED:
+        raise SpecError(f"{where}: {what} {name!r} is a reserved word (a Python keyword or builtin, or a "
+                        "name the generated code uses); rename it")
     if name.startswith("d_") or name.endswith(("_prev", "_next", "_all")):
         raise SpecError(f"{where}: {what} {name!r}: names starting with d_ or ending in _prev/_next/_all "
                         "are reserved for the generated code's adjoints")
 
 
-def _locate_lines(source: str, eq_lines: list[str]) -> list[int]:
-    """Best-effort line numbers of the equation lines in the file text."""
-    file_lines = source.splitlines()
-    start = next((i for i, l in enumerate(file_lines) if l.lstrip().startswith("equations")), 0)
-    out, cursor = [], start
-    for text in eq_lines:
-        want = text.strip()
-        found = 0
-        for j in range(cursor, len(file_lines)):
-            if want and want in file_lines[j]:
-                found, cursor = j + 1, j + 1
-                break
-        out.append(found)
-    return out
+class _Lines:
+    """Line numbers of a spec file's keys and equations (tomllib reports none), best effort but never
+    absent: when a line cannot be told, the line of the enclosing key or table is named instead."""
+
+    _HEADER = re.compile(r"\s*\[\s*([A-Za-z0-9_\"'. -]+?)\s*\]\s*(?:#.*)?\Z")
+    _KEY = re.compile(r"\s*(?:\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_-]+))\s*=")
+
+    def __init__(self, source: str):
+        self.lines = source.split("\n")
+        self.keys: dict[tuple[str, str], int] = {}
+        table = ""
+        for number, text in enumerate(self.lines, 1):
+            header = self._HEADER.match(text)
+            if header:
+                table = header.group(1).strip("\"'")
+                self.keys.setdefault((table, ""), number)
+                continue
+            key = self._KEY.match(text)
+            if key:
+                self.keys.setdefault((table, next(g for g in key.groups() if g is not None)), number)
+
+    def key(self, table: str, key: str = "") -> int:
+        return self.keys.get((table, key)) or self.keys.get((table, "")) or self.keys.get(("", "equations"), 0) or 1
+
+    def equations(self, value_lines: list[tuple[int, str]]) -> list[int]:
+        """Line of each (index in the equations text, text) pair."""
+        start = self.key("", "equations")
+        opening = self.lines[start - 1] if 0 < start <= len(self.lines) else ""
+        after = re.split(r"'''|\"\"\"", opening, maxsplit=1)
+        # a multi-line string whose first line break right after the opening quotes is dropped by TOML
+        first = start + 1 if len(after) == 2 and not after[1].strip() else start
+        out = []
+        for index, text in value_lines:
+            line = first + index
+            if not (0 < line <= len(self.lines) and text.strip() in self.lines[line - 1]):
+                line = next((n for n in range(max(start, 1), len(self.lines) + 1)
+                             if text.strip() and text.strip() in self.lines[n - 1]), start)
+            out.append(line)
+        return out
 
 
 def load_file(path) -> Cell:
     path = Path(path)
     where = str(path)
+    if any(not ch.isprintable() or ch in '"\\' for ch in path.name):
+        raise SpecError(f"{where!r}: the file name of a spec may not contain quotes, backslashes or "
+                        "non-printable characters (it is written into the generated module)")
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise SpecError(f"{where}: cannot read spec file: {exc.strerror}") from None
     if len(raw) > MAX_SPEC_BYTES:
         raise SpecError(f"{where}: spec file larger than {MAX_SPEC_BYTES} bytes")
     try:
         source = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SpecError(f"{where}, line {line}: not a UTF-8 text file (byte {raw[exc.start]:#04x} at offset "
+                        f"{exc.start})") from None
+    try:
         data = tomllib.loads(source)
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except tomllib.TOMLDecodeError as exc:  # its message names the line and column
         raise SpecError(f"{where}: not a valid TOML spec file: {exc}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # e.g. nesting too deep, an integer too long
+        raise SpecError(f"{where}: not a valid TOML spec file: {type(exc).__name__}: {str(exc)[:200]}") from None
     return _build(data, source, path)
 
 
@@ -148,97 +231,122 @@ def _build(data: dict, source: str, path: Path) -> Cell:
     from lstm_spec.derivations.functions import FUNCTIONS  # the function kinds the derivation knows
 
     where = str(path)
+    lines = _Lines(source)
+
+    def at(table, key=""):
+        """'file, line N, [table] key' for a declaration; for a top-level key, 'file, line N, key'."""
+        what = f"[{table}] {key}".strip() if table else key
+        return f"{where}, line {lines.key(table, key)}" + (f", {what}" if what else "")
+
     unknown = set(data) - TOP_KEYS
     if unknown:
-        raise SpecError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+        first = sorted(unknown)[0]
+        raise SpecError(f"{at('', first)}: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
     for key in ("name", "equations", "output"):
-        if not isinstance(data.get(key), str) or not data[key].strip():
-            raise SpecError(f"{where}: missing required text key {key!r}")
+        if key not in data:
+            raise SpecError(f"{where}, line 1: missing required text key {key!r}")
+        if not isinstance(data[key], str) or not data[key].strip():
+            raise SpecError(f"{at('', key)}: {key} must be non-empty text, got {data[key]!r:.80}")
     name = data["name"]
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
-        raise SpecError(f"{where}: cell name {name!r} must be lower-case letters, digits and _")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name) or len(name) > MAX_NAME_LENGTH:
+        raise SpecError(f"{at('', 'name')}: cell name {name!r:.80} must be lower-case ASCII letters, digits and _ "
+                        f"(at most {MAX_NAME_LENGTH}, starting with a letter)")
+    title = _check_text(data.get("title", name), at("", "title"), "title", MAX_TITLE_LENGTH, code_safe=True)
+    summary = _check_text(data.get("summary", ""), at("", "summary"), "summary", MAX_TITLE_LENGTH, code_safe=True)
+    description = _check_text(data.get("description", ""), at("", "description"), "description",
+                              MAX_DESCRIPTION_LENGTH, multiline=True)
+    _check_text(data["equations"], at("", "equations"), "equations", 2 * MAX_SPEC_BYTES, multiline=True)
 
-    dims = _table(data, "dimensions", where)
-    for d in dims:
-        _check_name(d, f"{where} [dimensions]", "dimension")
+    dims = _table(data, "dimensions", at("dimensions"))
+    for d, text in dims.items():
+        _check_name(d, at("dimensions", d), "dimension")
+        _check_text(text, at("dimensions", d), "the description of a dimension", MAX_TITLE_LENGTH)
+    count = sum(len(_table(data, k, at(k))) for k in ("dimensions", "inputs", "states", "parameters", "functions"))
+    if count > MAX_DECLARATIONS:
+        raise SpecError(f"{where}: {count} declarations; at most {MAX_DECLARATIONS} are allowed")
     declared: dict[str, Quantity] = {}
     tables = {}
     for role, key in (("input", "inputs"), ("state", "states"), ("parameter", "parameters")):
         table = {}
-        for qname, shape_text in _table(data, key, where).items():
-            _check_name(qname, f"{where} [{key}]", role)
+        for qname, shape_text in _table(data, key, at(key)).items():
+            loc = at(key, qname)
+            _check_name(qname, loc, role)
             if qname in declared:
-                raise SpecError(f"{where} [{key}]: {qname!r} is declared twice")
-            shape = _parse_shape(shape_text, f"{where} [{key}] {qname}")
+                raise SpecError(f"{loc}: {qname!r} is declared twice")
+            shape = _parse_shape(shape_text, loc)
             for d in shape:
                 if d not in dims and d != SCALAR:
-                    raise SpecError(f"{where} [{key}] {qname}: dimension {d!r} is not declared in [dimensions]")
+                    raise SpecError(f"{loc}: dimension {d!r} is not declared in [dimensions]")
             if role != "parameter" and len(shape) != 1:
-                raise SpecError(f"{where} [{key}] {qname}: {role}s are vectors (one dimension), got {shape_text!r}")
+                raise SpecError(f"{loc}: {role}s are vectors (one dimension), got {shape_text!r}")
             q = Quantity(qname, role, shape)
             declared[qname] = table[qname] = q
         tables[key] = table
     if not tables["inputs"]:
-        raise SpecError(f"{where}: [inputs] declares no input")
+        raise SpecError(f"{at('inputs')}: [inputs] declares no input")
     if not tables["states"]:
-        raise SpecError(f"{where}: [states] declares no state")
+        raise SpecError(f"{at('states')}: [states] declares no state")
 
     functions, function_args = {}, {}
-    for fname, kind in _table(data, "functions", where).items():
-        if not isinstance(fname, str) or not IDENTIFIER.match(fname) or keyword.iskeyword(fname):
-            raise SpecError(f"{where} [functions]: {fname!r} is not a valid function name")
+    for fname, kind in _table(data, "functions", at("functions")).items():
+        loc = at("functions", fname)
+        if not isinstance(fname, str) or not IDENTIFIER.match(fname) or keyword.iskeyword(fname) \
+                or len(fname) > MAX_NAME_LENGTH:
+            raise SpecError(f"{loc}: {fname!r:.80} is not a valid function name")
         if fname in declared:
-            raise SpecError(f"{where} [functions]: {fname!r} is already declared as a {declared[fname].role}")
+            raise SpecError(f"{loc}: {fname!r} is already declared as a {declared[fname].role}")
+        if fname in dims:
+            raise SpecError(f"{loc}: {fname!r} is already declared as a dimension")
+        known = sorted(k for k, f in FUNCTIONS.items() if f.declarable)
         args = ()
         if isinstance(kind, dict):  # a function with constant parameters: { kind = "clip", bound = 3 }
             decl = dict(kind)
             kind = decl.pop("kind", None)
-            if kind not in FUNCTIONS or not FUNCTIONS[kind].declarable:
-                raise SpecError(f"{where} [functions] {fname}: unknown function kind {kind!r}")
+            if not isinstance(kind, str) or kind not in FUNCTIONS or not FUNCTIONS[kind].declarable:
+                raise SpecError(f"{loc}: unknown function kind {kind!r:.80}; known: {known}")
             wanted = FUNCTIONS[kind].parameters
             if set(decl) != set(wanted):
-                raise SpecError(f"{where} [functions] {fname}: kind {kind!r} takes exactly the parameters "
+                raise SpecError(f"{loc}: kind {kind!r} takes exactly the parameters "
                                 f"{list(wanted)}, got {sorted(decl)}")
             values = []
             for pname in wanted:
                 v = decl[pname]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 1e6):
-                    raise SpecError(f"{where} [functions] {fname}: {pname} must be a positive number below 1e6, got {v!r}")
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (1e-6 <= v < 1e6):
+                    raise SpecError(f"{loc}: {pname} must be a number from 1e-6 to below 1e6, got {v!r:.80}")
                 values.append(Fraction(str(v)))
             args = tuple(values)
-        elif kind not in FUNCTIONS or not FUNCTIONS[kind].declarable:
-            raise SpecError(f"{where} [functions] {fname}: unknown function kind {kind!r}; "
-                            f"known: {sorted(k for k, f in FUNCTIONS.items() if f.declarable)}")
+        elif not isinstance(kind, str) or kind not in FUNCTIONS or not FUNCTIONS[kind].declarable:
+            raise SpecError(f"{loc}: unknown function kind {kind!r:.80}; known: {known}")
         elif FUNCTIONS[kind].parameters:
-            raise SpecError(f"{where} [functions] {fname}: kind {kind!r} needs its parameters: "
+            raise SpecError(f"{loc}: kind {kind!r} needs its parameters: "
                             f"{{ kind = \"{kind}\", {', '.join(f'{p} = ...' for p in FUNCTIONS[kind].parameters)} }}")
         functions[fname] = kind
         function_args[fname] = args
 
     latex = {}
-    for k, v in _table(data, "latex", where).items():
-        if not isinstance(v, str) or len(v) > 200:
-            raise SpecError(f"{where} [latex] {k}: must be a short string")
-        latex[k] = v
+    for k, v in _table(data, "latex", at("latex")).items():
+        latex[k] = _check_text(v, at("latex", k), "a LaTeX name", 200)
 
-    text_lines = data["equations"].splitlines()
+    text_lines = data["equations"].split("\n")
     eq_texts = [(i, l.split("#", 1)[0]) for i, l in enumerate(text_lines)]
     eq_texts = [(i, l) for i, l in eq_texts if l.strip()]
     if len(eq_texts) > MAX_EQUATIONS:
-        raise SpecError(f"{where}: more than {MAX_EQUATIONS} equations")
-    line_numbers = _locate_lines(source, [l for _, l in eq_texts])
+        raise SpecError(f"{at('', 'equations')}: {len(eq_texts)} equations; at most {MAX_EQUATIONS} are allowed")
+    line_numbers = lines.equations(eq_texts)
     equations = []
     for (_, text), line in zip(eq_texts, line_numbers):
-        loc = f"{where}, line {line}, equation '{text.strip()}'" if line else f"{where}, equation '{text.strip()}'"
-        equations.append(parse_equation(text, loc, line))
+        equations.append(parse_equation(text, f"{where}, line {line}, equation '{text.strip()}'", line))
 
     for s in tables["states"]:
         if f"{s}0" in declared or f"{s}0" in dims:
-            raise SpecError(f"{where}: {s}0 is the name of state {s!r}'s initial value; rename {s}0")
+            raise SpecError(f"{at('states', s)}: {s}0 is the name of state {s!r}'s initial value; rename {s}0")
     for d in dims:
         if d in declared:
-            raise SpecError(f"{where}: {d!r} is both a dimension and a {declared[d].role}")
+            raise SpecError(f"{at('dimensions', d)}: {d!r} is both a dimension and a {declared[d].role}")
 
+    defined_at = {}  # name -> the first equation defining it, to explain a use before definition
+    for eq in equations:
+        defined_at.setdefault(eq.lhs, eq)
     shapes: dict[str, tuple[str, ...]] = {}
     used: set[str] = set()
     for eq in equations:
@@ -248,11 +356,11 @@ def _build(data: dict, source: str, path: Path) -> Cell:
         if eq.lhs in functions:
             raise SpecError(f"{loc}: {eq.lhs!r} is a function name")
         if eq.lhs in shapes:
-            raise SpecError(f"{loc}: {eq.lhs!r} is defined twice")
+            raise SpecError(f"{loc}: {eq.lhs!r} is defined twice (first on line {defined_at[eq.lhs].line})")
         _check_name(eq.lhs, loc, "quantity")
         if eq.lhs in dims or any(eq.lhs == f"{st}0" for st in tables["states"]):
             raise SpecError(f"{loc}: {eq.lhs!r} is already a dimension or an initial-state name")
-        shape = _infer(eq.rhs, loc, declared, shapes, functions, used)
+        shape = _infer(eq.rhs, loc, declared, shapes, functions, used, defined_at)
         if shape is None or len(shape) != 1:
             raise SpecError(f"{loc}: the right-hand side must be a vector, got "
                             f"{'a scalar' if shape is None else 'a matrix'}")
@@ -264,27 +372,36 @@ def _build(data: dict, source: str, path: Path) -> Cell:
     output = data["output"]
     for s in tables["states"]:
         if s not in shapes:
-            raise SpecError(f"{where}: state {s!r} has no equation")
+            raise SpecError(f"{at('states', s)}: state {s!r} has no equation")
         if f"{s}[t-1]" not in used:
-            raise SpecError(f"{where}: state {s!r} is never read as {s}[t-1]; a value that does not feed "
-                            "the next step is an intermediate, not a state")
+            raise SpecError(f"{_loc(where, defined_at[s])}: state {s!r} is never read as {s}[t-1]; a value "
+                            "that does not feed the next step is an intermediate, not a state")
     if output not in shapes:
-        raise SpecError(f"{where}: output {output!r} is not defined by an equation")
-    for qname, q in declared.items():
-        if q.role != "state" and qname not in used:
-            raise SpecError(f"{where}: {q.role} {qname!r} is declared but never used")
+        raise SpecError(f"{at('', 'output')}: output {output!r:.80} is not defined by an equation")
+    for key in ("inputs", "parameters"):
+        for qname, q in tables[key].items():
+            if qname not in used:
+                raise SpecError(f"{at(key, qname)}: {q.role} {qname!r} is declared but never used")
     for eq in equations:
         if eq.lhs not in used and eq.lhs not in tables["states"] and eq.lhs != output:
             raise SpecError(f"{_loc(where, eq)}: {eq.lhs!r} is computed but never used")
     for fname in functions:
         if fname not in used:
-            raise SpecError(f"{where} [functions]: function {fname!r} is declared but never used")
+            raise SpecError(f"{at('functions', fname)}: function {fname!r} is declared but never used")
+    dims_used = {d for q in declared.values() for d in q.shape}
+    for d in dims:
+        if d not in dims_used:
+            raise SpecError(f"{at('dimensions', d)}: dimension {d!r} is declared but no shape uses it")
+    for k in latex:
+        if k not in declared and k not in shapes and k not in functions:
+            raise SpecError(f"{at('latex', k)}: {k!r:.80} is not a quantity or function of this cell")
+    _check_generated_names(equations, declared, shapes, dims, where)
 
     return Cell(
         name=name,
-        title=str(data.get("title", name)),
-        summary=str(data.get("summary", "")),
-        description=str(data.get("description", "")),
+        title=title,
+        summary=summary,
+        description=description,
         path=path.resolve(),
         source=source,
         dimensions=dict(dims),
@@ -300,11 +417,28 @@ def _build(data: dict, source: str, path: Path) -> Cell:
     )
 
 
+def _check_generated_names(equations, declared, shapes, dims, where):
+    """The generated code names each matrix product M @ v as M_v (M_v_prev for v[t-1]) and the stacked
+    products of one operand S_v, P_v: none of those may be a name of the spec."""
+    taken = {**{n: f"declared in [{q.role}s]" for n, q in declared.items()},
+             **{d: "a dimension" for d in dims},
+             **{n: "defined by an equation" for n in shapes}}
+    for eq in equations:
+        for node in walk(eq.rhs):
+            if isinstance(node, BinOp) and node.op == "@":
+                operand = node.right.name + ("_prev" if node.right.prev else "")
+                for generated in (f"{node.left.name}_{operand}", f"S_{operand}", f"P_{operand}"):
+                    if generated in taken:
+                        raise SpecError(f"{_loc(where, eq)}: the generated code names a product of this "
+                                        f"equation {generated!r}, but {generated!r} is {taken[generated]}; "
+                                        "rename that quantity")
+
+
 def _loc(where, eq: Equation) -> str:
-    return f"{where}, line {eq.line}, equation '{eq.text}'" if eq.line else f"{where}, equation '{eq.text}'"
+    return f"{where}, line {eq.line}, equation '{eq.text}'"
 
 
-def _infer(node, loc, declared, shapes, functions, used):
+def _infer(node, loc, declared, shapes, functions, used, defined_at=None):
     """Shape of an expression: None for a scalar, (n,) for a vector, (m, n) for a matrix parameter."""
     if isinstance(node, Num):
         return None
@@ -326,12 +460,15 @@ def _infer(node, loc, declared, shapes, functions, used):
                                 "previous step's value")
             used.add(n)
             return declared[n].shape
+        if defined_at and n in defined_at:
+            raise SpecError(f"{loc}: {n!r} is used before its equation (line {defined_at[n].line}); equations are "
+                            "computed in order, so a name must be defined above its first use (no cycles)")
         raise SpecError(f"{loc}: name {n!r} is not declared (inputs, states, parameters) nor defined above")
     if isinstance(node, Call):
         if node.func not in functions:
             raise SpecError(f"{loc}: call of undeclared function {node.func!r}; declare it in [functions]")
         used.add(node.func)
-        shape = _infer(node.arg, loc, declared, shapes, functions, used)
+        shape = _infer(node.arg, loc, declared, shapes, functions, used, defined_at)
         if shape is not None and len(shape) != 1:
             raise SpecError(f"{loc}: {node.func}() applies elementwise to a vector, not to a matrix")
         from lstm_spec.derivations.functions import FUNCTIONS
@@ -342,9 +479,9 @@ def _infer(node, loc, declared, shapes, functions, used):
             return (SCALAR,)
         return shape
     if isinstance(node, Neg):
-        return _vector_or_scalar(_infer(node.operand, loc, declared, shapes, functions, used), loc, "-")
+        return _vector_or_scalar(_infer(node.operand, loc, declared, shapes, functions, used, defined_at), loc, "-")
     if isinstance(node, Pow):
-        return _vector_or_scalar(_infer(node.base, loc, declared, shapes, functions, used), loc, "^")
+        return _vector_or_scalar(_infer(node.base, loc, declared, shapes, functions, used, defined_at), loc, "^")
     if isinstance(node, BinOp):
         if node.op == "@":
             left, right = node.left, node.right
@@ -355,13 +492,13 @@ def _infer(node, loc, declared, shapes, functions, used):
                 raise SpecError(f"{loc}: the right operand of @ must be a name; define the vector in its own equation")
             rows, cols = declared[left.name].shape
             used.add(left.name)
-            rshape = _infer(right, loc, declared, shapes, functions, used)
+            rshape = _infer(right, loc, declared, shapes, functions, used, defined_at)
             if rshape is None or len(rshape) != 1 or rshape[0] != cols:
                 raise SpecError(f"{loc}: {left.name} @ {right.name}{'[t-1]' if right.prev else ''}: "
                                 f"{left.name} is {rows} x {cols} but the vector has shape {rshape}")
             return (rows,)
-        ls = _vector_or_scalar(_infer(node.left, loc, declared, shapes, functions, used), loc, node.op)
-        rs = _vector_or_scalar(_infer(node.right, loc, declared, shapes, functions, used), loc, node.op)
+        ls = _vector_or_scalar(_infer(node.left, loc, declared, shapes, functions, used, defined_at), loc, node.op)
+        rs = _vector_or_scalar(_infer(node.right, loc, declared, shapes, functions, used, defined_at), loc, node.op)
         if ls is not None and rs is not None and ls != rs:
             if ls == (SCALAR,) or rs == (SCALAR,):  # one value per sample broadcasts over the units
                 return rs if ls == (SCALAR,) else ls

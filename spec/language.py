@@ -13,8 +13,10 @@ accepting only this grammar::
 
 ``*`` and ``⊙`` are both the elementwise (Hadamard) product, ``@`` is a matrix-vector product,
 ``NAME[t-1]`` is the previous time step's value of a state, ``NAME(...)`` applies a declared function.
-Exponents are small non-negative integers and nesting depth is bounded, so a hostile file cannot make
-the parser or SymPy run away.
+Exponents are small non-negative integers, and the size, nesting depth and polynomial degree of an
+equation are bounded (checked without recursion, before anything else looks at the tree), so a hostile
+file can make neither the parser nor the derivation (SymPy) run away. Only ASCII letters, digits and
+whitespace are accepted: a Unicode digit or space is an error, not a silent equivalent.
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-MAX_DEPTH = 64
-MAX_EXPONENT = 8
+MAX_DEPTH = 32  # nesting of the expression tree (parentheses, calls, and chains of + - * /)
+MAX_EXPONENT = 8  # of one '^'
+MAX_DEGREE = 16  # polynomial degree of a right-hand side, e.g. (a * b)^8 has degree 16
+MAX_NODES = 200  # operators, names, numbers and calls in one right-hand side
 MAX_EQUATION_LENGTH = 2000
+MAX_NAME_LENGTH = 64
+MAX_NUMBER_LENGTH = 30
 
-IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z", re.ASCII)
 
 
 class SpecError(ValueError):
@@ -85,7 +91,7 @@ _TOKEN = re.compile(
       | (?P<name>[A-Za-z][A-Za-z0-9_]*)
       | (?P<op>\*\*|[-+*/@^()\[\]=]|⊙)
     )""",
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,  # \d and \s: ASCII digits and whitespace only
 )
 
 
@@ -103,6 +109,9 @@ def tokenize(text: str, where: str) -> list[tuple[str, str, int]]:
         value = m.group(kind)
         if kind == "op" and value == "**":
             raise SpecError(f"{where}: use '^' for powers, not '**'")
+        if kind == "name" and len(value) > MAX_NAME_LENGTH:
+            raise SpecError(f"{where}: name at column {m.start(kind) + 1} is {len(value)} characters long; "
+                            f"at most {MAX_NAME_LENGTH} are allowed")
         tokens.append((kind, value, m.start(kind) + 1))
         pos = m.end()
     tokens.append(("end", "", len(text) + 1))
@@ -182,7 +191,7 @@ class _Parser:
             kind, value, col = self.take()
             if kind != "number" or "." in value:
                 self.fail(f"the exponent after '^' must be a whole number (column {col})")
-            if int(value) > MAX_EXPONENT:
+            if len(value) > MAX_NUMBER_LENGTH or int(value) > MAX_EXPONENT:
                 self.fail(f"exponent {value} is larger than the allowed {MAX_EXPONENT} (column {col})")
             return Pow(base, int(value))
         return base
@@ -190,8 +199,9 @@ class _Parser:
     def atom(self):
         kind, value, col = self.take()
         if kind == "number":
-            if len(value) > 30:
-                self.fail(f"number literal too long at column {col}")
+            if len(value) > MAX_NUMBER_LENGTH:
+                self.fail(f"number literal at column {col} has {len(value)} characters; at most "
+                          f"{MAX_NUMBER_LENGTH} are allowed")
             return Num(Fraction(value))
         if kind == "name":
             nxt = self.peek()[1]
@@ -210,7 +220,9 @@ class _Parser:
                 return Name(value, prev=True)
             return Name(value)
         if value == "(":
+            self.enter()
             arg = self.expr()
+            self.depth -= 1
             self.expect(")")
             return arg
         shown = value if kind != "end" else "end of equation"
@@ -219,10 +231,68 @@ class _Parser:
 
 def parse_equation(text: str, where: str, line: int = 0) -> Equation:
     """Parse one ``lhs = expression`` line. ``where`` names the file and line for error messages."""
+    if not isinstance(text, str):
+        raise SpecError(f"{where}: an equation is text, got {type(text).__name__}")
     if len(text) > MAX_EQUATION_LENGTH:
-        raise SpecError(f"{where}: equation longer than {MAX_EQUATION_LENGTH} characters")
+        raise SpecError(f"{where}: equation is {len(text)} characters long; at most {MAX_EQUATION_LENGTH} "
+                        "are allowed")
     lhs, rhs = _Parser(text, where).equation()
+    check_size(rhs, where)
     return Equation(lhs=lhs, rhs=rhs, text=text.strip(), line=line)
+
+
+def _children(node) -> tuple:
+    if isinstance(node, BinOp):
+        return (node.left, node.right)
+    if isinstance(node, Neg):
+        return (node.operand,)
+    if isinstance(node, Pow):
+        return (node.base,)
+    if isinstance(node, Call):
+        return (node.arg,)
+    return ()
+
+
+def check_size(rhs, where: str) -> None:
+    """Bound the size, depth and polynomial degree of a right-hand side, so that every later pass (shape
+    inference, SymPy, simplification, code generation), most of them recursive, stays small and fast.
+    Iterative: a chain of a thousand '+' is refused here, not by a RecursionError later."""
+    nodes = 0
+    degree: dict[int, int] = {}
+    stack = [(rhs, 1, False)]  # (node, depth, children done)
+    while stack:
+        node, depth, done = stack.pop()
+        kids = _children(node)
+        if not done:
+            nodes += 1
+            if nodes > MAX_NODES:
+                raise SpecError(f"{where}: the right-hand side has more than {MAX_NODES} terms, names and "
+                                "operators; split it into several equations")
+            if depth > MAX_DEPTH:
+                raise SpecError(f"{where}: expression nested deeper than {MAX_DEPTH} levels (long chains of "
+                                "+ - * / count as nesting); split it into several equations")
+            stack.append((node, depth, True))
+            stack.extend((k, depth + 1, False) for k in kids)
+            continue
+        if isinstance(node, Num):
+            d = 0
+        elif isinstance(node, (Name, Call)) or (isinstance(node, BinOp) and node.op == "@"):
+            d = 1  # a function value or a matrix product is one new variable per unit
+        elif isinstance(node, BinOp):
+            a, b = degree.pop(id(node.left)), degree.pop(id(node.right))
+            d = max(a, b) if node.op in "+-" else a + b
+            if node.op == "/" and isinstance(node.right, Num) and node.right.value == 0:
+                raise SpecError(f"{where}: division by zero")
+        elif isinstance(node, Neg):
+            d = degree.pop(id(node.operand))
+        else:  # Pow
+            d = degree.pop(id(node.base)) * node.exponent
+        for k in kids:  # a call or a matrix product does not look at its operands' degrees
+            degree.pop(id(k), None)
+        if d > MAX_DEGREE:
+            raise SpecError(f"{where}: the right-hand side has polynomial degree {d} (powers and products "
+                            f"multiply); at most {MAX_DEGREE} is allowed")
+        degree[id(node)] = d
 
 
 def walk(node):
