@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lstm_spec.conformance.cli import add_subcommands  # conform, vectors
 
     add_subcommands(sub)
+    from lstm_spec.bench.cli import add_subcommand as add_bench  # bench
+
+    add_bench(sub)
     return p
 
 

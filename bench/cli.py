@@ -1,0 +1,128 @@
+"""The ``lstm-spec bench`` subcommand (registered by lstm_spec/cli.py's build_parser)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+WHAT = ("lstm", "generate", "verify")
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"lstm-spec bench: {name}: got {text!r}, expected comma-separated positive integers")
+    if not vals or min(vals) < 1:
+        raise SystemExit(f"lstm-spec bench: {name}: got {text!r}, expected comma-separated positive integers")
+    return vals
+
+
+def _names(text: str, name: str, allowed) -> tuple[str, ...]:
+    vals = tuple(v for v in text.split(",") if v)
+    bad = [v for v in vals if v not in allowed]
+    if bad:
+        raise SystemExit(f"lstm-spec bench: {name}: got {bad}, expected some of {', '.join(allowed)}")
+    return vals
+
+
+def add_subcommand(sub) -> None:
+    s = sub.add_parser("bench", help="time forward + BPTT of the generated reference against PyTorch and JAX",
+                       description="Forward + full BPTT backward of lstm_spec.reference.lstm against PyTorch "
+                       "nn.LSTM (autograd) and a jitted JAX scan LSTM (grad), each in its own process with the "
+                       "same threads, repetitions interleaved; prints the median time, the ratio to each peer "
+                       "(peer / reference, > 1: reference faster), the effective GFLOP/s (3 x 2*T*B*4H*(D+H)) as "
+                       "a fraction of the measured NumPy GEMM rate, and the peak memory against the minimum "
+                       "BPTT cache (5*T*B*H values). Gradients are compared with the reference on every point.")
+    s.add_argument("--quick", action="store_true", help="a small subset (T=16, B=1 and 32, D=H=32, both dtypes, "
+                   "3 repetitions): proves it works in seconds")
+    s.add_argument("--what", default="lstm", help="comma-separated: lstm (the grid), generate (time `lstm-spec "
+                   "generate --check` once), verify (time `lstm-spec verify` once); default lstm")
+    s.add_argument("--T", default="1,16,128,512", help="sequence lengths (default 1,16,128,512)")
+    s.add_argument("--B", default="1,32,128", help="batch sizes (default 1,32,128)")
+    s.add_argument("--H", default="32,256,1024", help="hidden sizes, D = H (default 32,256,1024)")
+    s.add_argument("--dtype", default="float32,float64", help="float32 and/or float64")
+    s.add_argument("--peers", default="torch,jax", help="comma-separated peers: torch, jax (default both)")
+    s.add_argument("--threads", type=int, default=1, help="threads (and CPUs) for every implementation (default 1)")
+    s.add_argument("--reps", type=int, default=None, help="interleaved repetitions per point (default 7; --quick 3)")
+    s.add_argument("--max-seconds", type=float, default=60.0, help="skip a point estimated to take longer (all "
+                   "implementations, all repetitions; default 60)")
+    s.add_argument("--max-memory-gb", type=float, default=4.0, help="skip a point estimated to need more memory "
+                   "(all workers together; default 4)")
+    s.add_argument("--noise", type=float, default=0.25, help="re-measure a point whose interquartile range exceeds "
+                   "this fraction of the median (default 0.25)")
+    s.add_argument("--retries", type=int, default=1, help="re-measurements of a noisy point (default 1)")
+    s.add_argument("--tool-timeout", type=float, default=3600.0, help="timeout of generate/verify (default 3600 s)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", help="write the results to this JSON file")
+    s.add_argument("--merge", action="store_true", help="with --json: keep the sections of an existing file that "
+                   "this run does not measure (points or tools)")
+    s.add_argument("--render", metavar="JSON", help="measure nothing: print the table of an existing result")
+    s.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from . import report
+
+    if args.render:
+        data = report.load(args.render)
+        print(report.text_table(data))
+        print()
+        for target, measured, verdict in report.targets(data):
+            print(f"{target}: {measured} -> {verdict}")
+        return 0
+    from . import problem as pr
+    from .runner import Bench, BenchError, header, run_grid, run_tools
+
+    what = _names(args.what, "--what", WHAT)
+    if args.quick:
+        points = pr.grid(**pr.QUICK, dtypes=_names(args.dtype, "--dtype", pr.DTYPES))
+        reps = args.reps or 3
+    else:
+        points = pr.grid(T=_ints(args.T, "--T"), B=_ints(args.B, "--B"), H=_ints(args.H, "--H"),
+                         dtypes=_names(args.dtype, "--dtype", pr.DTYPES))
+        reps = args.reps or 7
+    argv = sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "bench" else []
+    data: dict = {}
+    if args.json and args.merge and Path(args.json).exists():
+        data = report.load(args.json)
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    code = 0
+    try:
+        if "lstm" in what:
+            log(f"lstm-spec bench: {len(points)} point(s), {reps} repetitions, {args.threads} thread(s)")
+            with Bench(peers=_names(args.peers, "--peers", ("torch", "jax")), threads=args.threads, reps=reps,
+                       max_seconds=args.max_seconds, max_memory_gb=args.max_memory_gb, noise=args.noise,
+                       retries=args.retries, seed=args.seed, log=log) as bench:
+                data["meta"] = header(bench, argv)
+                data.update(run_grid(points, bench, log))
+            data["meta"]["loadavg_end"] = list(__import__("os").getloadavg())
+        elif "meta" not in data:
+            data["meta"] = header(None, argv)
+        tools = [w for w in what if w != "lstm"]
+        if tools:
+            data["tools"] = {**data.get("tools", {}), **run_tools(tools, args.tool_timeout, log)}
+            code |= any(t["exit_code"] != 0 for t in data["tools"].values())
+    except BenchError as exc:
+        print(f"lstm-spec bench: {exc}", file=sys.stderr)
+        return 2
+    if data.get("points"):
+        print()
+        print(report.text_table(data))
+        print()
+        for target, measured, verdict in report.targets(data):
+            print(f"{target}: {measured} -> {verdict}")
+    if data.get("tools"):
+        for name, t in data["tools"].items():
+            print(f"{t['command']}: {t['seconds']:.1f} s (exit code {t['exit_code']})")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    bad = [r for r in data.get("points", []) if r["status"] in ("mismatch", "error")]
+    if bad:
+        print(f"lstm-spec bench: {len(bad)} point(s) failed: " + "; ".join(f"{r['label']}: {r.get('reason')}"
+              for r in bad), file=sys.stderr)
+        code = 1
+    return code
