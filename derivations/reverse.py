@@ -291,7 +291,8 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
         for a in _differentiable(fe.expr, symbols):
             partial = _name_function_values(sympy.diff(fe.expr, a), forward, symbols)
             _check_defined(partial, cell, forward, idx, f"the derivative of {fe.lhs} with respect to {a}")
-            contribution = d_lhs * partial
+            # a zero adjoint (e.g. under stop_gradient) sends nothing: its statement is then dead and dropped
+            contribution = (sympy.S.Zero if d_lhs_expr == 0 and not mv else d_lhs) * partial
             if shape_of(a) == ("1",) and fe.shape != ("1",):
                 contribution = UnitSum(contribution)  # a per-sample value used by every unit
             add(a, contribution)

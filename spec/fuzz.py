@@ -1,0 +1,336 @@
+"""Fuzzing the spec loader: spec files are untrusted input.
+
+``python -m lstm_spec.spec.fuzz --n 10000 --seed 0`` writes N generated spec files, loads each one and
+counts how it ends: accepted, rejected with a :class:`SpecError`, or a *crash* (any other exception, or
+a file that takes longer than ``--timeout`` seconds). Accepted specs are pushed further: a sample of
+them (``--derive-every``) is derived, turned into a module by the code generator, compiled, and run
+forward and backward on a small random instance, since an accepted spec that then breaks the
+derivation or the generated code is a crash too. The text of every crash is saved with its traceback
+under ``--crash-dir`` for reproduction (``lstm-spec derive PATH``). Exit status 1 when anything crashed.
+
+The inputs come from three generators, in turn:
+
+- mutations of the real spec files (spec/*.toml): deleted, duplicated and swapped lines, renamed and
+  swapped names, hostile tokens (``__class__``, ``eval(``, ``.real``, ``**``, huge exponents and
+  numbers, NaN/Inf, deep parentheses), random bytes and Unicode, wrong TOML value types, truncation;
+- random well-formed cells: random expression trees over declared names, most of them accepted;
+- random token sequences of the expression language put into a valid file's equations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cells import SPEC_DIR, load_file
+from .language import SpecError
+
+HOSTILE = [
+    "__class__", "__import__", "__builtins__", "eval(", "exec(", "import", "os.system", ".real", "x.T",
+    "lambda", "**", "^ 99", "^ 999999999", "^ 8 ^ 8", "^ -1", "^ 1.5", "1e308", "9" * 40, "nan", "inf",
+    "NaN", "-inf", "0", "/ 0", "(" * 40, ")" * 40, "[t-2]", "[t+1]", "[0]", "h[t-1][t-1]", ";", ",", ":",
+    "'", '"', "\\", "`", "$", "{", "}", "!", "==", "=", "@ @", "⊙", "×", "∑", "٣", "\u3000", "\u00a0",
+    "\u2028", "\x00", "\x7f", "\ufeff", "é", "ä", "T", "B", "t", "np", "params", "range", "len", "None",
+    "True", "sigma", "tanh", "sum(", "logsumexp(", "stop_gradient(", "clip(", "exp(", "identity(",
+    "W_f", "U_f", "b_f", "x", "h", "c", "h[t-1]", "c[t-1]", "z_f", "d_h", "h_prev", "S_x", "P_x", "W_f_x",
+]
+TOKENS = ["+", "-", "*", "⊙", "/", "@", "^", "(", ")", "[", "]", "t", "1", "2", "0.5", "=", "h", "c", "x",
+          "W_f", "U_f", "b_f", "z", "f", "sigma", "tanh", "h[t-1]", "c[t-1]", "-", "3"]
+TOML_VALUES = ["5", "1.5", "true", "[1, 2]", "{ a = 1 }", '"H x H x H"', '""', '"H x"', '"1"', "nan", "inf",
+               "1979-05-27", '"' + "A" * 300 + '"', "'''\nmulti\nline'''", '"a\\u0000b"', "[[1], [[2]]]",
+               "-0", "0x10", '{ kind = "clip", bound = 0 }', '{ kind = "clip", bound = nan }',
+               '{ kind = "clip", bound = 1e-300 }', '{ kind = ["tanh"] }', '["tanh"]', '"os.system"']
+
+
+def real_specs() -> list[str]:
+    return [p.read_text(encoding="utf-8") for p in sorted(SPEC_DIR.glob("*.toml"))]
+
+
+# ----------------------------------------------------------------------------------------- generators
+def mutate(source: str, rng: random.Random) -> bytes:
+    """One to four random edits of a spec file's text."""
+    text = source
+    for _ in range(rng.randint(1, 4)):
+        lines = text.split("\n")
+        how = rng.randrange(14)
+        i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+        if how == 0:  # delete a line
+            del lines[i]
+        elif how == 1:  # duplicate a line
+            lines.insert(j, lines[i])
+        elif how == 2:  # swap two lines
+            lines[i], lines[j] = lines[j], lines[i]
+        elif how in (3, 4):  # rename a name everywhere, or swap two names
+            names = sorted(set(re.findall(r"\b[A-Za-z][A-Za-z0-9_]*\b", text)))
+            a, b = rng.choice(names), rng.choice(names + HOSTILE)
+            if how == 3:
+                text = re.sub(rf"\b{re.escape(a)}\b", lambda m: b, text)
+            else:
+                text = re.sub(rf"\b({re.escape(a)}|{re.escape(b)})\b", lambda m: b if m.group(1) == a else a, text)
+            continue
+        elif how in (5, 6, 7):  # a hostile token inside a line (most often an equation)
+            k = rng.randrange(len(lines[i]) + 1)
+            lines[i] = lines[i][:k] + rng.choice([" ", ""]) + rng.choice(HOSTILE) + rng.choice([" ", ""]) + lines[i][k:]
+        elif how == 8:  # replace a TOML value by one of another type
+            if "=" in lines[i]:
+                lines[i] = lines[i].split("=", 1)[0] + "= " + rng.choice(TOML_VALUES)
+        elif how == 9:  # a number replaced by a huge or odd one
+            text = re.sub(r"\b\d+\b", lambda m: rng.choice(["9" * rng.randint(5, 60), "0", "00", "8", "9"])
+                          if rng.random() < 0.3 else m.group(0), text)
+            continue
+        elif how == 10:  # random Unicode characters
+            k = rng.randrange(len(text) + 1)
+            text = text[:k] + "".join(chr(rng.choice([rng.randrange(32, 0x2FFF), rng.randrange(0x10000, 0x10FFFF)]))
+                                      for _ in range(rng.randint(1, 5))) + text[k:]
+            continue
+        elif how == 11:  # random bytes (maybe not UTF-8 any more)
+            data = text.encode("utf-8")
+            k = rng.randrange(len(data) + 1)
+            return data[:k] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 8))) + data[k:]
+        elif how == 12:  # truncate
+            return text.encode("utf-8")[: rng.randrange(len(text) + 1)]
+        else:  # an extra equation, maybe a long or deep one
+            body = rng.choice([" + ".join(["h[t-1]"] * rng.randint(1, 400)), "(" * 80 + "x" + ")" * 80,
+                               "-" * rng.randint(1, 100) + "x", "tanh(" * 40 + "x" + ")" * 40,
+                               "x" + " * x" * rng.randint(1, 40), "x / (x - x)", "c[t-1] ^ 8 ^ 8"])
+            at = next((n for n, line in enumerate(lines) if line.startswith("equations")), i) + 1
+            lines.insert(at, f"{rng.choice(['q', 'h', 'c', 'x', 'W_f', 'z_f'])} = {body}")
+        text = "\n".join(lines)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def random_cell(rng: random.Random) -> bytes:
+    """A random, mostly well-formed cell: random expression trees over declared names."""
+    kinds = {"g": "logistic", "act": "tanh", "lin": "identity", "ex": "exp", "sg": "stop_gradient",
+             "clp": '{ kind = "clip", bound = %s }' % rng.choice(["0.5", "1", "2.5", "3"]), "total": "sum",
+             "lse": "logsumexp"}
+    states = ["h"] + (["c"] if rng.random() < 0.5 else [])
+    params: dict[str, str] = {}
+    defined: list[str] = []
+    calls: set[str] = set()
+
+    def param(shape):
+        name = {"H x D": "W", "H x H": "U", "H": "b"}[shape] + str(len(params))
+        params[name] = shape
+        return name
+
+    def vec(depth):
+        r = rng.random()
+        if depth <= 0 or r < 0.3:
+            leaf = rng.random()
+            if leaf < 0.3:
+                return f"{param('H x D')} @ x"
+            if leaf < 0.5:
+                return f"{param('H x H')} @ {rng.choice([s + '[t-1]' for s in states] + defined)}"
+            if leaf < 0.65:
+                return param("H")
+            return rng.choice([s + "[t-1]" for s in states] + defined)
+        if r < 0.55:
+            return f"{vec(depth - 1)} {rng.choice(['+', '-', '*', '⊙', '*'])} {vec(depth - 1)}"
+        if r < 0.6:
+            return f"{vec(depth - 1)} / {rng.choice(['2', '(1 + ' + vec(0) + ' ^ 2)'])}"
+        if r < 0.65:
+            return f"-{vec(depth - 1)}"
+        if r < 0.7:
+            return f"({vec(depth - 1)}) ^ {rng.randint(0, 3)}"
+        if r < 0.75:
+            return f"{rng.choice(['0.5', '2', '1'])} {rng.choice(['*', '+', '-'])} {vec(depth - 1)}"
+        if r < 0.8:
+            f = rng.choice(["total", "lse"])
+            calls.add(f)
+            return f"{f}({vec(depth - 1)}) * {vec(0)}"
+        f = rng.choice(["g", "act", "lin", "ex", "sg", "clp"])
+        calls.add(f)
+        return f"{f}({vec(depth - 1)})"
+
+    equations = []
+    for k in range(rng.randint(1, 6)):
+        equations.append(f"a{k} = {vec(rng.randint(0, 3))}")
+        defined.append(f"a{k}")
+    # states: each reads its previous value and every intermediate nobody used yet
+    for n, s in enumerate(states):
+        unused = [d for d in defined if not any(re.search(rf"\b{d}\b", e.split('=', 1)[1]) for e in equations)]
+        rhs = " + ".join(unused + [f"{param('H x H')} @ {s}[t-1]"] + ([vec(1)] if rng.random() < 0.5 else []))
+        if n == 0 and rng.random() < 0.5:
+            calls.add("act")
+            rhs = f"act({rhs})"
+        equations.append(f"{s} = {rhs}")
+    if not any("@ x" in e for e in equations):
+        equations[-1] += f" + {param('H x D')} @ x"
+    lines = ['name = "fuzzcell"', f'output = "{rng.choice(states)}"', "equations = '''"] + equations + ["'''",
+             "[dimensions]", 'D = "in"', 'H = "hidden"', "[inputs]", 'x = "D"', "[states]"]
+    lines += [f'{s} = "H"' for s in states] + ["[parameters]"] + [f'{p} = "{shape}"' for p, shape in params.items()]
+    lines += ["[functions]"] + [f'{f} = {kinds[f] if kinds[f].startswith("{") else chr(34) + kinds[f] + chr(34)}'
+                                for f in sorted(calls)]
+    return "\n".join(lines).encode("utf-8")
+
+
+def token_soup(source: str, rng: random.Random) -> bytes:
+    """A real spec whose equations get one random line of grammar tokens (and hostile ones)."""
+    vocab = TOKENS + HOSTILE[: rng.randint(0, len(HOSTILE))]
+    line = rng.choice(["h", "q", "z_f", "c"]) + " = " + " ".join(rng.choice(vocab) for _ in range(rng.randint(0, 30)))
+    lines = source.split("\n")
+    at = next((n for n, text in enumerate(lines) if text.startswith("equations")), 0) + 1
+    lines.insert(at + rng.randrange(3), line)
+    return "\n".join(lines).encode("utf-8")
+
+
+def generate(seed: int, n: int):
+    """The n inputs of a run, as (label, bytes); the same seed gives the same inputs."""
+    rng = random.Random(seed)
+    specs = real_specs()
+    for k in range(n):
+        kind = k % 3
+        if kind == 0:
+            yield f"mutation-{k}", mutate(rng.choice(specs), rng)
+        elif kind == 1:
+            yield f"random-{k}", random_cell(rng)
+        else:
+            yield f"tokens-{k}", token_soup(rng.choice(specs), rng)
+
+
+# ----------------------------------------------------------------------------------------- running
+class Hang(Exception):
+    pass
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise Hang after `seconds` (SIGALRM; a no-op outside the main thread or without SIGALRM)."""
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise Hang(f"took longer than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def push_further(cell, run: bool = True) -> None:
+    """Derive an accepted cell, generate its module, compile it and (run=True) run forward and backward
+    once on a small random instance. Any exception here is a crash of an accepted spec."""
+    import numpy as np
+
+    from lstm_spec.checks import cases
+    from lstm_spec.checks.mutants import load_module
+    from lstm_spec.derivations import derive
+    from lstm_spec.derivations.codegen import generate_module
+
+    text = generate_module(derive(cell))
+    code = compile(text, f"<generated from {cell.path.name}>", "exec")
+    if run:
+        module = load_module(text, "lstm_spec_fuzzed")
+        assert code is not None
+        try:
+            inst = cases.random_instance(module, (2, 2, 3, 2), seed=0)
+        except RuntimeError as exc:  # every draw lands near a clip kink: nothing to run, not a crash
+            if "kinks" in str(exc):
+                return
+            raise
+        with np.errstate(all="ignore"):
+            cases.run(module, inst)
+
+
+@dataclass
+class Report:
+    inputs: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    derived: int = 0
+    crashes: list = field(default_factory=list)  # (label, saved path, summary)
+    times: list = field(default_factory=list)
+    slowest: tuple = (0.0, "")
+    total: float = 0.0
+
+    def lines(self) -> list[str]:
+        median = statistics.median(self.times) if self.times else 0.0
+        out = [f"inputs:   {self.inputs}",
+               f"accepted: {self.accepted} (of which derived, generated, compiled and run: {self.derived})",
+               f"rejected: {self.rejected} (SpecError)",
+               f"crashes:  {len(self.crashes)}",
+               f"time per file: max {self.slowest[0]:.3f} s ({self.slowest[1]}), median {median * 1000:.2f} ms",
+               f"total time: {self.total:.1f} s"]
+        out += [f"  crash {label}: {summary} (saved to {path})" for label, path, summary in self.crashes]
+        return out
+
+
+def fuzz(n: int = 1000, seed: int = 0, derive_every: int = 10, timeout: float = 30.0,
+         crash_dir: Path | str = "fuzz-crashes", run_generated: bool = True, progress=None) -> Report:
+    """Run the fuzzer on n inputs; every derive_every-th accepted spec is derived, generated and run."""
+    report = Report()
+    crash_dir = Path(crash_dir)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="lstm-spec-fuzz-") as tmp:
+        path = Path(tmp) / "fuzzed.toml"
+        for label, data in generate(seed, n):
+            path.write_bytes(data)
+            t0 = time.perf_counter()
+            try:
+                with time_limit(timeout):
+                    cell = load_file(path)
+                    report.accepted += 1
+                    if derive_every and report.accepted % derive_every == 0:
+                        push_further(cell, run_generated)
+                        report.derived += 1
+            except SpecError as exc:
+                report.rejected += 1
+                if str(path) not in str(exc):  # every message names the file
+                    report.crashes.append(_save(crash_dir, label, data, f"SpecError without the file name: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - anything but SpecError is what we are looking for
+                summary = f"{type(exc).__name__}: {str(exc)[:200]}"
+                report.crashes.append(_save(crash_dir, label, data, summary + "\n\n" + traceback.format_exc()))
+            elapsed = time.perf_counter() - t0
+            report.inputs += 1
+            report.times.append(elapsed)
+            if elapsed > report.slowest[0]:
+                report.slowest = (elapsed, label)
+            if progress and report.inputs % progress == 0:
+                print(f"... {report.inputs} inputs, {len(report.crashes)} crashes", file=sys.stderr, flush=True)
+    report.total = time.perf_counter() - started
+    return report
+
+
+def _save(crash_dir: Path, label: str, data: bytes, details: str) -> tuple:
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    target = crash_dir / f"{label}.toml"
+    target.write_bytes(data)
+    (crash_dir / f"{label}.txt").write_text(details, encoding="utf-8")
+    return label, str(target), details.split("\n", 1)[0]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lstm_spec.spec.fuzz", description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1000, help="number of generated spec files (default 1000)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--derive-every", type=int, default=10,
+                    help="derive, generate and run every k-th accepted spec (0: none; default 10)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds per file before it counts as a hang")
+    ap.add_argument("--crash-dir", default="fuzz-crashes", help="where crashing inputs are saved")
+    ap.add_argument("--no-run", action="store_true", help="compile the generated modules but do not run them")
+    args = ap.parse_args(argv)
+    report = fuzz(args.n, args.seed, args.derive_every, args.timeout, args.crash_dir, not args.no_run,
+                  progress=1000)
+    print("\n".join(report.lines()))
+    return 1 if report.crashes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
