@@ -92,7 +92,9 @@ def logsumexp(z):
         return np.full(z.shape[:-1] + (1,), -np.inf, dtype=z.dtype)
     shift = np.max(z.real, axis=-1, keepdims=True)
     shift = np.where(np.isfinite(shift), shift, 0)
-    return (shift + np.log(np.sum(np.exp(z - shift), axis=-1, keepdims=True))).astype(z.dtype, copy=False)
+    with np.errstate(over="ignore"):  # z - shift <= 0: an overflow is to -inf, whose exp is the exact 0
+        scaled = z - shift
+    return (shift + np.log(np.sum(np.exp(scaled), axis=-1, keepdims=True))).astype(z.dtype, copy=False)
 
 
 def clip(z, bound):
