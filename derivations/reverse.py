@@ -32,6 +32,7 @@ import sympy
 
 from lstm_spec.spec.cells import Cell
 from lstm_spec.spec.language import BinOp, Call, Name, Neg, Num, Pow, SpecError
+from lstm_spec.spec.language import children as _children_of
 
 from .functions import FUNCTIONS, UnitSum, kind_of
 
@@ -155,11 +156,16 @@ def equations_to_sympy(cell: Cell, symbols: Symbols) -> list[ForwardEquation]:
             return Pow(hoist(node.base, lhs), node.exponent)
         if isinstance(node, Call):
             arg = hoist(node.arg, lhs)
-            if FUNCTIONS[cell.functions[node.func]].parameters and not isinstance(arg, (Name, Num)):
+            kind = FUNCTIONS[cell.functions[node.func]]
+            # SymPy rewrites some applications on sight (tanh(-b) -> -tanh(b)); then no function value
+            # would carry a name and its derivative could not be written through one: name the argument
+            rewritten = (kind.kind != "identity" and not isinstance(arg, (Name, Num))
+                         and not isinstance(conv(Call(node.func, arg)), kind.sympy_function))
+            if (kind.parameters or rewritten) and not isinstance(arg, (Name, Num)):
                 # a function with kinks (clip) gets a named argument, so the backward pass and the
                 # numeric checks can refer to the value whose kinks matter
                 name = fresh(f"{node.func}_arg_{lhs}")
-                out.append(ForwardEquation(name, conv(arg), True, "", arg, cell.shapes[lhs]))
+                out.append(ForwardEquation(name, conv(arg), True, "", arg, shape_of_ast(arg)))
                 arg = Name(name)
             call = Call(node.func, arg)
             if top or cell.functions[node.func] == "identity":
@@ -174,6 +180,23 @@ def equations_to_sympy(cell: Cell, symbols: Symbols) -> list[ForwardEquation]:
                                            cell.shapes[lhs]))
             return Name(hoisted[call])
         return node
+
+    def shape_of_ast(node):
+        """An elementwise expression is a vector when any operand is (one value per sample broadcasts)."""
+        known = {fe.lhs: fe.shape for fe in out} | dict(cell.shapes)
+        for table in (cell.inputs, cell.states, cell.parameters):
+            known.update({n: q.shape for n, q in table.items()})
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if isinstance(n, BinOp) and n.op == "@":
+                return (cell.parameters[n.left.name].shape[0],)
+            if isinstance(n, Name) and known.get(n.name, ("1",)) != ("1",):
+                return known[n.name]
+            if isinstance(n, Call) and FUNCTIONS[cell.functions[n.func]].reduction:
+                continue  # one value per sample: its operand's units are summed away
+            stack += _children_of(n)
+        return ("1",)
 
     def conv(node):
         if isinstance(node, Num):
@@ -293,7 +316,7 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
             _check_defined(partial, cell, forward, idx, f"the derivative of {fe.lhs} with respect to {a}")
             # a zero adjoint (e.g. under stop_gradient) sends nothing: its statement is then dead and dropped
             contribution = (sympy.S.Zero if d_lhs_expr == 0 and not mv else d_lhs) * partial
-            if shape_of(a) == ("1",) and fe.shape != ("1",):
+            if shape_of(a) == ("1",) and fe.shape != ("1",) and contribution != 0:
                 contribution = UnitSum(contribution)  # a per-sample value used by every unit
             add(a, contribution)
 

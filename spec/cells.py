@@ -255,7 +255,6 @@ def _build(data: dict, source: str, path: Path) -> Cell:
     summary = _check_text(data.get("summary", ""), at("", "summary"), "summary", MAX_TITLE_LENGTH, code_safe=True)
     description = _check_text(data.get("description", ""), at("", "description"), "description",
                               MAX_DESCRIPTION_LENGTH, multiline=True)
-    _check_text(data["equations"], at("", "equations"), "equations", 2 * MAX_SPEC_BYTES, multiline=True)
 
     dims = _table(data, "dimensions", at("dimensions"))
     for d, text in dims.items():
@@ -335,7 +334,7 @@ def _build(data: dict, source: str, path: Path) -> Cell:
     line_numbers = lines.equations(eq_texts)
     equations = []
     for (_, text), line in zip(eq_texts, line_numbers):
-        equations.append(parse_equation(text, f"{where}, line {line}, equation '{text.strip()}'", line))
+        equations.append(parse_equation(text, f"{where}, line {line}, equation '{_shown(text.strip())}'", line))
 
     for s in tables["states"]:
         if f"{s}0" in declared or f"{s}0" in dims:
@@ -432,6 +431,11 @@ def _check_generated_names(equations, declared, shapes, dims, where):
                         raise SpecError(f"{_loc(where, eq)}: the generated code names a product of this "
                                         f"equation {generated!r}, but {generated!r} is {taken[generated]}; "
                                         "rename that quantity")
+
+
+def _shown(text: str) -> str:
+    """Text for a message: control and other non-printable characters escaped."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _loc(where, eq: Equation) -> str:

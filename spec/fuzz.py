@@ -224,9 +224,11 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-def push_further(cell, run: bool = True) -> None:
+def push_further(cell, run: bool = True, stage: list | None = None) -> None:
     """Derive an accepted cell, generate its module, compile it and (run=True) run forward and backward
-    once on a small random instance. Any exception here is a crash of an accepted spec."""
+    once on a small random instance. Any exception here is a crash of an accepted spec; `stage` (a
+    list) gets the name of each step as it starts, so a crash can say where it happened."""
+    stage = [] if stage is None else stage
     import numpy as np
 
     from lstm_spec.checks import cases
@@ -234,11 +236,15 @@ def push_further(cell, run: bool = True) -> None:
     from lstm_spec.derivations import derive
     from lstm_spec.derivations.codegen import generate_module
 
-    text = generate_module(derive(cell))
-    code = compile(text, f"<generated from {cell.path.name}>", "exec")
+    stage.append("derive")
+    derivation = derive(cell)
+    stage.append("generate")
+    text = generate_module(derivation)
+    stage.append("compile")
+    compile(text, f"<generated from {cell.path.name}>", "exec")
     if run:
+        stage.append("run")
         module = load_module(text, "lstm_spec_fuzzed")
-        assert code is not None
         try:
             inst = cases.random_instance(module, (2, 2, 3, 2), seed=0)
         except RuntimeError as exc:  # every draw lands near a clip kink: nothing to run, not a crash
@@ -255,7 +261,9 @@ class Report:
     accepted: int = 0
     rejected: int = 0
     derived: int = 0
-    crashes: list = field(default_factory=list)  # (label, saved path, summary)
+    crashes: list = field(default_factory=list)  # (label, saved path, summary, stage)
+    without_line: int = 0  # rejections whose message names no line
+    rejected_by_derivation: int = 0
     times: list = field(default_factory=list)
     slowest: tuple = (0.0, "")
     total: float = 0.0
@@ -263,12 +271,16 @@ class Report:
     def lines(self) -> list[str]:
         median = statistics.median(self.times) if self.times else 0.0
         out = [f"inputs:   {self.inputs}",
-               f"accepted: {self.accepted} (of which derived, generated, compiled and run: {self.derived})",
-               f"rejected: {self.rejected} (SpecError)",
-               f"crashes:  {len(self.crashes)}",
+               f"accepted: {self.accepted} (of which derived, generated, compiled and run: {self.derived}; "
+               f"refused by the derivation with a SpecError: {self.rejected_by_derivation})",
+               f"rejected: {self.rejected} (SpecError; {self.without_line} of the messages name no line: "
+               "whole-file errors such as invalid UTF-8 nesting or size)",
+               f"crashes:  {len(self.crashes)}" + "".join(
+                   f", {sum(c[3] == st for c in self.crashes)} at {st}"
+                   for st in ("load", "derive", "generate", "compile", "run") if any(c[3] == st for c in self.crashes)),
                f"time per file: max {self.slowest[0]:.3f} s ({self.slowest[1]}), median {median * 1000:.2f} ms",
                f"total time: {self.total:.1f} s"]
-        out += [f"  crash {label}: {summary} (saved to {path})" for label, path, summary in self.crashes]
+        out += [f"  crash {label} at {stage}: {summary} (saved to {path})" for label, path, summary, stage in self.crashes]
         return out
 
 
@@ -283,20 +295,28 @@ def fuzz(n: int = 1000, seed: int = 0, derive_every: int = 10, timeout: float = 
         for label, data in generate(seed, n):
             path.write_bytes(data)
             t0 = time.perf_counter()
+            stage = ["load"]
             try:
                 with time_limit(timeout):
                     cell = load_file(path)
                     report.accepted += 1
                     if derive_every and report.accepted % derive_every == 0:
-                        push_further(cell, run_generated)
+                        push_further(cell, run_generated, stage)
                         report.derived += 1
             except SpecError as exc:
-                report.rejected += 1
+                if stage[-1] == "load":
+                    report.rejected += 1
+                else:  # accepted by the loader, refused by the derivation (e.g. x / (a - a))
+                    report.rejected_by_derivation += 1
                 if str(path) not in str(exc):  # every message names the file
-                    report.crashes.append(_save(crash_dir, label, data, f"SpecError without the file name: {exc}"))
+                    report.crashes.append(_save(crash_dir, label, data, f"SpecError without the file name: {exc}",
+                                                stage[-1]))
+                elif not re.search(r"\bline \d+", str(exc)):
+                    report.without_line += 1
             except Exception as exc:  # noqa: BLE001 - anything but SpecError is what we are looking for
                 summary = f"{type(exc).__name__}: {str(exc)[:200]}"
-                report.crashes.append(_save(crash_dir, label, data, summary + "\n\n" + traceback.format_exc()))
+                report.crashes.append(_save(crash_dir, label, data, summary + "\n\n" + traceback.format_exc(),
+                                            stage[-1]))
             elapsed = time.perf_counter() - t0
             report.inputs += 1
             report.times.append(elapsed)
@@ -308,12 +328,12 @@ def fuzz(n: int = 1000, seed: int = 0, derive_every: int = 10, timeout: float = 
     return report
 
 
-def _save(crash_dir: Path, label: str, data: bytes, details: str) -> tuple:
+def _save(crash_dir: Path, label: str, data: bytes, details: str, stage: str) -> tuple:
     crash_dir.mkdir(parents=True, exist_ok=True)
     target = crash_dir / f"{label}.toml"
     target.write_bytes(data)
     (crash_dir / f"{label}.txt").write_text(details, encoding="utf-8")
-    return label, str(target), details.split("\n", 1)[0]
+    return label, str(target), details.split("\n", 1)[0], stage
 
 
 def main(argv=None) -> int:

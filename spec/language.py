@@ -86,24 +86,24 @@ class Equation:
 
 # ----------------------------------------------------------------------------------------- tokenizer
 _TOKEN = re.compile(
-    r"""\s*(?:
+    r"""[ \t]*(?:
         (?P<number>\d+(?:\.\d+)?)
       | (?P<name>[A-Za-z][A-Za-z0-9_]*)
       | (?P<op>\*\*|[-+*/@^()\[\]=]|⊙)
     )""",
-    re.VERBOSE | re.ASCII,  # \d and \s: ASCII digits and whitespace only
+    re.VERBOSE | re.ASCII,  # \d: ASCII digits only; whitespace is a space or a tab, nothing else
 )
 
 
 def tokenize(text: str, where: str) -> list[tuple[str, str, int]]:
     tokens = []
     pos = 0
-    text = text.rstrip()
+    text = text.rstrip(" \t")
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            bad = text[pos:].lstrip()[:1]
-            col = len(text) - len(text[pos:].lstrip()) + 1
+            bad = text[pos:].lstrip(" \t")[:1]
+            col = len(text) - len(text[pos:].lstrip(" \t")) + 1
             raise SpecError(f"{where}: unexpected character {bad!r} at column {col}")
         kind = m.lastgroup
         value = m.group(kind)
@@ -241,7 +241,7 @@ def parse_equation(text: str, where: str, line: int = 0) -> Equation:
     return Equation(lhs=lhs, rhs=rhs, text=text.strip(), line=line)
 
 
-def _children(node) -> tuple:
+def children(node) -> tuple:
     if isinstance(node, BinOp):
         return (node.left, node.right)
     if isinstance(node, Neg):
@@ -262,7 +262,7 @@ def check_size(rhs, where: str) -> None:
     stack = [(rhs, 1, False)]  # (node, depth, children done)
     while stack:
         node, depth, done = stack.pop()
-        kids = _children(node)
+        kids = children(node)
         if not done:
             nodes += 1
             if nodes > MAX_NODES:
