@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stacked import LayoutError
+from .stacked import LayoutError, from_stacked, require, to_stacked
 
 LSTM_GATES = ("f", "i", "c", "o")
 KERAS_LSTM_ORDER = ("i", "f", "c", "o")
@@ -48,29 +48,29 @@ FLAX_LSTM_NAMES = {"i": "i", "f": "f", "c": "g", "o": "o"}  # our gate -> Flax's
 
 
 def _blocks(params, kind, order):
-    return [np.asarray(params[f"{kind}_{g}"]) for g in order]
+    arrays = require(params, [f"{kind}_{g}" for g in order])
+    return list(arrays.values())
+
+
+def _gru_params(params, extra=()):
+    """The per-gate GRU arrays W_g, U_g, b_g (g = r, z, n, plus ``extra``), checked: present, one dtype."""
+    return require(params, [f"{k}_{g}" for k in ("W", "U", "b") for g in ("r", "z", "n")] + list(extra))
 
 
 # ----------------------------------------------------------------------------------------- Keras 3
 def to_keras_lstm(params: dict) -> dict:
     """Canonical -> Keras 3 ``LSTM`` weights (``layer.cell.kernel``, ``recurrent_kernel``, ``bias``)."""
-    o = KERAS_LSTM_ORDER
-    return {"kernel": np.concatenate(_blocks(params, "W", o), axis=0).T.copy(),
-            "recurrent_kernel": np.concatenate(_blocks(params, "U", o), axis=0).T.copy(),
-            "bias": np.concatenate(_blocks(params, "b", o), axis=0)}
+    s = to_stacked(params, KERAS_LSTM_ORDER)
+    return {"kernel": s["W"].T.copy(), "recurrent_kernel": s["U"].T.copy(), "bias": s["b"]}
 
 
 def from_keras_lstm(weights: dict) -> dict:
     """Keras 3 ``LSTM`` weights (kernel, recurrent_kernel, bias) -> canonical."""
-    out = {}
-    for kind, key, transpose in (("W", "kernel", True), ("U", "recurrent_kernel", True), ("b", "bias", False)):
-        a = np.asarray(weights[key])
-        a = a.T if transpose else a
-        if a.shape[0] % 4:
-            raise LayoutError(f"{key}: got shape {np.asarray(weights[key]).shape}, expected a 4H axis")
-        for g, blk in zip(KERAS_LSTM_ORDER, np.split(a, 4, axis=0)):
-            out[f"{kind}_{g}"] = blk.copy()
-    return out
+    a = require(weights, ("kernel", "recurrent_kernel", "bias"), "weights")
+    for key in ("kernel", "recurrent_kernel"):
+        if a[key].ndim != 2:
+            raise LayoutError(f"weights[{key!r}]: got shape {a[key].shape}, expected (D, 4H) / (H, 4H)")
+    return from_stacked({"W": a["kernel"].T, "U": a["recurrent_kernel"].T, "b": a["bias"]}, KERAS_LSTM_ORDER)
 
 
 # ----------------------------------------------------------------------------------------- ONNX
@@ -79,30 +79,43 @@ def to_onnx_lstm(params: dict, bias_ih: dict | None = None) -> dict:
     B [1, 8H] (Wb then Rb), gates i, o, f, c. ``bias_ih`` ({b_g: part}) chooses the split of each
     bias between Wb and Rb (default: all in Wb). For two directions concatenate on axis 0."""
     o = ONNX_LSTM_ORDER
-    b = np.concatenate(_blocks(params, "b", o))
-    wb = np.concatenate([np.asarray(bias_ih[f"b_{g}"]) for g in o]) if bias_ih else np.zeros_like(b) + b
-    return {"W": np.concatenate(_blocks(params, "W", o))[None], "R": np.concatenate(_blocks(params, "U", o))[None],
-            "B": np.concatenate([wb, b - wb])[None]}
+    s = to_stacked(params, o)
+    b = s["b"]
+    if bias_ih:
+        parts = require(bias_ih, [f"b_{g}" for g in o], "bias_ih")
+        wb = np.concatenate(list(parts.values()))
+        if wb.shape != b.shape or wb.dtype != b.dtype:
+            raise LayoutError(f"bias_ih: got {wb.shape[0]} values of dtype {wb.dtype} in all, expected {b.shape[0]} "
+                              f"of dtype {b.dtype} (one H-vector per gate, like b_g)")
+    else:
+        wb = b.copy()
+    return {"W": s["W"][None], "R": s["U"][None], "B": np.concatenate([wb, b - wb])[None]}
 
 
 def from_onnx_lstm(W, R, B=None, direction: int = 0) -> dict:
     """ONNX ``LSTM`` W, R, B (one direction of them) -> canonical; Wb and Rb are summed."""
-    W, R = np.asarray(W)[direction], np.asarray(R)[direction]
+    arrays = {"W": np.asarray(W), "R": np.asarray(R)}
+    if B is not None:
+        arrays["B"] = np.asarray(B)
+    onnx_shapes = {"W": "[num_directions, 4H, D]", "R": "[num_directions, 4H, H]", "B": "[num_directions, 8H]"}
+    for name, a in arrays.items():
+        if a.ndim != len(onnx_shapes[name].split(",")):
+            raise LayoutError(f"{name}: got shape {a.shape}, expected the ONNX shape {onnx_shapes[name]}")
+        if isinstance(direction, bool) or not 0 <= direction < a.shape[0]:
+            raise LayoutError(f"direction: got {direction}, but {name} holds {a.shape[0]} direction(s)")
+    W, R = arrays["W"][direction], arrays["R"][direction]
     H = R.shape[-1]
-    b = np.zeros(4 * H, W.dtype) if B is None else np.asarray(B)[direction]
-    b = b[:4 * H] + b[4 * H:]
-    out = {}
-    for k, g in enumerate(ONNX_LSTM_ORDER):
-        out[f"W_{g}"] = W[k * H:(k + 1) * H].copy()
-        out[f"U_{g}"] = R[k * H:(k + 1) * H].copy()
-        out[f"b_{g}"] = b[k * H:(k + 1) * H].copy()
-    return out
+    b = np.zeros(8 * H, W.dtype) if B is None else arrays["B"][direction]
+    if b.shape != (8 * H,):
+        raise LayoutError(f"B: got {b.shape[0]} values per direction, expected 8H = {8 * H} (Wb then Rb, H = {H} from R)")
+    return from_stacked({"W": W, "U": R, "b": b[:4 * H] + b[4 * H:]}, ONNX_LSTM_ORDER)
 
 
 # ----------------------------------------------------------------------------------------- Flax
 def to_flax_lstm(params: dict) -> dict:
     """Canonical -> the ``params`` collection of Flax linen ``LSTMCell`` / ``OptimizedLSTMCell``:
     {"ii": {"kernel": (D, H)}, ..., "hi": {"kernel": (H, H), "bias": (H,)}, ...}."""
+    to_stacked(params)  # checks names, shapes and dtypes
     out = {}
     for g, n in FLAX_LSTM_NAMES.items():
         out[f"i{n}"] = {"kernel": np.asarray(params[f"W_{g}"]).T.copy()}
@@ -112,6 +125,14 @@ def to_flax_lstm(params: dict) -> dict:
 
 def from_flax_lstm(tree: dict) -> dict:
     """Flax linen LSTMCell ``params`` -> canonical (inverse of ``to_flax_lstm``)."""
+    if not isinstance(tree, dict):
+        raise LayoutError(f"tree: expected the dict of Flax LSTMCell params, got {type(tree).__name__}")
+    wanted = [(f"i{n}", "kernel") for n in FLAX_LSTM_NAMES.values()]
+    wanted += [(f"h{n}", leaf) for n in FLAX_LSTM_NAMES.values() for leaf in ("kernel", "bias")]
+    missing = [f"{m}/{leaf}" for m, leaf in wanted if leaf not in tree.get(m, {})]
+    if missing:
+        raise LayoutError(f"tree: missing {missing}; expected Flax LSTMCell params (ii, if, ig, io with a kernel; "
+                          "hi, hf, hg, ho with a kernel and a bias)")
     out = {}
     for g, n in FLAX_LSTM_NAMES.items():
         out[f"W_{g}"] = np.asarray(tree[f"i{n}"]["kernel"]).T.copy()
@@ -129,6 +150,7 @@ def _split(params, bias_ih, order):
     """Input-side and recurrent-side bias vectors (gate blocks in ``order``) for a two-bias GRU layout:
     b_g = ih_g + hh_g for r and z; the n block is b_n (input side) and b_hn (recurrent side, when the
     cell has it)."""
+    _gru_params(params)
     H = np.asarray(params["b_r"]).shape[0]
     ih, hh = [], []
     for g in order:
@@ -138,6 +160,9 @@ def _split(params, bias_ih, order):
             hh.append(np.asarray(params["b_hn"]) if "b_hn" in params else np.zeros(H, b.dtype))
         else:
             part = np.asarray(bias_ih[f"b_{g}"]) if bias_ih and f"b_{g}" in bias_ih else b
+            if part.shape != b.shape or part.dtype != b.dtype:
+                raise LayoutError(f"bias_ih['b_{g}']: got shape {part.shape} and dtype {part.dtype}, expected "
+                                  f"{b.shape} and {b.dtype} like b_{g}")
             ih.append(part)
             hh.append(b - part)
     return np.concatenate(ih), np.concatenate(hh)
@@ -169,6 +194,7 @@ def to_onnx_gru(params: dict, bias_ih: dict | None = None) -> dict:
 def to_flax_gru(params: dict) -> dict:
     """Canonical ``gru_reset_after`` -> Flax linen ``GRUCell`` params (ir/iz/in with bias, hr/hz
     without, hn with bias = b_hn)."""
+    _gru_params(params, ("b_hn",))
     out = {}
     for g in ("r", "z", "n"):
         out[f"i{g}"] = {"kernel": np.asarray(params[f"W_{g}"]).T.copy(), "bias": np.asarray(params[f"b_{g}"]).copy()}
@@ -197,8 +223,13 @@ class Layout:
     def __post_init__(self):
         if self.params not in ("per_gate", "stacked"):
             raise LayoutError(f"layout params: expected 'per_gate' or 'stacked', got {self.params!r}")
-        if self.biases not in (1, 2):
+        if self.biases not in (1, 2) or isinstance(self.biases, bool):
             raise LayoutError(f"layout biases: expected 1 or 2, got {self.biases!r}")
+        for flag in ("transposed", "batch_major"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise LayoutError(f"layout {flag}: expected True or False, got {getattr(self, flag)!r}")
+        if not isinstance(self.gate_order, (tuple, list)) or not all(isinstance(g, str) for g in self.gate_order):
+            raise LayoutError(f"layout gate_order: expected a tuple of gate letters, got {self.gate_order!r}")
 
 
 def gate_names(param_names) -> tuple:
@@ -219,12 +250,22 @@ def to_layout(params: dict, layout: Layout, bias_ih: dict | None = None) -> dict
     """Canonical parameters -> the arrays of ``layout``. With two biases, ``bias_ih`` ({b_g: part})
     is the input-side part and the recurrent side gets the rest (default: all on the input side).
     A kind (W, U or b) is stacked / split only when every gate has one; other parameters pass through."""
+    if not isinstance(params, dict):
+        raise LayoutError(f"params: expected a dict of arrays, got {type(params).__name__}")
     gates = gate_names(params)
+    unknown = [k for k in (bias_ih or {}) if k not in {f"b_{g}" for g in gates}]
+    if unknown:
+        raise LayoutError(f"bias_ih: unknown key(s) {unknown}; expected some of {[f'b_{g}' for g in gates]}")
     kinds = [k for k in ("W", "U", "b") if gates and all(f"{k}_{g}" in params for g in gates)]
     gated = {f"{k}_{g}" for k in kinds for g in gates}
     out = {k: np.asarray(v) for k, v in params.items() if k not in gated}
     t = (lambda a: a.T.copy()) if layout.transposed else (lambda a: a.copy())  # noqa: E731
     ih = {g: np.asarray((bias_ih or {}).get(f"b_{g}", params[f"b_{g}"])) for g in gates if f"b_{g}" in params}
+    for g, part in ih.items():
+        b = np.asarray(params[f"b_{g}"])
+        if part.shape != b.shape or part.dtype != b.dtype:
+            raise LayoutError(f"bias_ih['b_{g}']: got shape {part.shape} and dtype {part.dtype}, expected {b.shape} "
+                              f"and {b.dtype} like b_{g} (never broadcast or cast)")
     if layout.params == "per_gate":
         for g in gates:
             for k in kinds:

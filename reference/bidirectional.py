@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._runtime import InputError, _as_array
+from .truncation import check_driver_arguments
+
 ORDERS = ("original", "processing")
 
 
@@ -23,7 +26,8 @@ def forward(module, params_fwd: dict, params_bwd: dict, seq: dict, init_fwd: dic
             init_bwd: dict | None = None, order: str = "original"):
     """Returns (y, final, cache): y (T, B, 2 x output units), final {"fwd": {...}, "bwd": {...}}."""
     if order not in ORDERS:
-        raise ValueError(f"order: expected one of {ORDERS}, got {order!r}")
+        raise InputError(f"order: expected one of {ORDERS}, got {order!r}")
+    check_driver_arguments(module, seq, {"init_fwd": init_fwd, "init_bwd": init_bwd})
     sig = module.SIGNATURE
     init_fwd, init_bwd = dict(init_fwd or {}), dict(init_bwd or {})
     reversed_seq = {n: seq[n][::-1] for n in sig.inputs}
@@ -31,15 +35,27 @@ def forward(module, params_fwd: dict, params_bwd: dict, seq: dict, init_fwd: dic
     y_b, fin_b, cache_b = module.forward(params_bwd, **reversed_seq, **{f"{s}0": v for s, v in init_bwd.items()})
     y_b_out = y_b[::-1] if order == "original" else y_b
     y = np.concatenate([y_f, y_b_out], axis=-1)
-    cache = {"module": module, "fwd": cache_f, "bwd": cache_b, "order": order, "split": y_f.shape[-1]}
+    cache = {"module": module, "fwd": cache_f, "bwd": cache_b, "order": order, "split": y_f.shape[-1],
+             "y_shape": y.shape, "dtype": y.dtype}
     return y, {"fwd": fin_f, "bwd": fin_b}, cache
 
 
 def backward(cache: dict, dy=None, d_final: dict | None = None) -> dict:
     """Gradients {"fwd": {param: ...}, "bwd": {param: ...}, input: ..., "fwd_<s>0": ..., "bwd_<s>0": ...}."""
+    if not isinstance(cache, dict) or "module" not in cache or "split" not in cache:
+        raise InputError("cache: expected the cache returned by bidirectional.forward()")
     module, split = cache["module"], cache["split"]
     sig = module.SIGNATURE
+    if d_final is not None and (not isinstance(d_final, dict) or set(d_final) - {"fwd", "bwd"}):
+        got = sorted(d_final) if isinstance(d_final, dict) else type(d_final).__name__
+        raise InputError(f"d_final: got {got}, expected a dict with keys 'fwd' and/or 'bwd', each {{state: array}}")
     d_final = d_final or {}
+    if dy is not None:
+        dy = _as_array("dy", dy)
+        want = cache.get("y_shape", dy.shape)
+        if dy.shape != want or dy.dtype != cache.get("dtype", dy.dtype):
+            raise InputError(f"dy: got shape {dy.shape} and dtype {dy.dtype}, expected shape {want} and dtype "
+                             f"{cache.get('dtype')} (like y: both directions' outputs side by side)")
     if dy is None:
         dy_f = dy_b = None
     else:

@@ -14,7 +14,30 @@ every derivative comes from the cell's generated backward(); this only runs it o
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
+
+from ._runtime import InputError, _as_array
+
+
+def check_driver_arguments(module, seq, inits: dict):
+    """What the drivers around a generated module (TBPTT, bidirectional) check before calling it: seq is
+    a dict holding exactly the cell's inputs, and each initial-state dict names only the cell's states (the
+    arrays themselves are checked by the module's forward)."""
+    sig = module.SIGNATURE
+    if not isinstance(seq, dict) or set(seq) != set(sig.inputs):
+        got = sorted(seq) if isinstance(seq, dict) else type(seq).__name__
+        raise InputError(f"seq: got {got}, expected a dict with exactly the inputs of {sig.cell!r}: {list(sig.inputs)}")
+    for label, init in inits.items():
+        if init is None:
+            continue
+        if not isinstance(init, dict):
+            raise InputError(f"{label}: expected a dict {{state: array}} or None, got {type(init).__name__}")
+        unknown = [k for k in init if k not in sig.states]
+        if unknown:
+            raise InputError(f"{label}: unknown state(s) {unknown}; the states of {sig.cell!r} are {list(sig.states)} "
+                             "(keys without the 0 suffix)")
 
 
 def _windows(T: int, k1: int, k2: int):
@@ -27,13 +50,21 @@ def truncated_bptt(module, params: dict, seq: dict, k1: int, k2: int, init: dict
                    dy=None, d_final: dict | None = None):
     """Returns (y, final, grads) where grads is the gradient of the truncated objective: one entry per
     parameter, per input (per step) and per initial state (only the first window reaches it)."""
-    if not (isinstance(k1, int) and isinstance(k2, int)) or k1 < 1 or k2 < k1:
-        raise ValueError(f"k1, k2: expected integers with 1 <= k1 <= k2, got k1={k1!r}, k2={k2!r}")
+    integers = all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in (k1, k2))
+    if not integers or k1 < 1 or k2 < k1:
+        raise InputError(f"k1, k2: expected integers with 1 <= k1 <= k2, got k1={k1!r}, k2={k2!r}")
+    check_driver_arguments(module, seq, {"init": init, "d_final": d_final})
     init = dict(init or {})
     sig = module.SIGNATURE
     y, final, cache = module.forward(params, **seq, **{f"{s}0": v for s, v in init.items()})
     T = y.shape[0]
-    dy = np.zeros_like(y) if dy is None else dy
+    if dy is None:
+        dy = np.zeros_like(y)
+    else:  # checked whole here: the windows would otherwise report a slice of it
+        dy = _as_array("dy", dy)
+        if dy.shape != y.shape or dy.dtype != y.dtype:
+            raise InputError(f"dy: got shape {dy.shape} and dtype {dy.dtype}, expected shape {y.shape} and dtype "
+                             f"{y.dtype} (like y)")
     grads = {k: np.zeros_like(v) for k, v in cache.items() if k in sig.parameters}
     grads.update({n: np.zeros_like(seq[n]) for n in sig.inputs})
     grads.update({f"{s}0": np.zeros_like(cache[s][0]) for s in sig.states})

@@ -375,3 +375,179 @@ def test_propagate_scans_nothing(inst, monkeypatch):
     lstm.backward(cache, np.ones_like(y))
     with pytest.raises(AssertionError, match="scanned"):
         fwd(inst, nonfinite="raise")
+
+
+# ----------------------------------------------------------------------------------------- hand-written entries
+# Bad inputs tried: losses (y as a list, 2-D, (T, B, 2), int); masks (T as a float, bool or negative, float16
+# dtype, bool lengths); truncation (bool k1, seq missing an input / with an extra key / not a dict, unknown
+# init and d_final states, dy of the wrong shape or dtype); bidirectional (seq with an unknown key, init as a
+# list, dy of one direction's width, d_final with an unknown direction, a cache that is not one); training
+# (grads not a dict, max_norm as a bool or a string, a forget bias value as a string, params as a list).
+from lstm_spec.reference import bidirectional, losses, masks, training, truncation  # noqa: E402
+
+
+@pytest.mark.parametrize("y, match", [
+    ([[[1.0]]], "y: expected a NumPy array, got list"),
+    (np.zeros((3, 2)), r"y: got shape \(3, 2\) .* expected .* \(T, B, 1\)"),
+    (np.zeros((3, 2, 2)), r"y: got shape \(3, 2, 2\)"),
+    (np.zeros((3, 2, 1), int), r"y: got shape \(3, 2, 1\) and dtype int64"),
+])
+def test_loss_reductions_check_the_per_step_losses(y, match):
+    for fn in (losses.time_weights, losses.sequence_loss):
+        with pytest.raises(InputError, match=match):
+            fn(y, "sum")
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(T=3.0), r"T: expected an integer >= 0, got 3.0"),
+    (dict(T=True), r"T: expected an integer >= 0, got True"),
+    (dict(T=-1), r"T: expected an integer >= 0, got -1"),
+    (dict(T=3, dtype=np.float16), r"dtype: got float16, expected float32, float64 or complex128"),
+    (dict(T=3, lengths=[True, False]), r"lengths: expected a 1-D array of integers, got shape \(2,\) and dtype bool"),
+])
+def test_masks_check_t_dtype_and_lengths(kw, match):
+    kw = dict(dict(lengths=[1, 3]), **kw)
+    with pytest.raises(InputError, match=match):
+        masks.mask_from_lengths(**kw)
+
+
+def test_mask_from_lengths_accepts_numpy_integers():
+    assert masks.mask_from_lengths(np.array([1, 2]), np.int64(2), np.float32).dtype == np.float32
+
+
+@pytest.fixture
+def tb():
+    return random_instance(lstm, (4, 2, 3, 2), 0)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(k1=True), r"k1, k2: expected integers with 1 <= k1 <= k2, got k1=True"),
+    (dict(seq={}), r"seq: got \[\], expected a dict with exactly the inputs of 'lstm': \['x'\]"),
+    (dict(seq="x"), r"seq: got str"),
+    (dict(extra_seq=True), r"seq: got \['m', 'x'\]"),
+    (dict(init={"h0": None}), r"init: unknown state\(s\) \['h0'\]; .* \(keys without the 0 suffix\)"),
+    (dict(d_final={"q": None}), r"d_final: unknown state\(s\) \['q'\]"),
+    (dict(dy="half"), r"dy: got shape \(2, 2, 2\) and dtype float64, expected shape \(4, 2, 2\)"),
+    (dict(dy="float32"), r"dy: got shape \(4, 2, 2\) and dtype float32, expected .* dtype float64"),
+])
+def test_truncated_bptt_checks_its_arguments(tb, change, match):
+    args = dict(module=lstm, params=tb.params, seq=dict(tb.seq), k1=2, k2=2, init=tb.init, dy=tb.dy,
+                d_final=tb.d_final)
+    if change.pop("extra_seq", False):
+        args["seq"]["m"] = np.ones((4, 2, 1))
+    if change.get("dy") == "half":
+        change["dy"] = tb.dy[:2]
+    elif change.get("dy") == "float32":
+        change["dy"] = tb.dy.astype(np.float32)
+    args.update(change)
+    with pytest.raises(InputError, match=match):
+        truncation.truncated_bptt(**args)
+
+
+def test_truncated_bptt_accepts_numpy_integer_windows(tb):
+    _, _, g = truncation.truncated_bptt(lstm, tb.params, tb.seq, np.int64(2), np.int64(4), tb.init, tb.dy, tb.d_final)
+    _, _, full = run(lstm, tb)
+    np.testing.assert_allclose(g["W_f"], full["W_f"], rtol=1e-12)
+
+
+def test_bidirectional_checks_its_arguments(tb):
+    with pytest.raises(InputError, match=r"seq: got \['input'\], expected a dict with exactly the inputs"):
+        bidirectional.forward(lstm, tb.params, tb.params, {"input": tb.seq["x"]})
+    with pytest.raises(InputError, match=r"init_bwd: expected a dict \{state: array\} or None, got list"):
+        bidirectional.forward(lstm, tb.params, tb.params, tb.seq, init_bwd=[tb.init["h"]])
+    y, _, cache = bidirectional.forward(lstm, tb.params, tb.params, tb.seq)
+    assert y.shape == (4, 2, 4)
+    with pytest.raises(InputError, match=r"dy: got shape \(4, 2, 2\) .* expected shape \(4, 2, 4\)"):
+        bidirectional.backward(cache, tb.dy)
+    with pytest.raises(InputError, match=r"d_final: got \['backward'\], expected a dict with keys 'fwd' and/or 'bwd'"):
+        bidirectional.backward(cache, None, {"backward": tb.d_final})
+    with pytest.raises(InputError, match=r"cache: expected the cache returned by bidirectional.forward"):
+        bidirectional.backward({"fwd": cache["fwd"]})
+    bidirectional.backward(cache, np.ones_like(y), {"bwd": tb.d_final})  # the valid call still works
+
+
+def test_training_helpers_check_their_arguments(tb):
+    _, _, g = run(lstm, tb)
+    with pytest.raises(InputError, match=r"grads: expected a dict of gradient arrays .* got list"):
+        training.global_norm(list(g.values()))
+    with pytest.raises(InputError, match=r"max_norm: expected a real number, got bool True"):
+        training.clip_by_global_norm(g, True)
+    with pytest.raises(InputError, match=r"max_norm: expected a real number, got str"):
+        training.clip_by_global_norm(g, "1.0")
+    with pytest.raises(InputError, match=r"value: expected a real number, got str"):
+        training.init_forget_bias(tb.params, "1")
+    with pytest.raises(InputError, match=r"params: expected a dict"):
+        training.init_forget_bias(list(tb.params.values()))
+
+
+# ----------------------------------------------------------------------------------------- layouts
+# Bad inputs tried: missing arrays (each converter), mixed float32/float64 gates, inconsistent gate shapes,
+# stacked W/U/b of different 4H, a scalar or short bias_ih (no broadcasting), ONNX arrays without the
+# direction axis or a direction out of range, Flax trees missing a bias, Layout flags of the wrong type,
+# bias_ih keys that are no gate bias.
+from lstm_spec import layouts  # noqa: E402
+from lstm_spec.layouts.stacked import LayoutError  # noqa: E402
+
+
+@pytest.fixture
+def lp(inst):
+    return inst.params  # lstm, H = 5, D = 4
+
+
+def test_converters_name_missing_arrays(lp):
+    short = {k: v for k, v in lp.items() if k != "U_c"}
+    for fn in (layouts.to_stacked, layouts.to_torch_lstm, layouts.to_keras_lstm, layouts.to_onnx_lstm,
+               layouts.to_flax_lstm):
+        with pytest.raises(LayoutError, match=r"params: missing \['U_c'\]"):
+            fn(short)
+    with pytest.raises(LayoutError, match=r"weights: missing \['bias'\]"):
+        layouts.from_keras_lstm({"kernel": np.zeros((4, 20)), "recurrent_kernel": np.zeros((5, 20))})
+    with pytest.raises(LayoutError, match=r"state: missing \['bias_hh_l0'\]"):
+        t = layouts.to_torch_lstm(lp)
+        del t["bias_hh_l0"]
+        layouts.from_torch_lstm(t)
+    flax = layouts.to_flax_lstm(lp)
+    del flax["hf"]["bias"]
+    with pytest.raises(LayoutError, match=r"tree: missing \['hf/bias'\]"):
+        layouts.from_flax_lstm(flax)
+    with pytest.raises(LayoutError, match=r"params: missing \['b_hn'\]"):
+        layouts.to_flax_gru({f"{k}_{g}": np.zeros((2, 2) if k != "b" else 2) for k in "WUb" for g in "rzn"})
+
+
+def test_converters_do_not_cast_mixed_precision(lp):
+    mixed = dict(lp, W_i=lp["W_i"].astype(np.float32))
+    with pytest.raises(LayoutError, match=r"mixed dtypes \(.*W_i: float32.*\); expected one dtype"):
+        layouts.to_stacked(mixed)
+    with pytest.raises(LayoutError, match="mixed dtypes"):
+        layouts.to_keras_lstm(mixed)
+
+
+def test_converters_check_shapes(lp):
+    with pytest.raises(LayoutError, match=r"params\['U_o'\]: got shape \(5, 4\), expected \(5, 5\)"):
+        layouts.to_stacked(dict(lp, U_o=lp["W_o"]))
+    with pytest.raises(LayoutError, match=r"stacked\['b'\]: got shape \(16,\), expected \(20,\) \(H = 5 from U\)"):
+        layouts.from_stacked({"W": np.zeros((20, 4)), "U": np.zeros((20, 5)), "b": np.zeros(16)})
+    for bias_ih in (0.5, np.zeros(5)):
+        with pytest.raises(LayoutError, match=r"bias_ih: got shape .* expected shape \(20,\) .* never broadcast"):
+            layouts.to_torch_lstm(lp, bias_ih=bias_ih)
+
+
+def test_onnx_arrays_need_the_direction_axis(lp):
+    o = layouts.to_onnx_lstm(lp)
+    with pytest.raises(LayoutError, match=r"W: got shape \(20, 4\), expected the ONNX shape \[num_directions, 4H, D\]"):
+        layouts.from_onnx_lstm(o["W"][0], o["R"], o["B"])
+    with pytest.raises(LayoutError, match=r"direction: got 1, but W holds 1 direction"):
+        layouts.from_onnx_lstm(o["W"], o["R"], o["B"], direction=1)
+    with pytest.raises(LayoutError, match=r"B: got 20 values per direction, expected 8H = 40"):
+        layouts.from_onnx_lstm(o["W"], o["R"], o["B"][:, :20])
+
+
+def test_layout_fields_and_bias_split_are_checked(lp):
+    with pytest.raises(LayoutError, match=r"layout transposed: expected True or False, got 'yes'"):
+        layouts.Layout(transposed="yes")
+    with pytest.raises(LayoutError, match=r"layout gate_order: expected a tuple of gate letters, got 'ifco'"):
+        layouts.Layout(gate_order="ifco")
+    with pytest.raises(LayoutError, match=r"bias_ih: unknown key\(s\) \['b_x'\]"):
+        layouts.to_layout(lp, layouts.Layout(biases=2), bias_ih={"b_x": lp["b_f"]})
+    with pytest.raises(LayoutError, match=r"bias_ih\['b_f'\]: got shape \(\) .* expected \(5,\)"):
+        layouts.to_layout(lp, layouts.Layout(biases=2), bias_ih={"b_f": np.float64(0.5)})
