@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +26,10 @@ def _names(text: str, name: str, allowed) -> tuple[str, ...]:
     if bad:
         raise SystemExit(f"lstm-spec bench: {name}: got {bad}, expected some of {', '.join(allowed)}")
     return vals
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
 
 
 def add_subcommand(sub) -> None:
@@ -88,6 +93,7 @@ def cmd_bench(args) -> int:
     if args.json and args.merge and Path(args.json).exists():
         data = report.load(args.json)
     log = lambda *a: print(*a, flush=True)  # noqa: E731
+    signal.signal(signal.SIGTERM, _interrupted)  # `kill` of a long run: the workers are stopped too
     code = 0
     try:
         if "lstm" in what:

@@ -56,11 +56,16 @@ def _spread(s: dict) -> str:
     return f"{(s['q3'] - s['q1']) / s['median']:.0%}" if s["median"] else "-"
 
 
+def _ratio(s: dict) -> str:
+    """Wall-clock ratio, and in parentheses the ratio of CPU times (robust to a busy machine)."""
+    return f"{s['ratio']:.2f}" + (f" ({s['cpu_ratio']:.2f})" if "cpu_ratio" in s else "")
+
+
 def rows(data: dict) -> tuple[list[str], list[list[str]]]:
     ps = peers(data)
     head = ["point", "reference ms", "IQR"]
     for n in ps:
-        head += [f"{PEER_LABELS.get(n, n)} ms", f"x {n}"]
+        head += [f"{PEER_LABELS.get(n, n)} ms", f"x {n} (cpu)"]
     head += ["GEMM GF/s", "ref % GEMM"] + [f"{n} % GEMM" for n in ps] + ["peak / min cache", "max grad err", "load"]
     out = []
     for rec in data.get("points", []):
@@ -70,7 +75,7 @@ def rows(data: dict) -> tuple[list[str], list[list[str]]]:
         im = rec["impls"]
         r = [rec["label"], _ms(im["reference"]), _spread(im["reference"])]
         for n in ps:
-            r += [_ms(im[n]), f"{im[n]['ratio']:.2f}"] if n in im else ["-", "-"]
+            r += [_ms(im[n]), _ratio(im[n])] if n in im else ["-", "-"]
         r.append(f"{rec['gemm']['gflops']:.1f}")
         r += [f"{im[n]['fraction_of_gemm']:.0%}" if n in im else "-" for n in ["reference", *ps]]
         r.append(f"{rec['memory']['peak_over_min_cache']:.1f}")
@@ -105,7 +110,8 @@ def markdown_table(data: dict) -> str:
 
 
 def targets(data: dict) -> list[tuple[str, str, str]]:
-    """The issue's targets (reported, not asserted): (target, what was measured, verdict)."""
+    """The issue's targets (reported, not asserted): (target, what was measured, verdict). The verdict is
+    on wall-clock medians; the CPU-time figures are given beside them (a busy machine inflates wall time)."""
     ok = [r for r in data.get("points", []) if r["status"] == "ok"]
     out = []
 
@@ -114,18 +120,27 @@ def targets(data: dict) -> list[tuple[str, str, str]]:
             return "no measured point"
         return "met" if all(good(v) for v in vals) else f"not met at {sum(not good(v) for v in vals)} of {len(vals)}"
 
-    f64 = [r["impls"]["torch"]["ratio"] for r in ok
-           if r["point"]["dtype"] == "float64" and r["point"]["B"] >= 32 and "torch" in r["impls"]]
+    def stats(vals, worst):
+        return f"{'min' if worst is min else 'max'} {worst(vals):.2f}, median {sorted(vals)[len(vals) // 2]:.2f}"
+
+    def measured(wall, cpu, what, worst):
+        return f"{what}: {stats(wall, worst)} (CPU time: {stats(cpu, worst)})" if wall else "-"
+
+    sel = [r for r in ok if r["point"]["dtype"] == "float64" and r["point"]["B"] >= 32 and "torch" in r["impls"]]
+    wall = [r["impls"]["torch"]["ratio"] for r in sel]
+    cpu = [r["impls"]["torch"].get("cpu_ratio", float("nan")) for r in sel]
     out.append(("float64, B >= 32: reference >= 1.5x faster than PyTorch",
-                f"PyTorch time / reference time: min {min(f64):.2f}, median {sorted(f64)[len(f64) // 2]:.2f}"
-                if f64 else "-", verdict(f64, lambda v: v >= 1.5)))
-    f32 = [1 / r["impls"]["torch"]["ratio"] for r in ok if r["point"]["dtype"] == "float32" and "torch" in r["impls"]]
+                measured(wall, cpu, "PyTorch time / reference time", min), verdict(wall, lambda v: v >= 1.5)))
+    sel = [r for r in ok if r["point"]["dtype"] == "float32" and "torch" in r["impls"]]
+    wall = [1 / r["impls"]["torch"]["ratio"] for r in sel]
+    cpu = [1 / r["impls"]["torch"].get("cpu_ratio", float("nan")) for r in sel]
     out.append(("float32: reference within 1.2x of PyTorch",
-                f"reference time / PyTorch time: max {max(f32):.2f}, median {sorted(f32)[len(f32) // 2]:.2f}"
-                if f32 else "-", verdict(f32, lambda v: v <= 1.2)))
-    fr = [r["impls"]["reference"]["fraction_of_gemm"] for r in ok if r["point"]["H"] >= 256 and r["point"]["B"] >= 32]
+                measured(wall, cpu, "reference time / PyTorch time", max), verdict(wall, lambda v: v <= 1.2)))
+    sel = [r for r in ok if r["point"]["H"] >= 256 and r["point"]["B"] >= 32]
+    wall = [r["impls"]["reference"]["fraction_of_gemm"] for r in sel]
+    cpu = [r["impls"]["reference"].get("fraction_of_gemm_cpu", float("nan")) for r in sel]
     out.append((">= 75% of the measured GEMM rate at H >= 256, B >= 32",
-                f"reference: min {min(fr):.0%}, max {max(fr):.0%}" if fr else "-", verdict(fr, lambda v: v >= 0.75)))
+                measured(wall, cpu, "reference, fraction of the GEMM rate", min), verdict(wall, lambda v: v >= 0.75)))
     return out
 
 

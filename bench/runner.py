@@ -250,12 +250,13 @@ class Bench:
 
     def _measure_once(self, p: pr.Point) -> dict:
         out: dict = {"impls": {}, "check": {}}
-        setup = {}
+        setup, warm = {}, {}
         for name in self.impls:
-            setup[name] = self.workers[name].ask(self.timeout, op="setup", point=p.as_dict(), seed=self.seed)["seconds"]
-        projected = sum(setup.values()) * (self.reps + 2)
+            msg = self.workers[name].ask(self.timeout, op="setup", point=p.as_dict(), seed=self.seed)
+            setup[name], warm[name] = msg["first_seconds"], msg["seconds"]  # first: with JAX's compilation
+        projected = sum(warm.values()) * (self.reps + 2)
         if projected > 2 * self.max_seconds:
-            return {"status": "skipped", "reason": f"first runs took {sum(setup.values()):.1f} s: {self.reps} "
+            return {"status": "skipped", "reason": f"the warm-up runs took {sum(warm.values()):.1f} s: {self.reps} "
                     f"repetitions would take about {projected:.0f} s > 2 x --max-seconds {self.max_seconds:g}"}
         # the gradient check: every implementation against the reference, on this very problem
         tol = check_tolerance(p.dtype)
@@ -278,29 +279,34 @@ class Bench:
         rows, k, n = self.gemm_shape(p)
         order = [*self.impls, "gemm"]
         times = {name: [] for name in order}
-        cpu = {name: 0.0 for name in self.impls}
+        cpu = {name: [] for name in order}  # CPU time of the process: less sensitive to a loaded machine
         for r in range(self.reps):
             for name in order[r % len(order):] + order[:r % len(order)]:
                 if name == "gemm":
                     msg = self.workers["reference"].ask(self.timeout, op="gemm", rows=rows, k=k, n=n, dtype=p.dtype)
                 else:
                     msg = self.workers[name].ask(self.timeout, op="run")
-                    cpu[name] += msg["cpu_seconds"]
                 times[name].append(msg["seconds"])
+                cpu[name].append(msg["cpu_seconds"])
         gemm = summary(times.pop("gemm"))
-        gemm.update(rows=rows, k=k, n=n, gflops=2 * rows * k * n / gemm["median"] / 1e9)
+        gemm["cpu"] = summary(cpu.pop("gemm"))
+        gemm.update(rows=rows, k=k, n=n, gflops=2 * rows * k * n / gemm["median"] / 1e9,
+                    gflops_cpu=2 * rows * k * n / max(gemm["cpu"]["median"], 1e-9) / 1e9)
         out["gemm"] = gemm
         ref = None
         for name in self.impls:
             s = summary(times[name])
-            s["setup_seconds"] = setup[name]
-            s["cpu_over_wall"] = cpu[name] / sum(times[name])  # about the number of busy threads
+            s["first_run_seconds"] = setup[name]
+            s["cpu"] = summary(cpu[name])
+            s["cpu_over_wall"] = sum(cpu[name]) / sum(times[name])  # about the number of busy threads
             s["gflops"] = pr.flops(p) / s["median"] / 1e9
             s["fraction_of_gemm"] = s["gflops"] / gemm["gflops"]
+            s["fraction_of_gemm_cpu"] = pr.flops(p) / max(s["cpu"]["median"], 1e-9) / 1e9 / gemm["gflops_cpu"]
             if name == "reference":
                 ref = s
             else:
                 s["ratio"] = s["median"] / ref["median"]  # > 1: the reference is faster
+                s["cpu_ratio"] = s["cpu"]["median"] / max(ref["cpu"]["median"], 1e-9)
             out["impls"][name] = s
         out["spread"] = max(relative_spread(s) for s in out["impls"].values())
         out["status"] = "ok" if ok else "mismatch"
@@ -313,7 +319,9 @@ class Bench:
 
 # ------------------------------------------------------------------------------------------ machine, tools
 def git_commit() -> str | None:
-    root = Path(__file__).resolve().parents[1]
+    import lstm_spec.reference as measured  # the code under measurement: its checkout, wherever that is
+
+    root = Path(measured.__file__).resolve().parents[1]
     try:
         r = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%H %s"], capture_output=True, text=True,
                            timeout=30)

@@ -9,7 +9,7 @@ Protocol: one JSON object per line on stdin, one JSON answer per line on the fil
 the second argument (stdout and stderr stay free for whatever the libraries print).
 
 - ``{"op": "setup", "point": {...}, "seed": s}``: build the problem, run forward + backward twice
-  (warm-up: JIT compilation, allocator, caches), answer ``{"seconds": first run}``.
+  (warm-up: JIT compilation, allocator, caches), answer ``{"first_seconds": ..., "seconds": second run}``.
 - ``{"op": "run"}``: time one forward + full backward, answer ``{"seconds": t}``.
 - ``{"op": "check", "path": p}``: run once, write the canonical gradients (per-gate W, U, b; h0; c0; and
   the gradient of x at t = 1, which is reached only through the whole recursion) to ``p`` (.npz).
@@ -239,9 +239,9 @@ def serve(name: str, out) -> None:
                 impl = CLASSES[name](make_problem(point, msg.get("seed", 0)))
                 t0 = time.perf_counter()
                 impl.step()
-                first = time.perf_counter() - t0
+                t1 = time.perf_counter()
                 impl.step()
-                answer({"seconds": first})
+                answer({"first_seconds": t1 - t0, "seconds": time.perf_counter() - t1})
             elif op == "run":
                 c0, t0 = time.process_time(), time.perf_counter()
                 result = impl.step()
@@ -262,9 +262,9 @@ def serve(name: str, out) -> None:
                     a = rng.standard_normal((msg["rows"], msg["k"])).astype(dt)
                     b = rng.standard_normal((msg["k"], msg["n"])).astype(dt)
                     gemm.update(key=key, a=a, b=b, out=a @ b)
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 np.matmul(gemm["a"], gemm["b"], out=gemm["out"])
-                answer({"seconds": time.perf_counter() - t0})
+                answer({"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
             elif op == "free":
                 impl = None
                 gemm.clear()

@@ -21,6 +21,7 @@ from . import api, errata, formulas, numbers
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
 DIRECTIVE = re.compile(r"<!-- lstm-spec: (.+?) -->")
+BENCH_JSON = ROOT / "docs" / "data" / "bench.json"  # written by `lstm-spec bench --json`, committed
 GENERATED_NOTE = ("<!-- GENERATED at build time by docs/hooks/lstm_spec_docs from {src}; "
                   "edit that, not the built page. -->\n")
 
@@ -201,6 +202,10 @@ def expand(args: list[str]) -> str:
         if rest[0] in formulas.cells():
             return f"[{cell_title(rest[0])}]({prefix}cells/{rest[0]}.md) (`{rest[0]}`)"
         return f"`{rest[0]}` (not in this build)"
+    if what.startswith("bench-"):  # bench-table|bench-targets|bench-tools|bench-meta JSON: lstm-spec bench results
+        from lstm_spec.bench import report as bench_report
+
+        return bench_report.directive(what, ROOT / rest[0])
     if what == "cells":
         return "\n".join(f"- [{cell_title(n)}](cells/{n}.md) (`{n}`)" for n in formulas.cells())
     raise ValueError(f"unknown directive {what!r}")
@@ -235,6 +240,9 @@ def on_files(files, config):
         files.append(File.generated(config, uri, content=text))
     files.append(File.generated(config, "img/gradient-flow.svg", content=numbers.plot_flow()))
     files.append(File.generated(config, "img/eigenvalues.svg", content=numbers.plot_eigen()))
+    from lstm_spec.bench import report as bench_report  # the plot of the committed lstm-spec bench result
+
+    files.append(File.generated(config, "img/bench.svg", content=bench_report.plot_svg(bench_report.load(BENCH_JSON))))
     files.append(File.generated(config, "assets/mathjax/tex-svg-full.js", abs_src_path=mathjax_file()))
     return files
 
