@@ -31,8 +31,22 @@ def backward_lines(text: str) -> list[int]:
     lines = text.splitlines()
     start = next(i for i, l in enumerate(lines) if l.startswith("def backward("))
     loop = next(i for i in range(start, len(lines)) if lines[i].strip().startswith("for t in reversed("))
-    end = next(i for i in range(loop, len(lines)) if lines[i].strip().startswith("return {"))
+    end = next(i for i in range(loop, len(lines)) if lines[i].strip().startswith(("grads = {", "return {")))
     return [i for i in range(loop + 1, end) if _ASSIGN.match(lines[i]) and "np.empty" not in lines[i]]
+
+
+def _one_call(rhs: str) -> bool:
+    """True when rhs is a single call f(...) (its commas are inside the parentheses)."""
+    m = re.match(r"^[A-Za-z_][\w.]*\(", rhs)
+    if not m or not rhs.endswith(")"):
+        return False
+    depth = 0
+    for k in range(m.end() - 1, len(rhs)):
+        depth += rhs[k] == "("
+        depth -= rhs[k] == ")"
+        if depth == 0 and k < len(rhs) - 1:
+            return False
+    return True
 
 
 def mutate_code(text: str, index: int, how: str) -> str:
@@ -45,12 +59,16 @@ def mutate_code(text: str, index: int, how: str) -> str:
     if how == "delete":
         del lines[index]
     elif how == "negate":
-        if "," in target:  # a tuple assignment: swap in negated values
+        if "," in target and _one_call(rhs):  # a tuple assignment from one call (a split): negate each part
+            lines[index] = f"{indent}{target} = [-_part for _part in {rhs}]"
+        elif "," in target:  # a tuple assignment: swap in negated values
             lines[index] = f"{indent}{target} = " + ", ".join(f"-({v.strip()})" for v in rhs.split(","))
         else:
             lines[index] = f"{indent}{target} = -({rhs})"
     elif how == "zero":
-        if "," in target:
+        if "," in target and _one_call(rhs):
+            lines[index] = f"{indent}{target} = [0 * _part for _part in {rhs}]"
+        elif "," in target:
             lines[index] = f"{indent}{target} = " + ", ".join(f"0 * ({v.strip()})" for v in rhs.split(","))
         else:
             lines[index] = f"{indent}{target} = 0 * ({rhs})"

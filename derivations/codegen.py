@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 import sympy
 
 from .functions import FUNCTIONS, kind_of
 from .printing import CodePrinter, print_ast, reorder
 from .render import backward_equations, forward_equations
+from lstm_spec.spec.language import Call
+
 from .reverse import Derivation
-from .rules import MATVEC, MATVEC_VJP_MATRIX, MATVEC_VJP_OPERAND, SUM_VJP
+from .rules import (MATVEC, MATVEC_SEQ, MATVEC_VJP_MATRIX, MATVEC_VJP_OPERAND, MATVEC_VJP_OPERAND_SEQ, SPLIT_COLUMNS,
+                    SPLIT_ROWS, STACK, SUM_VJP)
 
 COMMAND = "lstm-spec generate"
 
@@ -87,6 +91,10 @@ class _Plan:
             return "d_" + self.term_name(i.of)
         return f"d_{of.name}"
 
+    def adjoint_dims(self, a):
+        of = self.info[self.info[a].of]
+        return self.term_dims(self.info[a].of) if of.kind == "term" else self.shapes[of.name]
+
     def term_dims(self, s):
         return (self.d.cell.parameters[self.info[s].matrix].shape[0],)
 
@@ -118,6 +126,117 @@ class _Plan:
                 out[s] = f"{name}[t]" if loop and s in self.stored_adjoints else name
         return out
 
+@dataclass
+class _Stack:
+    """Linear terms with one operand, computed by one GEMM: v @ S.T with S = [M_1; ...; M_k]."""
+
+    operand: sympy.Symbol  # the operand's symbol (a value or a state at t-1)
+    terms: list  # the term symbols, in stacking order
+    matrices: list  # their matrices' names, same order
+    sizes: list  # their matrices' row dimensions (dimension names), same order
+    name: str  # "x", "h_prev", ...: the stacked matrix is S_<name>, the product P_<name>
+    adjoints: list | None = None  # the terms' adjoints (stored side by side in one buffer), or None
+    buffer: int | None = None  # which adjoint buffer holds them
+    offset: list | None = None  # their columns in that buffer: the dimension names before them
+    width: list | None = None  # and their own
+    params: bool = False  # the matrices' gradients come from one contraction (each has no other use)
+
+    @property
+    def matrix(self):
+        return f"S_{self.name}"
+
+    @property
+    def product(self):
+        return f"P_{self.name}"
+
+
+def _find_stacks(d: Derivation, plan) -> tuple[list, list]:
+    """Group the linear terms by operand (two or more terms: one GEMM), and lay out their adjoints side by
+    side in buffers so that the backward products are single GEMMs too. Returns (stacks, buffers), a
+    buffer being the list of adjoint symbols it holds, in order."""
+    info, cell, sym = d.symbols.info, d.cell, d.symbols
+    order = {}
+    for fe in d.forward:
+        for t in sorted(fe.expr.free_symbols, key=lambda s: s.name):
+            if info[t].kind == "term":
+                order.setdefault(t, len(order))
+    groups: dict = {}
+    for t in sorted(order, key=order.get):
+        i = info[t]
+        if i.prev:
+            operand = sym.prev(i.operand)
+        elif i.operand in cell.inputs or i.operand in {fe.lhs for fe in d.forward}:
+            operand = sym.value(i.operand)
+        else:
+            continue  # a matrix times a parameter vector: not stacked
+        if t in plan.cached_terms:
+            groups.setdefault(operand, [])  # a term whose value backward needs: left alone
+            groups[operand].append(None)
+            continue
+        groups.setdefault(operand, []).append(t)
+    stacks = []
+    for operand, terms in groups.items():
+        if len(terms) < 2 or None in terms or len({info[t].matrix for t in terms}) < len(terms):
+            continue
+        oi = info[operand]
+        name = oi.name + ("_prev" if oi.kind == "prev" else "")
+        stacks.append(_Stack(operand, terms, [info[t].matrix for t in terms],
+                             [cell.parameters[info[t].matrix].shape[0] for t in terms], name))
+    # the adjoint each term sends on (the d_operand statement's (M, dL) pairs)
+    by_target = {st.target: st for st in d.statements}
+    for st in stacks:
+        target = d.adjoint_of.get(st.operand)
+        stmt = by_target.get(target)
+        if stmt is None:
+            continue
+        pairs = {}
+        for M, dl in stmt.matvec:
+            pairs.setdefault(M, []).append(dl)
+        dls = [pairs.get(M, []) for M in st.matrices]
+        if all(len(x) == 1 for x in dls) and len({x[0] for x in dls}) == len(dls) and \
+                all(x[0] in plan.stored_adjoints for x in dls):
+            st.adjoints = [x[0] for x in dls]
+    # buffers: adjoints used together laid out side by side; every stack must find its adjoints as one
+    # contiguous run (stacks are reordered to match); the ones that do not keep one product per term
+    with_adj = [st for st in stacks if st.adjoints]
+    uses = {}
+    for st in with_adj:
+        for a in st.adjoints:
+            uses[a] = uses.get(a, 0) + 1
+    first = {}
+    for st in d.loop:
+        first.setdefault(st.target, len(first))
+    components: list[set] = []
+    for st in with_adj:
+        merged = set(st.adjoints)
+        for comp in [c for c in components if c & merged]:
+            merged |= comp
+            components.remove(comp)
+        components.append(merged)
+    buffers = []
+    for comp in components:
+        layout = sorted(comp, key=lambda a: (-uses[a], -first.get(a, 0)))
+        buffers.append(layout)
+    for st in with_adj:
+        b = next(k for k, lay in enumerate(buffers) if st.adjoints[0] in lay)
+        lay = buffers[b]
+        pos = sorted(lay.index(a) for a in st.adjoints)
+        if pos != list(range(pos[0], pos[0] + len(pos))):
+            st.adjoints = None
+            continue
+        perm = sorted(range(len(st.terms)), key=lambda k: lay.index(st.adjoints[k]))
+        for field_ in ("terms", "matrices", "sizes", "adjoints"):
+            setattr(st, field_, [getattr(st, field_)[k] for k in perm])
+        st.buffer = b
+        st.offset = [plan.adjoint_dims(a)[0] for a in lay[:pos[0]]]
+        st.width = [plan.adjoint_dims(a)[0] for a in st.adjoints]
+        # the matrices' gradients as one contraction: each matrix has exactly this one use
+        outers = {sym.param(M): by_target[d.adjoint_of[sym.param(M)]].outer for M in st.matrices
+                  if sym.param(M) in d.adjoint_of}
+        st.params = len(outers) == len(st.matrices) and all(
+            o == [(a, st.operand)] for o, a in zip(outers.values(), st.adjoints))
+    return stacks, buffers
+
 
 def _digest(cell) -> str:
     return hashlib.sha256(cell.source.encode("utf-8")).hexdigest()[:16]
@@ -126,6 +245,27 @@ def _digest(cell) -> str:
 def generate_module(d: Derivation) -> str:
     cell = d.cell
     plan = _Plan(d)
+    stacks, buffers = _find_stacks(d, plan)
+    stacked_terms = {t: st for st in stacks for t in st.terms}
+    used_buffers = sorted({st.buffer for st in stacks if st.buffer is not None})
+    buffer_name = {k: f"d_Z{n}" for n, k in enumerate(used_buffers)}
+    in_buffer = {a: k for k in used_buffers for a in buffers[k]}
+    taken = {fe.lhs for fe in d.forward} | set(cell.inputs) | set(cell.parameters) | set(cell.dimensions)
+    for name in [x for st in stacks for x in (st.matrix, st.product, "d_" + st.matrix)] + list(buffer_name.values()):
+        if name in taken:
+            raise CodegenError(f"{cell.path}: the generated name {name!r} collides with a name of the spec; "
+                               "rename that quantity")
+
+    def dims_sum(dims):
+        return str(sum((sympy.Symbol(x) for x in dims), sympy.S.Zero))
+
+    def buffer_slice(st, at):
+        """The columns of st's adjoints in their buffer (at: '[t]' in the loop, '' after it)."""
+        name = buffer_name[st.buffer] + at
+        if len(st.adjoints) == len(buffers[st.buffer]):
+            return name
+        a, b = dims_sum(st.offset), dims_sum(st.offset + st.width)
+        return f"{name}[..., {'' if a == '0' else a}:{b}]"
     loop_names, all_names = plan.names("loop"), plan.names("all")
     printer_loop, printer_all = CodePrinter(loop_names), CodePrinter(all_names)
     info = d.symbols.info
@@ -151,6 +291,20 @@ def generate_module(d: Derivation) -> str:
     emit("")
     emit("Array layout: time-major sequences (T, B, ...). A state s is stored with T + 1 slots: s[0] is the")
     emit("initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of the equations).")
+    if stacks:
+        emit("")
+        emit("Stacked products (one GEMM for the terms that share an operand; rules.py, confirmed by SymPy):")
+        for st in stacks:
+            oname = d.symbols.info[st.operand].name + ("[t-1]" if d.symbols.info[st.operand].kind == "prev" else "")
+            emit(f"    {st.matrix} = [{'; '.join(st.matrices)}]; {st.product} = {oname} @ {st.matrix}.T holds "
+                 + ", ".join(f"{M} {oname}" for M in st.matrices) + " side by side")
+        for k in used_buffers:
+            names = [plan.adjoint_name(a) for a in buffers[k]]
+            users = [st for st in stacks if st.buffer == k]
+            emit(f"    {buffer_name[k]} holds {', '.join(names)} side by side; for each stack S the operand's "
+                 "adjoint sum_j M_j^T d_j")
+            emit(f"    is {buffer_name[k]} @ S (its columns of {buffer_name[k]}) and d_S = tensordot of those "
+                 "columns with the operand: " + ", ".join(st.matrix for st in users))
     emit('"""')
     emit("")
     emit("import numpy as np")
@@ -160,9 +314,8 @@ def generate_module(d: Derivation) -> str:
         applied |= {a.func for a in e.atoms(sympy.Function)}
     runtime = sorted({FUNCTIONS[k].runtime_name for k in cell.functions.values()} |
                      {kind_of(f).runtime_name for f in applied})
-    emit("from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, "
-         "prepare_cotangents,")
-    emit("                                           " + ", ".join(runtime) + ")")
+    import_at = len(L)  # the runtime import, written at the end with the helpers the code uses
+    emit("")
     emit("")
     emit(f"SIGNATURE = Signature(")
     emit(f"    cell={cell.name!r},")
@@ -227,12 +380,24 @@ def generate_module(d: Derivation) -> str:
     for dim in cell.dimensions:
         emit(f"    {dim} = dims[{dim!r}]")
     emit(f"    dtype = {inputs[0]}.dtype")
+    if stacks:
+        emit("")
+        emit("    # matrices that multiply the same vector, stacked by rows: one GEMM for all of their products")
+        for st in stacks:
+            emit(f"    {st.matrix} = " + STACK.format(Ms=", ".join(st.matrices)))
     if plan.precomputed:
         emit("")
         emit("    # matrix products with the inputs, for every time step at once")
+        for st in stacks:
+            if st.terms[0] in plan.precomputed:
+                emit(f"    {st.product} = " + MATVEC_SEQ.format(v=info[st.operand].name, M=st.matrix))
+                emit(f"    {', '.join(plan.term_name(t) for t in st.terms)} = "
+                     + SPLIT_COLUMNS.format(a=st.product, sizes=", ".join(st.sizes)))
         for s in sorted(plan.precomputed, key=lambda s: plan.term_name(s)):
+            if s in stacked_terms:
+                continue
             i = info[s]
-            emit(f"    {plan.term_name(s)} = " + MATVEC.format(v=i.operand, M=i.matrix))
+            emit(f"    {plan.term_name(s)} = " + MATVEC_SEQ.format(v=i.operand, M=i.matrix))
     emit("")
     emit("    # storage: states with T + 1 slots (slot 0 = initial state); values backward needs, T slots")
     for s in states:
@@ -257,13 +422,21 @@ def generate_module(d: Derivation) -> str:
 
     def fwd_matmul(node):
         s = d.symbols.term(node.left.name, node.right.name, node.right.prev)
-        if s in plan.precomputed or s in plan.cached_terms:
+        if s in plan.precomputed or s in plan.cached_terms or s in stacked_terms:
             return loop_names[s]
         return "(" + MATVEC.format(v=fwd_name(node.right), M=node.left.name) + ")"
 
     done_terms = set()
     for fe in d.forward:
         for s in sorted(fe.expr.free_symbols, key=lambda s: s.name):
+            st = stacked_terms.get(s)
+            if st is not None and s not in plan.precomputed and s not in done_terms:
+                oi = info[st.operand]
+                operand = f"{oi.name}[t]" if oi.kind == "prev" else loop_names[st.operand]
+                emit(f"        {st.product} = " + MATVEC.format(v=operand, M=st.matrix))
+                emit(f"        {', '.join(plan.term_name(t) for t in st.terms)} = "
+                     + SPLIT_COLUMNS.format(a=st.product, sizes=", ".join(st.sizes)))
+                done_terms.update(st.terms)
             if s in plan.cached_terms and s not in done_terms:
                 i = info[s]
                 operand = f"{i.operand}[t]" if i.prev else loop_names[d.symbols.value(i.operand)]
@@ -271,11 +444,18 @@ def generate_module(d: Derivation) -> str:
                 done_terms.add(s)
         target = loop_names[d.symbols.value(fe.lhs)]
         rhs = print_ast(fe.ast, "code", fwd_name, fwd_call, fwd_matmul)
-        emit(f"        {target} = {rhs}")
+        kind = FUNCTIONS[cell.functions[fe.ast.func]] if isinstance(fe.ast, Call) else None
+        if kind and kind.runtime_name in ("sigmoid", "tanh") and target.endswith("]"):
+            # a stored function value is computed straight into its slot of the cache
+            arg = print_ast(fe.ast.arg, "code", fwd_name, fwd_call, fwd_matmul)
+            emit(f"        {kind.runtime_name}({arg}, out={target})")
+        else:
+            emit(f"        {target} = {rhs}")
     emit("")
     out_expr = f"{cell.output}[1:]" if cell.output in cell.states else cell.output
     cache_items = inputs + states + cached_order + sorted(
-        (plan.term_name(s) for s in plan.precomputed | plan.cached_terms if s in plan.refs)) + list(cell.parameters)
+        (plan.term_name(s) for s in plan.precomputed | plan.cached_terms if s in plan.refs)) + [
+        st.matrix for st in stacks if st.adjoints] + list(cell.parameters)
     emit("    cache = {'dims': dims, 'dtype': dtype, " + ", ".join(f"{n!r}: {n}" for n in cache_items) + "}")
     emit(f"    final = {{{', '.join(f'{s!r}: {s}[T]' for s in states)}}}")
     emit("    finish_forward(SIGNATURE, cache, nonfinite)")
@@ -306,12 +486,24 @@ def generate_module(d: Derivation) -> str:
     stored = [st.target for st in d.loop if st.target in plan.stored_adjoints]
     if stored:
         emit("    # adjoints kept for every step: the parameter and input gradients are computed from them after the loop")
+        for k in used_buffers:
+            widths = [plan.adjoint_dims(a)[0] for a in buffers[k]]
+            emit(f"    {buffer_name[k]} = np.empty((T, B, {dims_sum(widths)}), dtype)")
+            emit(f"    {', '.join(plan.adjoint_name(a) for a in buffers[k])} = "
+                 + SPLIT_COLUMNS.format(a=buffer_name[k], sizes=", ".join(widths)))
         for s in stored:
-            i = info[info[s].of]
-            dims_ = plan.term_dims(info[s].of) if i.kind == "term" else plan.shapes[i.name]
+            if s in in_buffer:
+                continue
+            dims_ = plan.adjoint_dims(s)
             emit(f"    {plan.adjoint_name(s)} = np.empty((T, B, {', '.join(dims_)}), dtype)")
     emit("")
     emit("    for t in reversed(range(T)):")
+
+    stacks_of = {}
+    for stack in stacks:
+        if stack.buffer is not None:
+            stacks_of.setdefault(d.adjoint_of[stack.operand], []).append(stack)
+    params_done = set()
 
     def rhs_of(st, printer, names, ref_for_zero):
         parts = []
@@ -321,8 +513,16 @@ def generate_module(d: Derivation) -> str:
             if not (e.free_symbols - {s for s in e.free_symbols if info[s].kind == "param"}):
                 text = f"np.full_like({ref_for_zero}, {text})"
             parts.append(text)
+        done = set()
+        for stack in stacks_of.get(st.target, []):
+            done |= set(stack.matrices)
+            in_loop = names is loop_names
+            parts.append((MATVEC_VJP_OPERAND if in_loop else MATVEC_VJP_OPERAND_SEQ).format(
+                dL=buffer_slice(stack, "[t]" if in_loop else ""), M=stack.matrix))
         for matrix, dl in st.matvec:
-            parts.append(MATVEC_VJP_OPERAND.format(dL=names[dl], M=matrix))
+            if matrix not in done:
+                parts.append((MATVEC_VJP_OPERAND if names is loop_names else MATVEC_VJP_OPERAND_SEQ).format(
+                    dL=names[dl], M=matrix))
         if not parts:
             return f"np.zeros_like({ref_for_zero})"
         return " + ".join(parts)
@@ -341,7 +541,16 @@ def generate_module(d: Derivation) -> str:
     for st in d.after:
         i = info[info[st.target].of]
         name = plan.adjoint_name(st.target)
-        if st.kind == "param_matrix":
+        if st.kind == "param_matrix" and i.name in params_done:
+            continue
+        stack = next((x for x in stacks if x.params and i.name in x.matrices), None)
+        if st.kind == "param_matrix" and stack is not None:
+            emit(f"    d_{stack.matrix} = " + MATVEC_VJP_MATRIX.format(dL=buffer_slice(stack, ""),
+                                                                  v=all_names[stack.operand]))
+            emit(f"    {', '.join('d_' + M for M in stack.matrices)} = "
+                 + SPLIT_ROWS.format(a="d_" + stack.matrix, sizes=", ".join(stack.sizes)))
+            params_done.update(stack.matrices)
+        elif st.kind == "param_matrix":
             parts = [MATVEC_VJP_MATRIX.format(dL=all_names[dl], v=all_names[v]) for dl, v in st.outer]
             emit(f"    {name} = " + (" + ".join(parts) if parts else f"np.zeros_like({i.name})"))
         elif st.kind == "param_vector":
@@ -371,4 +580,10 @@ def generate_module(d: Derivation) -> str:
     used = lambda n: re.search(rf"\b{re.escape(n)}\b", body) is not None  # noqa: E731
     L[dims_at:dims_at] = [f"    {dim} = dims[{dim!r}]" for dim in cell.dimensions if used(dim)]
     L[unpack_at:unpack_at] = [f"    {n} = cache[{n!r}]" for n in cache_items if used(n)]
+    code = "\n".join(L[import_at:])
+    runtime = sorted(set(runtime) | {h for h in ("seq_matmul", "split_first", "split_last", "stack_rows")
+                                     if re.search(rf"\b{h}\(", code)})
+    L[import_at:import_at + 1] = ["from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, "
+                                  "prepare, prepare_cotangents,",
+                                  "                                           " + ", ".join(runtime) + ")"]
     return "\n".join(L) + "\n"

@@ -31,22 +31,41 @@ def symbolic():
 
 
 # ----------------------------------------------------------------------------------------- functions
-def sigmoid(z):
+def sigmoid(z, out=None):
     """The logistic function, as 0.5 + 0.5 tanh(z/2): no overflow for any real z, analytic (so
-    complex-step derivatives work), and it keeps float32 in float32."""
+    complex-step derivatives work), and it keeps float32 in float32. Computed in place (in ``out`` when
+    given): one tanh and three scalar passes, as many passes as 1 / (1 + exp(-z)) and without its
+    overflow for large negative z."""
     if z.dtype == object:
         from lstm_spec.derivations.functions import Sigmoid
 
-        return _elementwise(Sigmoid, z)
-    return 0.5 + 0.5 * np.tanh(0.5 * z)
+        return _into(out, _elementwise(Sigmoid, z))
+    out = np.multiply(z, 0.5, out=out)
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+    return out
 
 
-def tanh(z):
+def tanh(z, out=None):
     if z.dtype == object:
         import sympy
 
-        return _elementwise(sympy.tanh, z)
-    return np.tanh(z)
+        return _into(out, _elementwise(sympy.tanh, z))
+    return np.tanh(z, out=out)
+
+
+def _into(out, value):
+    if out is None:
+        return value
+    out[...] = value
+    return out
+
+
+def seq_matmul(a, m):
+    """a @ m for a of shape (..., n), with the leading axes (time, batch) flattened so that it is one GEMM
+    (NumPy's matmul of a 3-d array loops over the first axis), then restored."""
+    return (a.reshape(-1, a.shape[-1]) @ m).reshape(a.shape[:-1] + (m.shape[-1],))
 
 
 def identity(z):
@@ -128,6 +147,25 @@ def _elementwise(fn, z):
     for idx in np.ndindex(z.shape):
         out[idx] = fn(z[idx])
     return out
+
+
+# ----------------------------------------------------------------------------------------- stacked products
+def stack_rows(*matrices):
+    """[M_1; M_2; ...]: matrices that multiply the same vector, stacked by rows, so that the products
+    M_1 v, M_2 v, ... come out of one GEMM side by side."""
+    return np.concatenate(matrices, axis=0)
+
+
+def split_last(a, sizes):
+    """Views of a along its last axis, in consecutive blocks of the given sizes."""
+    bounds = np.cumsum(sizes)[:-1]
+    return np.split(a, bounds, axis=-1)
+
+
+def split_first(a, sizes):
+    """Views of a along its first axis, in consecutive blocks of the given sizes."""
+    bounds = np.cumsum(sizes)[:-1]
+    return np.split(a, bounds, axis=0)
 
 
 # ----------------------------------------------------------------------------------------- validation

@@ -64,12 +64,21 @@ the output y_t = h_t; parameter sums run over time and batch):
 
 Array layout: time-major sequences (T, B, ...). A state s is stored with T + 1 slots: s[0] is the
 initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of the equations).
+
+Stacked products (one GEMM for the terms that share an operand; rules.py, confirmed by SymPy):
+    S_f_prev = [R_ff; R_if; R_of]; P_f_prev = f[t-1] @ S_f_prev.T holds R_ff f[t-1], R_if f[t-1], R_of f[t-1] side by side
+    S_i_prev = [R_fi; R_ii; R_oi]; P_i_prev = i[t-1] @ S_i_prev.T holds R_fi i[t-1], R_ii i[t-1], R_oi i[t-1] side by side
+    S_o_prev = [R_fo; R_io; R_oo]; P_o_prev = o[t-1] @ S_o_prev.T holds R_fo o[t-1], R_io o[t-1], R_oo o[t-1] side by side
+    S_h_prev = [U_f; U_i; U_o; U_c]; P_h_prev = h[t-1] @ S_h_prev.T holds U_f h[t-1], U_i h[t-1], U_o h[t-1], U_c h[t-1] side by side
+    S_x = [W_f; W_i; W_o; W_c]; P_x = x @ S_x.T holds W_f x, W_i x, W_o x, W_c x side by side
+    d_Z0 holds d_z_f, d_z_i, d_z_o, d_z_c side by side; for each stack S the operand's adjoint sum_j M_j^T d_j
+    is d_Z0 @ S (its columns of d_Z0) and d_S = tensordot of those columns with the operand: S_f_prev, S_i_prev, S_o_prev, S_h_prev, S_x
 """
 
 import numpy as np
 
 from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
-                                           sigmoid, tanh)
+                                           seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh)
 
 SIGNATURE = Signature(
     cell='fgr',
@@ -154,11 +163,16 @@ def forward(params, x, h0=None, c0=None, i0=None, f0=None, o0=None, *, nonfinite
     H = dims['H']
     dtype = x.dtype
 
+    # matrices that multiply the same vector, stacked by rows: one GEMM for all of their products
+    S_f_prev = stack_rows(R_ff, R_if, R_of)
+    S_i_prev = stack_rows(R_fi, R_ii, R_oi)
+    S_o_prev = stack_rows(R_fo, R_io, R_oo)
+    S_h_prev = stack_rows(U_f, U_i, U_o, U_c)
+    S_x = stack_rows(W_f, W_i, W_o, W_c)
+
     # matrix products with the inputs, for every time step at once
-    W_c_x = x @ W_c.T
-    W_f_x = x @ W_f.T
-    W_i_x = x @ W_i.T
-    W_o_x = x @ W_o.T
+    P_x = seq_matmul(x, S_x.T)
+    W_f_x, W_i_x, W_o_x, W_c_x = split_last(P_x, (H, H, H, H))
 
     # storage: states with T + 1 slots (slot 0 = initial state); values backward needs, T slots
     h = np.empty((T + 1, B, H), dtype)
@@ -175,19 +189,27 @@ def forward(params, x, h0=None, c0=None, i0=None, f0=None, o0=None, *, nonfinite
     tanh_c = np.empty((T, B, H), dtype)
 
     for t in range(T):
-        z_f = W_f_x[t] + (h[t] @ U_f.T) + p_f * c[t] + b_f + (i[t] @ R_fi.T) + (f[t] @ R_ff.T) + (o[t] @ R_fo.T)
-        f[t + 1] = sigmoid(z_f)
-        z_i = W_i_x[t] + (h[t] @ U_i.T) + p_i * c[t] + b_i + (i[t] @ R_ii.T) + (f[t] @ R_if.T) + (o[t] @ R_io.T)
-        i[t + 1] = sigmoid(z_i)
-        z_c = W_c_x[t] + (h[t] @ U_c.T) + b_c
-        c_tilde[t] = tanh(z_c)
+        P_f_prev = f[t] @ S_f_prev.T
+        R_ff_f_prev, R_if_f_prev, R_of_f_prev = split_last(P_f_prev, (H, H, H))
+        P_i_prev = i[t] @ S_i_prev.T
+        R_fi_i_prev, R_ii_i_prev, R_oi_i_prev = split_last(P_i_prev, (H, H, H))
+        P_o_prev = o[t] @ S_o_prev.T
+        R_fo_o_prev, R_io_o_prev, R_oo_o_prev = split_last(P_o_prev, (H, H, H))
+        P_h_prev = h[t] @ S_h_prev.T
+        U_f_h_prev, U_i_h_prev, U_o_h_prev, U_c_h_prev = split_last(P_h_prev, (H, H, H, H))
+        z_f = W_f_x[t] + U_f_h_prev + p_f * c[t] + b_f + R_fi_i_prev + R_ff_f_prev + R_fo_o_prev
+        sigmoid(z_f, out=f[t + 1])
+        z_i = W_i_x[t] + U_i_h_prev + p_i * c[t] + b_i + R_ii_i_prev + R_if_f_prev + R_io_o_prev
+        sigmoid(z_i, out=i[t + 1])
+        z_c = W_c_x[t] + U_c_h_prev + b_c
+        tanh(z_c, out=c_tilde[t])
         c[t + 1] = f[t + 1] * c[t] + i[t + 1] * c_tilde[t]
-        z_o = W_o_x[t] + (h[t] @ U_o.T) + p_o * c[t + 1] + b_o + (i[t] @ R_oi.T) + (f[t] @ R_of.T) + (o[t] @ R_oo.T)
-        o[t + 1] = sigmoid(z_o)
-        tanh_c[t] = tanh(c[t + 1])
+        z_o = W_o_x[t] + U_o_h_prev + p_o * c[t + 1] + b_o + R_oi_i_prev + R_of_f_prev + R_oo_o_prev
+        sigmoid(z_o, out=o[t + 1])
+        tanh(c[t + 1], out=tanh_c[t])
         h[t + 1] = o[t + 1] * tanh_c[t]
 
-    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'c': c, 'i': i, 'f': f, 'o': o, 'c_tilde': c_tilde, 'tanh_c': tanh_c, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'p_f': p_f, 'p_i': p_i, 'p_o': p_o, 'R_ii': R_ii, 'R_if': R_if, 'R_io': R_io, 'R_fi': R_fi, 'R_ff': R_ff, 'R_fo': R_fo, 'R_oi': R_oi, 'R_of': R_of, 'R_oo': R_oo}
+    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'c': c, 'i': i, 'f': f, 'o': o, 'c_tilde': c_tilde, 'tanh_c': tanh_c, 'S_f_prev': S_f_prev, 'S_i_prev': S_i_prev, 'S_o_prev': S_o_prev, 'S_h_prev': S_h_prev, 'S_x': S_x, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'p_f': p_f, 'p_i': p_i, 'p_o': p_o, 'R_ii': R_ii, 'R_if': R_if, 'R_io': R_io, 'R_fi': R_fi, 'R_ff': R_ff, 'R_fo': R_fo, 'R_oi': R_oi, 'R_of': R_of, 'R_oo': R_oo}
     final = {'h': h[T], 'c': c[T], 'i': i[T], 'f': f[T], 'o': o[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
     return h[1:], final, cache
@@ -211,26 +233,14 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     o = cache['o']
     c_tilde = cache['c_tilde']
     tanh_c = cache['tanh_c']
-    W_f = cache['W_f']
-    U_f = cache['U_f']
-    W_i = cache['W_i']
-    U_i = cache['U_i']
-    W_c = cache['W_c']
-    U_c = cache['U_c']
-    W_o = cache['W_o']
-    U_o = cache['U_o']
+    S_f_prev = cache['S_f_prev']
+    S_i_prev = cache['S_i_prev']
+    S_o_prev = cache['S_o_prev']
+    S_h_prev = cache['S_h_prev']
+    S_x = cache['S_x']
     p_f = cache['p_f']
     p_i = cache['p_i']
     p_o = cache['p_o']
-    R_ii = cache['R_ii']
-    R_if = cache['R_if']
-    R_io = cache['R_io']
-    R_fi = cache['R_fi']
-    R_ff = cache['R_ff']
-    R_fo = cache['R_fo']
-    R_oi = cache['R_oi']
-    R_of = cache['R_of']
-    R_oo = cache['R_oo']
     T, B = dims["T"], dims["B"]
     H = dims['H']
 
@@ -241,10 +251,8 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     d_f_next = d_final['f']
     d_o_next = d_final['o']
     # adjoints kept for every step: the parameter and input gradients are computed from them after the loop
-    d_z_o = np.empty((T, B, H), dtype)
-    d_z_c = np.empty((T, B, H), dtype)
-    d_z_i = np.empty((T, B, H), dtype)
-    d_z_f = np.empty((T, B, H), dtype)
+    d_Z0 = np.empty((T, B, 4*H), dtype)
+    d_z_f, d_z_i, d_z_o, d_z_c = split_last(d_Z0, (H, H, H, H))
 
     for t in reversed(range(T)):
         d_h = d_h_next + dy[t]
@@ -258,39 +266,32 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
         d_z_i[t] = d_i * i[t + 1] * (1 - i[t + 1])
         d_f = d_f_next + d_c * c[t]
         d_z_f[t] = d_f * f[t + 1] * (1 - f[t + 1])
-        d_h_prev = d_z_f[t] @ U_f + d_z_i[t] @ U_i + d_z_c[t] @ U_c + d_z_o[t] @ U_o
+        d_h_prev = d_Z0[t] @ S_h_prev
         d_c_prev = d_c * f[t + 1] + d_z_f[t] * p_f + d_z_i[t] * p_i
-        d_i_prev = d_z_f[t] @ R_fi + d_z_i[t] @ R_ii + d_z_o[t] @ R_oi
-        d_f_prev = d_z_f[t] @ R_ff + d_z_i[t] @ R_if + d_z_o[t] @ R_of
-        d_o_prev = d_z_f[t] @ R_fo + d_z_i[t] @ R_io + d_z_o[t] @ R_oo
+        d_i_prev = d_Z0[t][..., :3*H] @ S_i_prev
+        d_f_prev = d_Z0[t][..., :3*H] @ S_f_prev
+        d_o_prev = d_Z0[t][..., :3*H] @ S_o_prev
         d_h_next, d_c_next, d_i_next, d_f_next, d_o_next = d_h_prev, d_c_prev, d_i_prev, d_f_prev, d_o_prev
 
     # inputs and parameters: from the stored adjoints of all steps at once
-    d_x = d_z_f @ W_f + d_z_i @ W_i + d_z_c @ W_c + d_z_o @ W_o
-    d_W_f = np.tensordot(d_z_f, x, axes=([0, 1], [0, 1]))
-    d_U_f = np.tensordot(d_z_f, h[:-1], axes=([0, 1], [0, 1]))
+    d_x = seq_matmul(d_Z0, S_x)
+    d_S_x = np.tensordot(d_Z0, x, axes=([0, 1], [0, 1]))
+    d_W_f, d_W_i, d_W_o, d_W_c = split_first(d_S_x, (H, H, H, H))
+    d_S_h_prev = np.tensordot(d_Z0, h[:-1], axes=([0, 1], [0, 1]))
+    d_U_f, d_U_i, d_U_o, d_U_c = split_first(d_S_h_prev, (H, H, H, H))
     d_b_f = d_z_f.sum(axis=(0, 1))
-    d_W_i = np.tensordot(d_z_i, x, axes=([0, 1], [0, 1]))
-    d_U_i = np.tensordot(d_z_i, h[:-1], axes=([0, 1], [0, 1]))
     d_b_i = d_z_i.sum(axis=(0, 1))
-    d_W_c = np.tensordot(d_z_c, x, axes=([0, 1], [0, 1]))
-    d_U_c = np.tensordot(d_z_c, h[:-1], axes=([0, 1], [0, 1]))
     d_b_c = d_z_c.sum(axis=(0, 1))
-    d_W_o = np.tensordot(d_z_o, x, axes=([0, 1], [0, 1]))
-    d_U_o = np.tensordot(d_z_o, h[:-1], axes=([0, 1], [0, 1]))
     d_b_o = d_z_o.sum(axis=(0, 1))
     d_p_f = np.broadcast_to(d_z_f * c[:-1], (T, B) + p_f.shape).sum(axis=(0, 1))
     d_p_i = np.broadcast_to(d_z_i * c[:-1], (T, B) + p_i.shape).sum(axis=(0, 1))
     d_p_o = np.broadcast_to(d_z_o * c[1:], (T, B) + p_o.shape).sum(axis=(0, 1))
-    d_R_ii = np.tensordot(d_z_i, i[:-1], axes=([0, 1], [0, 1]))
-    d_R_if = np.tensordot(d_z_i, f[:-1], axes=([0, 1], [0, 1]))
-    d_R_io = np.tensordot(d_z_i, o[:-1], axes=([0, 1], [0, 1]))
-    d_R_fi = np.tensordot(d_z_f, i[:-1], axes=([0, 1], [0, 1]))
-    d_R_ff = np.tensordot(d_z_f, f[:-1], axes=([0, 1], [0, 1]))
-    d_R_fo = np.tensordot(d_z_f, o[:-1], axes=([0, 1], [0, 1]))
-    d_R_oi = np.tensordot(d_z_o, i[:-1], axes=([0, 1], [0, 1]))
-    d_R_of = np.tensordot(d_z_o, f[:-1], axes=([0, 1], [0, 1]))
-    d_R_oo = np.tensordot(d_z_o, o[:-1], axes=([0, 1], [0, 1]))
+    d_S_i_prev = np.tensordot(d_Z0[..., :3*H], i[:-1], axes=([0, 1], [0, 1]))
+    d_R_fi, d_R_ii, d_R_oi = split_first(d_S_i_prev, (H, H, H))
+    d_S_f_prev = np.tensordot(d_Z0[..., :3*H], f[:-1], axes=([0, 1], [0, 1]))
+    d_R_ff, d_R_if, d_R_of = split_first(d_S_f_prev, (H, H, H))
+    d_S_o_prev = np.tensordot(d_Z0[..., :3*H], o[:-1], axes=([0, 1], [0, 1]))
+    d_R_fo, d_R_io, d_R_oo = split_first(d_S_o_prev, (H, H, H))
 
     grads = {
         'W_f': d_W_f,

@@ -40,12 +40,17 @@ the output y_t = h_t; parameter sums run over time and batch):
 
 Array layout: time-major sequences (T, B, ...). A state s is stored with T + 1 slots: s[0] is the
 initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of the equations).
+
+Stacked products (one GEMM for the terms that share an operand; rules.py, confirmed by SymPy):
+    S_x = [W_r; W_z; W_n]; P_x = x @ S_x.T holds W_r x, W_z x, W_n x side by side
+    d_Z0 holds d_a_r, d_a_z, d_a_n side by side; for each stack S the operand's adjoint sum_j M_j^T d_j
+    is d_Z0 @ S (its columns of d_Z0) and d_S = tensordot of those columns with the operand: S_x
 """
 
 import numpy as np
 
 from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
-                                           sigmoid, tanh)
+                                           seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh)
 
 SIGNATURE = Signature(
     cell='gru_reset_after',
@@ -98,10 +103,12 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
     H = dims['H']
     dtype = x.dtype
 
+    # matrices that multiply the same vector, stacked by rows: one GEMM for all of their products
+    S_x = stack_rows(W_r, W_z, W_n)
+
     # matrix products with the inputs, for every time step at once
-    W_n_x = x @ W_n.T
-    W_r_x = x @ W_r.T
-    W_z_x = x @ W_z.T
+    P_x = seq_matmul(x, S_x.T)
+    W_r_x, W_z_x, W_n_x = split_last(P_x, (H, H, H))
 
     # storage: states with T + 1 slots (slot 0 = initial state); values backward needs, T slots
     h = np.empty((T + 1, B, H), dtype)
@@ -113,15 +120,15 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
 
     for t in range(T):
         a_r = W_r_x[t] + (h[t] @ U_r.T) + b_r
-        r[t] = sigmoid(a_r)
+        sigmoid(a_r, out=r[t])
         a_z = W_z_x[t] + (h[t] @ U_z.T) + b_z
-        z[t] = sigmoid(a_z)
+        sigmoid(a_z, out=z[t])
         U_n_h_prev[t] = h[t] @ U_n.T
         a_n = W_n_x[t] + b_n + r[t] * (U_n_h_prev[t] + b_hn)
-        n[t] = tanh(a_n)
+        tanh(a_n, out=n[t])
         h[t + 1] = (1 - z[t]) * n[t] + z[t] * h[t]
 
-    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'r': r, 'z': z, 'n': n, 'U_n_h_prev': U_n_h_prev, 'W_r': W_r, 'U_r': U_r, 'b_r': b_r, 'W_z': W_z, 'U_z': U_z, 'b_z': b_z, 'W_n': W_n, 'U_n': U_n, 'b_n': b_n, 'b_hn': b_hn}
+    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'r': r, 'z': z, 'n': n, 'U_n_h_prev': U_n_h_prev, 'S_x': S_x, 'W_r': W_r, 'U_r': U_r, 'b_r': b_r, 'W_z': W_z, 'U_z': U_z, 'b_z': b_z, 'W_n': W_n, 'U_n': U_n, 'b_n': b_n, 'b_hn': b_hn}
     final = {'h': h[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
     return h[1:], final, cache
@@ -143,11 +150,9 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     z = cache['z']
     n = cache['n']
     U_n_h_prev = cache['U_n_h_prev']
-    W_r = cache['W_r']
+    S_x = cache['S_x']
     U_r = cache['U_r']
-    W_z = cache['W_z']
     U_z = cache['U_z']
-    W_n = cache['W_n']
     U_n = cache['U_n']
     b_hn = cache['b_hn']
     T, B = dims["T"], dims["B"]
@@ -156,10 +161,9 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     # adjoints arriving at the final states (boundary condition at t = T)
     d_h_next = d_final['h']
     # adjoints kept for every step: the parameter and input gradients are computed from them after the loop
-    d_a_n = np.empty((T, B, H), dtype)
+    d_Z0 = np.empty((T, B, 3*H), dtype)
+    d_a_r, d_a_z, d_a_n = split_last(d_Z0, (H, H, H))
     d_U_n_h_prev = np.empty((T, B, H), dtype)
-    d_a_z = np.empty((T, B, H), dtype)
-    d_a_r = np.empty((T, B, H), dtype)
 
     for t in reversed(range(T)):
         d_h = d_h_next + dy[t]
@@ -175,14 +179,13 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
         d_h_next = d_h_prev
 
     # inputs and parameters: from the stored adjoints of all steps at once
-    d_x = d_a_r @ W_r + d_a_z @ W_z + d_a_n @ W_n
-    d_W_r = np.tensordot(d_a_r, x, axes=([0, 1], [0, 1]))
+    d_x = seq_matmul(d_Z0, S_x)
+    d_S_x = np.tensordot(d_Z0, x, axes=([0, 1], [0, 1]))
+    d_W_r, d_W_z, d_W_n = split_first(d_S_x, (H, H, H))
     d_U_r = np.tensordot(d_a_r, h[:-1], axes=([0, 1], [0, 1]))
     d_b_r = d_a_r.sum(axis=(0, 1))
-    d_W_z = np.tensordot(d_a_z, x, axes=([0, 1], [0, 1]))
     d_U_z = np.tensordot(d_a_z, h[:-1], axes=([0, 1], [0, 1]))
     d_b_z = d_a_z.sum(axis=(0, 1))
-    d_W_n = np.tensordot(d_a_n, x, axes=([0, 1], [0, 1]))
     d_U_n = np.tensordot(d_U_n_h_prev, h[:-1], axes=([0, 1], [0, 1]))
     d_b_n = d_a_n.sum(axis=(0, 1))
     d_b_hn = np.broadcast_to(d_a_n * r, (T, B) + b_hn.shape).sum(axis=(0, 1))

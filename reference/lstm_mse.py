@@ -59,12 +59,18 @@ the output y_t = loss_t; parameter sums run over time and batch):
 
 Array layout: time-major sequences (T, B, ...). A state s is stored with T + 1 slots: s[0] is the
 initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of the equations).
+
+Stacked products (one GEMM for the terms that share an operand; rules.py, confirmed by SymPy):
+    S_h_prev = [U_f; U_i; U_c; U_o]; P_h_prev = h[t-1] @ S_h_prev.T holds U_f h[t-1], U_i h[t-1], U_c h[t-1], U_o h[t-1] side by side
+    S_x = [W_f; W_i; W_c; W_o]; P_x = x @ S_x.T holds W_f x, W_i x, W_c x, W_o x side by side
+    d_Z0 holds d_z_f, d_z_i, d_z_c, d_z_o side by side; for each stack S the operand's adjoint sum_j M_j^T d_j
+    is d_Z0 @ S (its columns of d_Z0) and d_S = tensordot of those columns with the operand: S_h_prev, S_x
 """
 
 import numpy as np
 
 from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
-                                           sigmoid, tanh, unit_sum)
+                                           seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh, unit_sum)
 
 SIGNATURE = Signature(
     cell='lstm_mse',
@@ -129,11 +135,13 @@ def forward(params, x, target, h0=None, c0=None, *, nonfinite="propagate"):
     K = dims['K']
     dtype = x.dtype
 
+    # matrices that multiply the same vector, stacked by rows: one GEMM for all of their products
+    S_h_prev = stack_rows(U_f, U_i, U_c, U_o)
+    S_x = stack_rows(W_f, W_i, W_c, W_o)
+
     # matrix products with the inputs, for every time step at once
-    W_c_x = x @ W_c.T
-    W_f_x = x @ W_f.T
-    W_i_x = x @ W_i.T
-    W_o_x = x @ W_o.T
+    P_x = seq_matmul(x, S_x.T)
+    W_f_x, W_i_x, W_c_x, W_o_x = split_last(P_x, (H, H, H, H))
 
     # storage: states with T + 1 slots (slot 0 = initial state); values backward needs, T slots
     h = np.empty((T + 1, B, H), dtype)
@@ -149,23 +157,25 @@ def forward(params, x, target, h0=None, c0=None, *, nonfinite="propagate"):
     loss = np.empty((T, B, 1), dtype)
 
     for t in range(T):
-        z_f = W_f_x[t] + (h[t] @ U_f.T) + b_f
-        f[t] = sigmoid(z_f)
-        z_i = W_i_x[t] + (h[t] @ U_i.T) + b_i
-        i[t] = sigmoid(z_i)
-        z_c = W_c_x[t] + (h[t] @ U_c.T) + b_c
-        c_tilde[t] = tanh(z_c)
-        z_o = W_o_x[t] + (h[t] @ U_o.T) + b_o
-        o[t] = sigmoid(z_o)
+        P_h_prev = h[t] @ S_h_prev.T
+        U_f_h_prev, U_i_h_prev, U_c_h_prev, U_o_h_prev = split_last(P_h_prev, (H, H, H, H))
+        z_f = W_f_x[t] + U_f_h_prev + b_f
+        sigmoid(z_f, out=f[t])
+        z_i = W_i_x[t] + U_i_h_prev + b_i
+        sigmoid(z_i, out=i[t])
+        z_c = W_c_x[t] + U_c_h_prev + b_c
+        tanh(z_c, out=c_tilde[t])
+        z_o = W_o_x[t] + U_o_h_prev + b_o
+        sigmoid(z_o, out=o[t])
         c[t + 1] = f[t] * c[t] + i[t] * c_tilde[t]
-        tanh_c[t] = tanh(c[t + 1])
+        tanh(c[t + 1], out=tanh_c[t])
         h[t + 1] = o[t] * tanh_c[t]
         y = (h[t + 1] @ W_hy.T) + b_y
         e[t] = y - target[t]
         sum_loss = unit_sum(e[t] * e[t])
         loss[t] = 1 / 2 * sum_loss
 
-    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'target': target, 'h': h, 'c': c, 'f': f, 'i': i, 'c_tilde': c_tilde, 'o': o, 'tanh_c': tanh_c, 'e': e, 'loss': loss, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'W_hy': W_hy, 'b_y': b_y}
+    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'target': target, 'h': h, 'c': c, 'f': f, 'i': i, 'c_tilde': c_tilde, 'o': o, 'tanh_c': tanh_c, 'e': e, 'loss': loss, 'S_h_prev': S_h_prev, 'S_x': S_x, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'W_hy': W_hy, 'b_y': b_y}
     final = {'h': h[T], 'c': c[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
     return loss, final, cache
@@ -190,14 +200,8 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     o = cache['o']
     tanh_c = cache['tanh_c']
     e = cache['e']
-    W_f = cache['W_f']
-    U_f = cache['U_f']
-    W_i = cache['W_i']
-    U_i = cache['U_i']
-    W_c = cache['W_c']
-    U_c = cache['U_c']
-    W_o = cache['W_o']
-    U_o = cache['U_o']
+    S_h_prev = cache['S_h_prev']
+    S_x = cache['S_x']
     W_hy = cache['W_hy']
     T, B = dims["T"], dims["B"]
     H = dims['H']
@@ -207,11 +211,9 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     d_h_next = d_final['h']
     d_c_next = d_final['c']
     # adjoints kept for every step: the parameter and input gradients are computed from them after the loop
+    d_Z0 = np.empty((T, B, 4*H), dtype)
+    d_z_f, d_z_i, d_z_c, d_z_o = split_last(d_Z0, (H, H, H, H))
     d_e = np.empty((T, B, K), dtype)
-    d_z_o = np.empty((T, B, H), dtype)
-    d_z_c = np.empty((T, B, H), dtype)
-    d_z_i = np.empty((T, B, H), dtype)
-    d_z_f = np.empty((T, B, H), dtype)
 
     for t in reversed(range(T)):
         d_loss = dy[t]
@@ -228,24 +230,20 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
         d_z_i[t] = d_i * i[t] * (1 - i[t])
         d_f = d_c * c[t]
         d_z_f[t] = d_f * f[t] * (1 - f[t])
-        d_h_prev = d_z_f[t] @ U_f + d_z_i[t] @ U_i + d_z_c[t] @ U_c + d_z_o[t] @ U_o
+        d_h_prev = d_Z0[t] @ S_h_prev
         d_c_prev = d_c * f[t]
         d_h_next, d_c_next = d_h_prev, d_c_prev
 
     # inputs and parameters: from the stored adjoints of all steps at once
-    d_x = d_z_f @ W_f + d_z_i @ W_i + d_z_c @ W_c + d_z_o @ W_o
+    d_x = seq_matmul(d_Z0, S_x)
     d_target = -d_e
-    d_W_f = np.tensordot(d_z_f, x, axes=([0, 1], [0, 1]))
-    d_U_f = np.tensordot(d_z_f, h[:-1], axes=([0, 1], [0, 1]))
+    d_S_x = np.tensordot(d_Z0, x, axes=([0, 1], [0, 1]))
+    d_W_f, d_W_i, d_W_c, d_W_o = split_first(d_S_x, (H, H, H, H))
+    d_S_h_prev = np.tensordot(d_Z0, h[:-1], axes=([0, 1], [0, 1]))
+    d_U_f, d_U_i, d_U_c, d_U_o = split_first(d_S_h_prev, (H, H, H, H))
     d_b_f = d_z_f.sum(axis=(0, 1))
-    d_W_i = np.tensordot(d_z_i, x, axes=([0, 1], [0, 1]))
-    d_U_i = np.tensordot(d_z_i, h[:-1], axes=([0, 1], [0, 1]))
     d_b_i = d_z_i.sum(axis=(0, 1))
-    d_W_c = np.tensordot(d_z_c, x, axes=([0, 1], [0, 1]))
-    d_U_c = np.tensordot(d_z_c, h[:-1], axes=([0, 1], [0, 1]))
     d_b_c = d_z_c.sum(axis=(0, 1))
-    d_W_o = np.tensordot(d_z_o, x, axes=([0, 1], [0, 1]))
-    d_U_o = np.tensordot(d_z_o, h[:-1], axes=([0, 1], [0, 1]))
     d_b_o = d_z_o.sum(axis=(0, 1))
     d_W_hy = np.tensordot(d_e, h[1:], axes=([0, 1], [0, 1]))
     d_b_y = d_e.sum(axis=(0, 1))

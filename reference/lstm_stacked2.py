@@ -85,12 +85,22 @@ the output y_t = h2_t; parameter sums run over time and batch):
 
 Array layout: time-major sequences (T, B, ...). A state s is stored with T + 1 slots: s[0] is the
 initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of the equations).
+
+Stacked products (one GEMM for the terms that share an operand; rules.py, confirmed by SymPy):
+    S_h1_prev = [U1_f; U1_i; U1_c; U1_o]; P_h1_prev = h1[t-1] @ S_h1_prev.T holds U1_f h1[t-1], U1_i h1[t-1], U1_c h1[t-1], U1_o h1[t-1] side by side
+    S_x = [W1_f; W1_i; W1_c; W1_o]; P_x = x @ S_x.T holds W1_f x, W1_i x, W1_c x, W1_o x side by side
+    S_h2_prev = [U2_f; U2_i; U2_c; U2_o]; P_h2_prev = h2[t-1] @ S_h2_prev.T holds U2_f h2[t-1], U2_i h2[t-1], U2_c h2[t-1], U2_o h2[t-1] side by side
+    S_h1 = [W2_f; W2_i; W2_c; W2_o]; P_h1 = h1 @ S_h1.T holds W2_f h1, W2_i h1, W2_c h1, W2_o h1 side by side
+    d_Z0 holds d_z1_f, d_z1_i, d_z1_c, d_z1_o side by side; for each stack S the operand's adjoint sum_j M_j^T d_j
+    is d_Z0 @ S (its columns of d_Z0) and d_S = tensordot of those columns with the operand: S_h1_prev, S_x
+    d_Z1 holds d_z2_f, d_z2_i, d_z2_c, d_z2_o side by side; for each stack S the operand's adjoint sum_j M_j^T d_j
+    is d_Z1 @ S (its columns of d_Z1) and d_S = tensordot of those columns with the operand: S_h2_prev, S_h1
 """
 
 import numpy as np
 
 from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
-                                           sigmoid, tanh)
+                                           seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh)
 
 SIGNATURE = Signature(
     cell='lstm_stacked2',
@@ -174,11 +184,15 @@ def forward(params, x, h10=None, c10=None, h20=None, c20=None, *, nonfinite="pro
     H = dims['H']
     dtype = x.dtype
 
+    # matrices that multiply the same vector, stacked by rows: one GEMM for all of their products
+    S_h1_prev = stack_rows(U1_f, U1_i, U1_c, U1_o)
+    S_x = stack_rows(W1_f, W1_i, W1_c, W1_o)
+    S_h2_prev = stack_rows(U2_f, U2_i, U2_c, U2_o)
+    S_h1 = stack_rows(W2_f, W2_i, W2_c, W2_o)
+
     # matrix products with the inputs, for every time step at once
-    W1_c_x = x @ W1_c.T
-    W1_f_x = x @ W1_f.T
-    W1_i_x = x @ W1_i.T
-    W1_o_x = x @ W1_o.T
+    P_x = seq_matmul(x, S_x.T)
+    W1_f_x, W1_i_x, W1_c_x, W1_o_x = split_last(P_x, (H, H, H, H))
 
     # storage: states with T + 1 slots (slot 0 = initial state); values backward needs, T slots
     h1 = np.empty((T + 1, B, H), dtype)
@@ -201,30 +215,36 @@ def forward(params, x, h10=None, c10=None, h20=None, c20=None, *, nonfinite="pro
     tanh_c2 = np.empty((T, B, H), dtype)
 
     for t in range(T):
-        z1_f = W1_f_x[t] + (h1[t] @ U1_f.T) + b1_f
-        f1[t] = sigmoid(z1_f)
-        z1_i = W1_i_x[t] + (h1[t] @ U1_i.T) + b1_i
-        i1[t] = sigmoid(z1_i)
-        z1_c = W1_c_x[t] + (h1[t] @ U1_c.T) + b1_c
-        c1_tilde[t] = tanh(z1_c)
-        z1_o = W1_o_x[t] + (h1[t] @ U1_o.T) + b1_o
-        o1[t] = sigmoid(z1_o)
+        P_h1_prev = h1[t] @ S_h1_prev.T
+        U1_f_h1_prev, U1_i_h1_prev, U1_c_h1_prev, U1_o_h1_prev = split_last(P_h1_prev, (H, H, H, H))
+        z1_f = W1_f_x[t] + U1_f_h1_prev + b1_f
+        sigmoid(z1_f, out=f1[t])
+        z1_i = W1_i_x[t] + U1_i_h1_prev + b1_i
+        sigmoid(z1_i, out=i1[t])
+        z1_c = W1_c_x[t] + U1_c_h1_prev + b1_c
+        tanh(z1_c, out=c1_tilde[t])
+        z1_o = W1_o_x[t] + U1_o_h1_prev + b1_o
+        sigmoid(z1_o, out=o1[t])
         c1[t + 1] = f1[t] * c1[t] + i1[t] * c1_tilde[t]
-        tanh_c1[t] = tanh(c1[t + 1])
+        tanh(c1[t + 1], out=tanh_c1[t])
         h1[t + 1] = o1[t] * tanh_c1[t]
-        z2_f = (h1[t + 1] @ W2_f.T) + (h2[t] @ U2_f.T) + b2_f
-        f2[t] = sigmoid(z2_f)
-        z2_i = (h1[t + 1] @ W2_i.T) + (h2[t] @ U2_i.T) + b2_i
-        i2[t] = sigmoid(z2_i)
-        z2_c = (h1[t + 1] @ W2_c.T) + (h2[t] @ U2_c.T) + b2_c
-        c2_tilde[t] = tanh(z2_c)
-        z2_o = (h1[t + 1] @ W2_o.T) + (h2[t] @ U2_o.T) + b2_o
-        o2[t] = sigmoid(z2_o)
+        P_h2_prev = h2[t] @ S_h2_prev.T
+        U2_f_h2_prev, U2_i_h2_prev, U2_c_h2_prev, U2_o_h2_prev = split_last(P_h2_prev, (H, H, H, H))
+        P_h1 = h1[t + 1] @ S_h1.T
+        W2_f_h1, W2_i_h1, W2_c_h1, W2_o_h1 = split_last(P_h1, (H, H, H, H))
+        z2_f = W2_f_h1 + U2_f_h2_prev + b2_f
+        sigmoid(z2_f, out=f2[t])
+        z2_i = W2_i_h1 + U2_i_h2_prev + b2_i
+        sigmoid(z2_i, out=i2[t])
+        z2_c = W2_c_h1 + U2_c_h2_prev + b2_c
+        tanh(z2_c, out=c2_tilde[t])
+        z2_o = W2_o_h1 + U2_o_h2_prev + b2_o
+        sigmoid(z2_o, out=o2[t])
         c2[t + 1] = f2[t] * c2[t] + i2[t] * c2_tilde[t]
-        tanh_c2[t] = tanh(c2[t + 1])
+        tanh(c2[t + 1], out=tanh_c2[t])
         h2[t + 1] = o2[t] * tanh_c2[t]
 
-    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h1': h1, 'c1': c1, 'h2': h2, 'c2': c2, 'f1': f1, 'i1': i1, 'c1_tilde': c1_tilde, 'o1': o1, 'tanh_c1': tanh_c1, 'f2': f2, 'i2': i2, 'c2_tilde': c2_tilde, 'o2': o2, 'tanh_c2': tanh_c2, 'W1_f': W1_f, 'U1_f': U1_f, 'b1_f': b1_f, 'W1_i': W1_i, 'U1_i': U1_i, 'b1_i': b1_i, 'W1_c': W1_c, 'U1_c': U1_c, 'b1_c': b1_c, 'W1_o': W1_o, 'U1_o': U1_o, 'b1_o': b1_o, 'W2_f': W2_f, 'U2_f': U2_f, 'b2_f': b2_f, 'W2_i': W2_i, 'U2_i': U2_i, 'b2_i': b2_i, 'W2_c': W2_c, 'U2_c': U2_c, 'b2_c': b2_c, 'W2_o': W2_o, 'U2_o': U2_o, 'b2_o': b2_o}
+    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h1': h1, 'c1': c1, 'h2': h2, 'c2': c2, 'f1': f1, 'i1': i1, 'c1_tilde': c1_tilde, 'o1': o1, 'tanh_c1': tanh_c1, 'f2': f2, 'i2': i2, 'c2_tilde': c2_tilde, 'o2': o2, 'tanh_c2': tanh_c2, 'S_h1_prev': S_h1_prev, 'S_x': S_x, 'S_h2_prev': S_h2_prev, 'S_h1': S_h1, 'W1_f': W1_f, 'U1_f': U1_f, 'b1_f': b1_f, 'W1_i': W1_i, 'U1_i': U1_i, 'b1_i': b1_i, 'W1_c': W1_c, 'U1_c': U1_c, 'b1_c': b1_c, 'W1_o': W1_o, 'U1_o': U1_o, 'b1_o': b1_o, 'W2_f': W2_f, 'U2_f': U2_f, 'b2_f': b2_f, 'W2_i': W2_i, 'U2_i': U2_i, 'b2_i': b2_i, 'W2_c': W2_c, 'U2_c': U2_c, 'b2_c': b2_c, 'W2_o': W2_o, 'U2_o': U2_o, 'b2_o': b2_o}
     final = {'h1': h1[T], 'c1': c1[T], 'h2': h2[T], 'c2': c2[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
     return h2[1:], final, cache
@@ -255,22 +275,10 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     c2_tilde = cache['c2_tilde']
     o2 = cache['o2']
     tanh_c2 = cache['tanh_c2']
-    W1_f = cache['W1_f']
-    U1_f = cache['U1_f']
-    W1_i = cache['W1_i']
-    U1_i = cache['U1_i']
-    W1_c = cache['W1_c']
-    U1_c = cache['U1_c']
-    W1_o = cache['W1_o']
-    U1_o = cache['U1_o']
-    W2_f = cache['W2_f']
-    U2_f = cache['U2_f']
-    W2_i = cache['W2_i']
-    U2_i = cache['U2_i']
-    W2_c = cache['W2_c']
-    U2_c = cache['U2_c']
-    W2_o = cache['W2_o']
-    U2_o = cache['U2_o']
+    S_h1_prev = cache['S_h1_prev']
+    S_x = cache['S_x']
+    S_h2_prev = cache['S_h2_prev']
+    S_h1 = cache['S_h1']
     T, B = dims["T"], dims["B"]
     H = dims['H']
 
@@ -280,14 +288,10 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     d_h2_next = d_final['h2']
     d_c2_next = d_final['c2']
     # adjoints kept for every step: the parameter and input gradients are computed from them after the loop
-    d_z2_o = np.empty((T, B, H), dtype)
-    d_z2_c = np.empty((T, B, H), dtype)
-    d_z2_i = np.empty((T, B, H), dtype)
-    d_z2_f = np.empty((T, B, H), dtype)
-    d_z1_o = np.empty((T, B, H), dtype)
-    d_z1_c = np.empty((T, B, H), dtype)
-    d_z1_i = np.empty((T, B, H), dtype)
-    d_z1_f = np.empty((T, B, H), dtype)
+    d_Z0 = np.empty((T, B, 4*H), dtype)
+    d_z1_f, d_z1_i, d_z1_c, d_z1_o = split_last(d_Z0, (H, H, H, H))
+    d_Z1 = np.empty((T, B, 4*H), dtype)
+    d_z2_f, d_z2_i, d_z2_c, d_z2_o = split_last(d_Z1, (H, H, H, H))
 
     for t in reversed(range(T)):
         d_h2 = d_h2_next + dy[t]
@@ -301,7 +305,7 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
         d_z2_i[t] = d_i2 * i2[t] * (1 - i2[t])
         d_f2 = d_c2 * c2[t]
         d_z2_f[t] = d_f2 * f2[t] * (1 - f2[t])
-        d_h1 = d_h1_next + d_z2_f[t] @ W2_f + d_z2_i[t] @ W2_i + d_z2_c[t] @ W2_c + d_z2_o[t] @ W2_o
+        d_h1 = d_h1_next + d_Z1[t] @ S_h1
         d_tanh_c1 = d_h1 * o1[t]
         d_c1 = d_c1_next + d_tanh_c1 * (1 - tanh_c1[t]**2)
         d_o1 = d_h1 * tanh_c1[t]
@@ -312,37 +316,29 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
         d_z1_i[t] = d_i1 * i1[t] * (1 - i1[t])
         d_f1 = d_c1 * c1[t]
         d_z1_f[t] = d_f1 * f1[t] * (1 - f1[t])
-        d_h1_prev = d_z1_f[t] @ U1_f + d_z1_i[t] @ U1_i + d_z1_c[t] @ U1_c + d_z1_o[t] @ U1_o
+        d_h1_prev = d_Z0[t] @ S_h1_prev
         d_c1_prev = d_c1 * f1[t]
-        d_h2_prev = d_z2_f[t] @ U2_f + d_z2_i[t] @ U2_i + d_z2_c[t] @ U2_c + d_z2_o[t] @ U2_o
+        d_h2_prev = d_Z1[t] @ S_h2_prev
         d_c2_prev = d_c2 * f2[t]
         d_h1_next, d_c1_next, d_h2_next, d_c2_next = d_h1_prev, d_c1_prev, d_h2_prev, d_c2_prev
 
     # inputs and parameters: from the stored adjoints of all steps at once
-    d_x = d_z1_f @ W1_f + d_z1_i @ W1_i + d_z1_c @ W1_c + d_z1_o @ W1_o
-    d_W1_f = np.tensordot(d_z1_f, x, axes=([0, 1], [0, 1]))
-    d_U1_f = np.tensordot(d_z1_f, h1[:-1], axes=([0, 1], [0, 1]))
+    d_x = seq_matmul(d_Z0, S_x)
+    d_S_x = np.tensordot(d_Z0, x, axes=([0, 1], [0, 1]))
+    d_W1_f, d_W1_i, d_W1_c, d_W1_o = split_first(d_S_x, (H, H, H, H))
+    d_S_h1_prev = np.tensordot(d_Z0, h1[:-1], axes=([0, 1], [0, 1]))
+    d_U1_f, d_U1_i, d_U1_c, d_U1_o = split_first(d_S_h1_prev, (H, H, H, H))
     d_b1_f = d_z1_f.sum(axis=(0, 1))
-    d_W1_i = np.tensordot(d_z1_i, x, axes=([0, 1], [0, 1]))
-    d_U1_i = np.tensordot(d_z1_i, h1[:-1], axes=([0, 1], [0, 1]))
     d_b1_i = d_z1_i.sum(axis=(0, 1))
-    d_W1_c = np.tensordot(d_z1_c, x, axes=([0, 1], [0, 1]))
-    d_U1_c = np.tensordot(d_z1_c, h1[:-1], axes=([0, 1], [0, 1]))
     d_b1_c = d_z1_c.sum(axis=(0, 1))
-    d_W1_o = np.tensordot(d_z1_o, x, axes=([0, 1], [0, 1]))
-    d_U1_o = np.tensordot(d_z1_o, h1[:-1], axes=([0, 1], [0, 1]))
     d_b1_o = d_z1_o.sum(axis=(0, 1))
-    d_W2_f = np.tensordot(d_z2_f, h1[1:], axes=([0, 1], [0, 1]))
-    d_U2_f = np.tensordot(d_z2_f, h2[:-1], axes=([0, 1], [0, 1]))
+    d_S_h1 = np.tensordot(d_Z1, h1[1:], axes=([0, 1], [0, 1]))
+    d_W2_f, d_W2_i, d_W2_c, d_W2_o = split_first(d_S_h1, (H, H, H, H))
+    d_S_h2_prev = np.tensordot(d_Z1, h2[:-1], axes=([0, 1], [0, 1]))
+    d_U2_f, d_U2_i, d_U2_c, d_U2_o = split_first(d_S_h2_prev, (H, H, H, H))
     d_b2_f = d_z2_f.sum(axis=(0, 1))
-    d_W2_i = np.tensordot(d_z2_i, h1[1:], axes=([0, 1], [0, 1]))
-    d_U2_i = np.tensordot(d_z2_i, h2[:-1], axes=([0, 1], [0, 1]))
     d_b2_i = d_z2_i.sum(axis=(0, 1))
-    d_W2_c = np.tensordot(d_z2_c, h1[1:], axes=([0, 1], [0, 1]))
-    d_U2_c = np.tensordot(d_z2_c, h2[:-1], axes=([0, 1], [0, 1]))
     d_b2_c = d_z2_c.sum(axis=(0, 1))
-    d_W2_o = np.tensordot(d_z2_o, h1[1:], axes=([0, 1], [0, 1]))
-    d_U2_o = np.tensordot(d_z2_o, h2[:-1], axes=([0, 1], [0, 1]))
     d_b2_o = d_z2_o.sum(axis=(0, 1))
 
     grads = {

@@ -26,7 +26,7 @@ initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of th
 import numpy as np
 
 from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
-                                           tanh)
+                                           seq_matmul, tanh)
 
 SIGNATURE = Signature(
     cell='rnn_tanh',
@@ -66,7 +66,7 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
     dtype = x.dtype
 
     # matrix products with the inputs, for every time step at once
-    W_x = x @ W.T
+    W_x = seq_matmul(x, W.T)
 
     # storage: states with T + 1 slots (slot 0 = initial state); values backward needs, T slots
     h = np.empty((T + 1, B, H), dtype)
@@ -74,7 +74,7 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
 
     for t in range(T):
         z = W_x[t] + (h[t] @ U.T) + b
-        h[t + 1] = tanh(z)
+        tanh(z, out=h[t + 1])
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'W': W, 'U': U, 'b': b}
     final = {'h': h[T]}
@@ -111,7 +111,7 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
         d_h_next = d_h_prev
 
     # inputs and parameters: from the stored adjoints of all steps at once
-    d_x = d_z @ W
+    d_x = seq_matmul(d_z, W)
     d_W = np.tensordot(d_z, x, axes=([0, 1], [0, 1]))
     d_U = np.tensordot(d_z, h[:-1], axes=([0, 1], [0, 1]))
     d_b = d_z.sum(axis=(0, 1))

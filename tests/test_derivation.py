@@ -1,5 +1,6 @@
 """The derivation: textbook forms, the rules behind it, rendering."""
 
+import pytest
 import sympy
 
 from lstm_spec.derivations import functions, rules
@@ -19,6 +20,18 @@ def test_activation_rules_agree_with_closed_forms():
 def test_matrix_rules_agree_with_sympy_diff():
     for name, bad in rules.confirm_rules():
         assert bad == 0, name
+
+
+@pytest.mark.parametrize("name, wrong", [
+    ("MATVEC_VJP_OPERAND", "-({dL} @ {M})"),
+    ("MATVEC_VJP_OPERAND_SEQ", "seq_matmul({dL}, {M}) * 2"),
+    ("SPLIT_ROWS", "split_first({a}, tuple(reversed(({sizes}))))"),  # the stacked gradient split wrongly
+    ("SPLIT_COLUMNS", "split_last({a}, tuple(reversed(({sizes}))))"),
+])
+def test_negative_control_a_wrong_matrix_rule_is_detected(monkeypatch, name, wrong):
+    monkeypatch.setattr(rules, name, wrong)
+    results = rules.confirm_rules()
+    assert any(bad != 0 for _, bad in results), name
 
 
 def test_negative_control_a_wrong_activation_rule_is_detected():

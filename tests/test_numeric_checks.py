@@ -36,7 +36,7 @@ def _mutants(text):
 def test_negative_control_every_line_of_the_generated_backward_matters(lstm_text):
     """Negating, zeroing or deleting any derived line of backward() is caught by complex step."""
     lines = lstm_text.splitlines()
-    assert len(mutants.backward_lines(lstm_text)) >= 25
+    assert len(mutants.backward_lines(lstm_text)) >= 20  # 11 loop lines + input and parameter gradients
     missed = []
     for index, how in _mutants(lstm_text):
         bad = mutants.load_module(mutants.mutate_code(lstm_text, index, how))
