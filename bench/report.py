@@ -179,7 +179,7 @@ def meta_markdown(data: dict) -> str:
     return "\n".join(f"- {i}" for i in items)
 
 
-def plot_svg(data: dict) -> bytes:
+def plot_svg(data: dict, fmt: str = "svg") -> bytes:
     """Two panels against the point's FLOP count: peer time / reference time, and each implementation's
     effective rate as a fraction of the measured GEMM rate."""
     import matplotlib
@@ -208,6 +208,10 @@ def plot_svg(data: dict) -> bytes:
     a1.axhline(1.0, color="k", lw=0.8)
     a1.set_xscale("log")
     a1.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    a1.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    a1.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     a1.set_xlabel("FLOPs of forward + backward, 3 x 2TB4H(D+H)")
     a1.set_ylabel("peer time / reference time (> 1: reference faster)")
     a1.set_title("Speed of the generated reference")
@@ -222,7 +226,7 @@ def plot_svg(data: dict) -> bytes:
             a.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None})
+    fig.savefig(buf, format=fmt, **({"metadata": {"Date": None}} if fmt == "svg" else {"dpi": 90}))
     plt.close(fig)
     return buf.getvalue()
 
