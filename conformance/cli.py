@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+DEFAULT_TIMEOUT = 300.0  # seconds per case; the slowest built-in adapter (flax, jit) takes a few seconds
+
 
 def cmd_conform(args) -> int:
     from .runner import conform, default_cases, format_report, stderr_progress
@@ -18,9 +20,13 @@ def cmd_conform(args) -> int:
     except TargetError as exc:
         print(f"lstm-spec conform: {exc}", file=sys.stderr)
         return 2
+    if args.timeout < 0:
+        print(f"lstm-spec conform: --timeout: expected seconds >= 0 (0: no worker process), got {args.timeout:g}",
+              file=sys.stderr)
+        return 2
     cells = args.cells or list(target.cells)
     dtypes = args.dtypes or [d for d in ("float64", "float32") if d in target.dtypes]
-    cases = default_cases(cells, dtypes)
+    cases = default_cases(cells, dtypes, seed=args.seed)
     if args.quick:
         cases = [c for c in cases if c.direction == "forward" and c.lengths is None and c.layers == 1]
     if args.case:
@@ -31,10 +37,12 @@ def cmd_conform(args) -> int:
             print(f"lstm-spec conform: no case name contains {args.case!r}", file=sys.stderr)
             return 2
     t0 = time.perf_counter()
-    print(f"lstm-spec conform: {target.name}, {len(cases)} cases", file=sys.stderr)
-    report = conform(target, cases, progress=None if args.quiet else stderr_progress)
-    print(format_report(report, verbose=not args.failures_only))
-    print(f"({time.perf_counter() - t0:.1f} s)")
+    where = f"a worker process, timeout {args.timeout:g} s per case" if args.timeout else "this process, no timeout"
+    print(f"lstm-spec conform: {target.name}, {len(cases)} cases, in {where}", file=sys.stderr)
+    report = conform(target, cases, progress=None if args.quiet else stderr_progress, timeout=args.timeout or None)
+    print(format_report(report, verbose=not args.failures_only, timings=args.timings))
+    # the time goes to stderr: stdout, the report, is the same in every run with the same seed
+    print(f"lstm-spec conform: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0 if report.passed else 1
 
 
@@ -50,7 +58,16 @@ def cmd_vectors(args) -> int:
             print(f"  {p}")
         print(f"{out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 0 if not problems else 1
-    manifest = write_vectors(out, cells=args.cells or None)
+    import signal
+
+    def terminated(signum, frame):  # SIGTERM (a CI timeout, kill): unwind, so the temporary directory is removed
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        manifest = write_vectors(out, cells=args.cells or None, seed=args.seed)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"wrote {len(manifest['cases'])} cases to {out} (manifest.json, schema {manifest['schema_version']})")
     return 0
 
@@ -67,10 +84,18 @@ def add_subcommands(sub) -> None:
     s.add_argument("--allow-missing", action="store_true",
                    help="exit 0 (not 3) when the target's framework is not installed")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="run the target in a worker process and kill it when a case takes longer than this "
+                        f"(default {DEFAULT_TIMEOUT:g}; 0: run it in this process, no timeout)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the cases (default 0); the same seed, the same report")
+    s.add_argument("--timings", action="store_true",
+                   help="print each case's seconds in the report (they vary from run to run)")
     s.set_defaults(func=cmd_conform)
 
     s = sub.add_parser("vectors", help="write golden test vectors (NPZ + JSON manifest), or check a directory")
     s.add_argument("outdir", help="directory to write (or to check with --check)")
     s.add_argument("--check", action="store_true", help="validate a vectors directory: manifest, files, sha256")
     s.add_argument("--cell", dest="cells", action="append", help="cell(s) to write (default: every cell)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the cases (default 0); the same seed gives the same bytes in every file")
     s.set_defaults(func=cmd_vectors)

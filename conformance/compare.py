@@ -20,10 +20,16 @@ class Row:
     worst: str  # where the largest difference is
     tolerance: float
     detail: str = ""  # e.g. a shape mismatch
+    defect: str = ""  # a fault that fails the row whatever the numbers: wrong dtype, non-finite values
+
+    @property
+    def within(self) -> bool:
+        """The numbers are within tolerance (what a bug signature has to reproduce)."""
+        return self.rel <= self.tolerance
 
     @property
     def passed(self) -> bool:
-        return self.rel <= self.tolerance
+        return not self.defect and self.within
 
 
 def _base(quantity: str) -> str:
@@ -58,9 +64,22 @@ def position(problem: Problem, quantity: str, index: tuple) -> str:
     return "(" + ", ".join(map(str, index)) + ")"
 
 
-def compare(problem: Problem, got: dict, want: dict, tolerance: float, quantities=None) -> list[Row]:
-    """Rows for every quantity of ``want`` (or of ``quantities``); a quantity missing from ``got`` or
-    of the wrong shape fails with an explanation."""
+def _as_array(value):
+    """``value`` as an ndarray, or None when it is not one (or cannot be made one)."""
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except Exception:  # noqa: BLE001 - whatever the target returned, it is reported, not raised
+        return None
+
+
+def compare(problem: Problem, got: dict, want: dict, tolerance: float, quantities=None,
+            dtype: str | None = None) -> list[Row]:
+    """Rows for every quantity of ``want`` (or of ``quantities``); a quantity missing from ``got``, not
+    a real numeric array or of the wrong shape fails with an explanation. With ``dtype`` (the case's
+    dtype; None: not checked), a quantity in another dtype fails with its numbers still computed.
+    Non-finite values fail, the row naming how many and where the first one is."""
     mask = valid_mask(problem)
     rows = []
     for q in quantities or want:
@@ -68,34 +87,47 @@ def compare(problem: Problem, got: dict, want: dict, tolerance: float, quantitie
         if q not in got or got[q] is None:
             rows.append(Row(q, math.inf, math.inf, "-", tolerance, "missing from the target's results"))
             continue
-        g = np.asarray(got[q])
+        g = _as_array(got[q])
+        if g is None or g.dtype.kind not in "biuf":
+            what = type(got[q]).__name__ if g is None else f"{type(got[q]).__name__} of dtype {g.dtype}"
+            rows.append(Row(q, math.inf, math.inf, "-", tolerance, f"not a real numeric array: got {what}",
+                            defect=f"not a real numeric array ({what})"))
+            continue
         if g.shape != w.shape:
             rows.append(Row(q, math.inf, math.inf, "-", tolerance, f"shape {g.shape}, expected {w.shape}"))
             continue
+        defect = ""
+        if dtype is not None and g.dtype != np.dtype(dtype):
+            defect = f"dtype {g.dtype}, expected {np.dtype(dtype)} (the case's dtype)"
         g = g.astype(np.float64)
         w = w.astype(np.float64)
         if _base(q) == "y" and mask is not None:  # padded steps are not compared
             g = np.where(mask[:, :, None], g, 0.0)
             w = np.where(mask[:, :, None], w, 0.0)
         if w.size == 0:
-            rows.append(Row(q, 0.0, 0.0, "-", tolerance))
+            rows.append(Row(q, 0.0, 0.0, "-", tolerance, defect=defect))
+            continue
+        finite = np.isfinite(g)
+        if not finite.all():
+            bad = tuple(int(i) for i in np.unravel_index(int(np.argmax(~finite)), g.shape))
+            n_nan, n_inf = int(np.isnan(g).sum()), int(np.isinf(g).sum())
+            kinds = ", ".join(f"{n} {k}" for n, k in ((n_nan, "NaN"), (n_inf, "inf")) if n)
+            what = f"non-finite values: {kinds} of {g.size}, first {g[bad]} at {position(problem, q, bad)}"
+            rows.append(Row(q, math.inf, math.inf, position(problem, q, bad), tolerance, what,
+                            defect="; ".join(x for x in (defect, what) if x)))
             continue
         diff = np.abs(g - w)
-        if not np.all(np.isfinite(g)):
-            bad = np.unravel_index(int(np.argmax(~np.isfinite(g))), g.shape)
-            rows.append(Row(q, math.inf, math.inf, position(problem, q, tuple(map(int, bad))), tolerance,
-                            "non-finite values"))
-            continue
         idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
         mx = float(diff[idx])
         scale = float(np.max(np.abs(w)))
         rel = mx / scale if scale > 0 else mx
+        detail = f"got {g[idx]:.6g}, expected {w[idx]:.6g}" if rel > tolerance else ""
         rows.append(Row(q, mx, rel, position(problem, q, idx) if mx > 0 else "-", tolerance,
-                        f"got {g[idx]:.6g}, expected {w[idx]:.6g}" if rel > tolerance else ""))
+                        "; ".join(x for x in (defect, detail) if x), defect=defect))
     return rows
 
 
 def matches(problem: Problem, got: dict, want: dict, tolerance: float) -> bool:
     """True when every quantity of ``want`` that ``got`` has is within tolerance."""
     keys = [q for q in want if q in got]
-    return bool(keys) and all(r.passed for r in compare(problem, got, want, tolerance, keys))
+    return bool(keys) and all(r.within for r in compare(problem, got, want, tolerance, keys))

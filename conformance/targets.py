@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_spec.layouts.frameworks import Layout, gate_names, grads_from_layout, to_layout
+from lstm_spec.layouts.frameworks import Layout, LayoutError, gate_names, grads_from_layout, to_layout
 
 from .problem import Case, Problem, slot_key
 
@@ -38,6 +38,7 @@ class Target:
     features: frozenset = frozenset()  # "gradients", "reverse", "lengths", "bidirectional", "layers"
     biases = 1
     tolerance_key = "conform"
+    spec: str | None = None  # the name it was loaded by (load_target), if any
 
     def versions(self) -> str:
         return ""
@@ -84,6 +85,62 @@ def _as_np(a):
     if hasattr(a, "detach"):  # torch
         return a.detach().cpu().numpy()
     return np.asarray(a)
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return type(value).__name__
+
+
+def _result(value, what: str) -> np.ndarray:
+    """A returned array as an ndarray; anything that is not array-like is a protocol error naming ``what``.
+    Its dtype and shape are kept as returned: the comparison judges them."""
+    if value is None or isinstance(value, (str, bytes, dict)):
+        raise TargetError(f"{what}: expected an array, got {_describe(value)}")
+    try:
+        return _as_np(value)
+    except Exception as exc:  # noqa: BLE001 - an object that does not convert is the target's fault
+        raise TargetError(f"{what}: expected an array, got {_describe(value)} ({type(exc).__name__}: {exc})") from exc
+
+
+# positional argument names of the protocol's methods (conformance/PROTOCOL.md, section 1)
+_ARG_NAMES = {"forward": ("params", "x"), "backward": ("params", "x")}
+
+
+def _private_copy(value):
+    """A deep copy of an argument (arrays, dicts of arrays); other values are immutable here."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, dict):
+        return {k: _private_copy(v) for k, v in value.items()}
+    return value
+
+
+def _changed(now, before, name: str) -> str:
+    """'' when ``now`` equals ``before`` bit for bit, else what changed, naming the argument."""
+    if isinstance(before, dict):
+        if not isinstance(now, dict) or set(now) != set(before):
+            gone = sorted(set(before) - set(now)) if isinstance(now, dict) else []
+            added = sorted(set(now) - set(before)) if isinstance(now, dict) else []
+            return f"{name} (keys removed {gone}, added {added})"
+        for k in before:
+            change = _changed(now[k], before[k], f"{name}[{k!r}]")
+            if change:
+                return change
+        return ""
+    if isinstance(before, np.ndarray):
+        if not isinstance(now, np.ndarray) or now.shape != before.shape or now.dtype != before.dtype:
+            return f"{name} (replaced or reshaped)"
+        same = (now == before) | (np.isnan(now) & np.isnan(before)) if now.dtype.kind in "fc" else now == before
+        if same.all():
+            return ""
+        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(~same)), same.shape))
+        return (f"{name} ({int((~same).sum())} of {same.size} elements, first at index {idx}: "
+                f"{before[idx].item():.6g} became {now[idx].item():.6g})")
+    return ""
 
 
 class ProtocolTarget(Target):
@@ -133,10 +190,24 @@ class ProtocolTarget(Target):
     def _kwargs(self, problem: Problem, slot: int) -> dict:
         kw = {f"{s}0": problem.init[slot][s] for s in problem.states}
         if problem.lengths is not None:
-            kw["lengths"] = problem.lengths.copy()
+            kw["lengths"] = problem.lengths
         if problem.case.direction == "reverse":
             kw["reverse"] = True
         return kw
+
+    def _call(self, problem: Problem, method: str, *args, **kwargs):
+        """Call ``method`` of the user's object on private copies of the arguments, then record in
+        ``problem.extra["mutations"]`` every argument it changed (named as the user sees it)."""
+        named = dict(zip(_ARG_NAMES[method], args), **kwargs)
+        sent = {k: _private_copy(v) for k, v in named.items()}
+        kept = {k: _private_copy(v) for k, v in named.items()}
+        positional = [sent[k] for k in _ARG_NAMES[method][:len(args)]]  # called as the protocol shows it
+        out = getattr(self.obj, method)(*positional, **{k: v for k, v in sent.items() if k in kwargs})
+        for k in sent:
+            change = _changed(sent[k], kept[k], k)
+            if change:
+                problem.extra.setdefault("mutations", []).append(f"{self.name}.{method} modified its argument {change}")
+        return out
 
     def run(self, problem: Problem) -> dict:
         lay = self.layout
@@ -144,26 +215,35 @@ class ProtocolTarget(Target):
         bm = (lambda a: np.ascontiguousarray(np.swapaxes(a, 0, 1))) if lay.batch_major else (lambda a: a)  # noqa: E731
         params = to_layout(problem.params[0], lay, problem.bias_ih[0])
         x = bm(problem.x)
-        out = self.obj.forward(params, x, **self._kwargs(problem, 0))
+        out = self._call(problem, "forward", params, x, **self._kwargs(problem, 0))
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            raise TargetError(f"{self.name}.forward: expected (y, final states), got {type(out).__name__}")
+            raise TargetError(f"{self.name}.forward: expected (y, final states), got {_describe(out)}")
         y, final = out
         final = self._states(final, states, "forward")
-        res = {"y": bm(_as_np(y))}
+        y = _result(y, f"{self.name}.forward: y")
+        if lay.batch_major and y.ndim != 3:
+            raise TargetError(f"{self.name}.forward: y has shape {y.shape}, expected (B, T, H) (batch_major)")
+        res = {"y": bm(y)}
         for s in states:
-            res[slot_key(f"{s}_T", "")] = _as_np(final[s])
+            res[slot_key(f"{s}_T", "")] = _result(final[s], f"{self.name}.forward: final state {s}")
         if "gradients" in self.features:
-            g = self.obj.backward(params, x, dy=bm(problem.dy), d_final=dict(problem.d_final[0]),
-                                  **self._kwargs(problem, 0))
+            g = self._call(problem, "backward", params, x, dy=bm(problem.dy), d_final=dict(problem.d_final[0]),
+                           **self._kwargs(problem, 0))
             if not isinstance(g, dict):
-                raise TargetError(f"{self.name}.backward: expected a dict of gradients, got {type(g).__name__}")
-            g = {k: _as_np(v) for k, v in g.items()}
+                raise TargetError(f"{self.name}.backward: expected a dict of gradients, got {_describe(g)}")
+            g = {k: _result(v, f"{self.name}.backward: gradient {k!r}") for k, v in g.items()}
             special = {"x"} | {f"{s}0" for s in states}
-            canon = grads_from_layout({k: v for k, v in g.items() if k not in special}, lay,
-                                      gate_names(problem.params[0]))
+            try:
+                canon = grads_from_layout({k: v for k, v in g.items() if k not in special}, lay,
+                                          gate_names(problem.params[0]))
+            except LayoutError as exc:
+                raise TargetError(f"{self.name}.backward: {exc}") from exc
             for k, v in canon.items():
                 res[f"d {k}"] = v
             if "x" in g:
+                if lay.batch_major and g["x"].ndim != 3:
+                    raise TargetError(f"{self.name}.backward: gradient 'x' has shape {g['x'].shape}, expected "
+                                      "(B, T, D) (batch_major)")
                 res["d x"] = bm(g["x"])
             for s in states:
                 if f"{s}0" in g:
@@ -219,8 +299,9 @@ def load_target(spec: str) -> Target:
     from .adapters import ADAPTERS, load_adapter
 
     if spec in ADAPTERS:
-        return load_adapter(spec)
-    obj = load_object(spec)
-    if isinstance(obj, Target):
-        return obj
-    return ProtocolTarget(obj, spec)
+        target = load_adapter(spec)
+    else:
+        obj = load_object(spec)
+        target = obj if isinstance(obj, Target) else ProtocolTarget(obj, spec)
+    target.spec = spec  # how a worker process loads the same target again (runner.conform with a timeout)
+    return target

@@ -1,0 +1,129 @@
+"""Misbehaving targets for the conformance runner (tests/test_conform_misbehaving.py).
+
+Each is the hand-written NumpyLSTM with one misbehaviour: it raises, returns something that is not an
+array, a wrong shape or dtype, NaN, hangs (in a Python loop or in C), kills its own process, or
+modifies its inputs. Most misbehave only on cases with T = 4 (``_picked``), so that a test sees the
+run go on to the next case and the other cases pass. Loaded by file path
+(``tests/conform_misbehaving_targets.py:Name``) so that a worker process can load them too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+
+from lstm_spec.conformance.examples import NumpyLSTM
+from lstm_spec.conformance.targets import Target
+
+
+def _picked(x, batch_major=False) -> bool:
+    """The cases this module's targets misbehave on: T = 4 (x is time-major)."""
+    return np.shape(x)[1 if batch_major else 0] == 4
+
+
+class _Base(NumpyLSTM):
+    def __init__(self):
+        super().__init__()
+        self.conformance = dict(self.conformance, name=type(self).__name__)
+
+
+class Raises(_Base):
+    def forward(self, params, x, **kw):
+        if _picked(x):
+            raise RuntimeError("boom at T = 4")
+        return super().forward(params, x, **kw)
+
+
+class ReturnsString(_Base):
+    def forward(self, params, x, **kw):
+        y, final = super().forward(params, x, **kw)
+        return ("not an array" if _picked(x) else y), final
+
+
+class WrongShape(_Base):
+    def forward(self, params, x, **kw):
+        y, final = super().forward(params, x, **kw)
+        return (y[:, :, :-1] if _picked(x) else y), final
+
+
+class UpcastFloat32(_Base):
+    """Computes right, but returns float64 arrays in a float32 case: within the float32 tolerance, wrong dtype."""
+
+    def forward(self, params, x, **kw):
+        y, final = super().forward(params, x, **kw)
+        return y.astype(np.float64), final
+
+
+class NaNOutput(_Base):
+    def forward(self, params, x, **kw):
+        y, final = super().forward(params, x, **kw)
+        if _picked(x):
+            y = y.copy()
+            y[1, 2, 0] = np.nan
+        return y, final
+
+
+class HangsInPython(_Base):
+    def forward(self, params, x, **kw):
+        while _picked(x):
+            pass
+        return super().forward(params, x, **kw)
+
+
+class HangsInC(_Base):
+    def forward(self, params, x, **kw):
+        if _picked(x):
+            time.sleep(10**6)  # one C call, no Python bytecode to interrupt
+        return super().forward(params, x, **kw)
+
+
+class Crashes(_Base):
+    def forward(self, params, x, **kw):
+        if _picked(x):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(params, x, **kw)
+
+
+class MutatesX(_Base):
+    def forward(self, params, x, **kw):
+        out = super().forward(params, x, **kw)
+        x[...] = 0.0
+        return out
+
+
+class MutatesParams(_Base):
+    def forward(self, params, x, **kw):
+        out = super().forward(params, x, **kw)
+        params["W"] *= 2
+        return out
+
+
+class MutatesDyAndH0(_Base):
+    """Right numbers, but backward scribbles on dy and h0 afterwards: only the mutation check sees it."""
+
+    def backward(self, params, x, dy, d_final, **kw):
+        g = super().backward(params, x, dy, d_final, **kw)
+        dy[...] = 0.0
+        kw["h0"][0, 0] += 1.0
+        return g
+
+
+class MutatesProblem(Target):
+    """A Target subclass (not the protocol) that writes into the problem it is given."""
+
+    name = "MutatesProblem"
+    features = frozenset({"gradients"})
+
+    def run(self, problem):
+        from lstm_spec.conformance.problem import expected
+
+        got = expected(problem, dtype=problem.case.dtype)
+        problem.x[0, 0, 0] += 1.0
+        return got
+
+
+class Correct(_Base):
+    pass
