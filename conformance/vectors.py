@@ -51,10 +51,11 @@ def _cells() -> list[str]:
     out = []
     for c in builtin_cells():
         try:
-            importlib.import_module(f"lstm_spec.reference.{c}")
+            mod = importlib.import_module(f"lstm_spec.reference.{c}")
         except ImportError:
             continue
-        out.append(c)
+        if list(mod.SIGNATURE.inputs) == ["x"]:  # the cases feed one input x (as `conform` does)
+            out.append(c)
     return out
 
 
@@ -97,6 +98,40 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# every member of every NPZ gets this time stamp and these permissions: a file's bytes depend only on its arrays
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_ZIP_MODE = 0o644 << 16
+
+
+def write_npz(path: Path, arrays: dict) -> None:
+    """``arrays`` as an uncompressed NPZ (what ``np.load`` reads), byte for byte the same for the same
+    arrays: members in the given order, fixed time stamps and permissions (not the clock's), then
+    flushed to disk."""
+    with open(path, "wb") as fh:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name, value in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+                info.external_attr = _ZIP_MODE
+                with zf.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _dir_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _case_entry(case: Case) -> dict:
     T, B, D, H = case.shape
     return {"cell": case.cell, "T": T, "B": B, "D": D, "H": H, "dtype": case.dtype, "seed": case.seed,
@@ -104,10 +139,16 @@ def _case_entry(case: Case) -> dict:
             "layers": case.layers}
 
 
-def write_vectors(outdir, cells=None) -> dict:
-    """Write every case of every cell (default: every built-in cell with a generated reference)."""
+def write_vectors(outdir, cells=None, seed: int = 0) -> dict:
+    """Write every case of every cell (default: every built-in cell with a generated reference), the
+    cases drawn from ``seed``. Atomic: everything is written into a temporary directory beside
+    ``outdir`` (same file system), flushed, and renamed into place at the end; an exception or an
+    interrupt leaves the previous ``outdir`` (or none) and removes the temporary directory. The bytes
+    of every file depend only on the cells, the seed and the version of lstm-spec."""
     out = Path(outdir)
     cells = cells or _cells()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"vectors OUTDIR {out}: exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -119,25 +160,30 @@ def write_vectors(outdir, cells=None) -> dict:
             cell_info[cell] = {"parameters": {k: list(v) for k, v in sig.parameters.items()},
                                "states": {k: list(v) for k, v in sig.states.items()},
                                "inputs": {k: list(v) for k, v in sig.inputs.items()}, "output": sig.output}
-            for k, case in enumerate(default_cases([cell])):
+            for k, case in enumerate(default_cases([cell], seed=seed)):
                 arrays = case_arrays(make_problem(case, mod))
                 name = f"{cell}-{k:03d}.npz"
-                np.savez(tmp / name, **arrays)
+                write_npz(tmp / name, arrays)
                 entries.append({"id": f"{cell}-{k:03d}", "file": name, **_case_entry(case),
                                 "name": case.name,
                                 "arrays": {a: {"shape": list(v.shape), "dtype": str(v.dtype)} for a, v in arrays.items()},
                                 "bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)})
         manifest = {"schema_version": SCHEMA_VERSION, "generator": f"lstm-spec {lstm_spec.__version__}",
-                    "layout": LAYOUT, "cells": cell_info, "cases": entries,
+                    "seed": seed, "layout": LAYOUT, "cells": cell_info, "cases": entries,
                     "check_tolerance": CHECK_TOLERANCE}
         with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
             json.dump(manifest, fh, indent=1)
             fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _dir_mode())  # mkdtemp makes it 0700; a directory made by mkdir follows the umask
+        _fsync_dir(tmp)
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
         os.replace(tmp, out)
+        _fsync_dir(out.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return manifest
@@ -151,16 +197,29 @@ def check_vectors(outdir, recompute: bool = True) -> list[str]:
     out = Path(outdir)
     problems = []
     mpath = out / MANIFEST
+    if not out.is_dir():
+        return [f"{out}: not a directory"]
     if not mpath.is_file():
         return [f"{mpath}: missing"]
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return [f"{mpath}: not valid JSON ({exc})"]
+    if not isinstance(manifest, dict):
+        return [f"{mpath}: expected a JSON object, got {type(manifest).__name__}"]
     if manifest.get("schema_version") != SCHEMA_VERSION:
         return [f"{mpath}: schema_version {manifest.get('schema_version')!r}, this lstm-spec reads {SCHEMA_VERSION}"]
+    cases = manifest.get("cases")
+    if not isinstance(cases, list):
+        return [f"{mpath}: 'cases': expected a list, got {type(cases).__name__}"]
     listed = set()
-    for e in manifest.get("cases", []):
+    for k, e in enumerate(cases):
+        bad = _entry_problem(e)
+        if bad:
+            problems.append(f"{mpath}: cases[{k}]: {bad}")
+            if isinstance(e, dict) and isinstance(e.get("file"), str):
+                listed.add(e["file"])
+            continue
         f = out / e["file"]
         listed.add(e["file"])
         if not f.is_file():
@@ -176,21 +235,48 @@ def check_vectors(outdir, recompute: bool = True) -> list[str]:
         try:
             with np.load(f) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
             problems.append(f"{e['file']}: cannot be read as NPZ ({exc})")
             continue
+        here = []
         for a, meta in e["arrays"].items():
-            if a not in arrays:
-                problems.append(f"{e['file']}: array {a!r} missing")
+            if not (isinstance(meta, dict) and isinstance(meta.get("shape"), list) and "dtype" in meta):
+                here.append(f"{mpath}: {e['file']}: array {a!r}: expected {{'shape': [...], 'dtype': ...}}")
+            elif a not in arrays:
+                here.append(f"{e['file']}: array {a!r} missing")
             elif list(arrays[a].shape) != meta["shape"] or str(arrays[a].dtype) != meta["dtype"]:
-                problems.append(f"{e['file']}: array {a!r} is {arrays[a].shape} {arrays[a].dtype}, manifest says "
-                                f"{tuple(meta['shape'])} {meta['dtype']}")
-        if recompute and not problems:
-            problems += _recompute(e, arrays)
+                here.append(f"{e['file']}: array {a!r} is {arrays[a].shape} {arrays[a].dtype}, manifest says "
+                            f"{tuple(meta['shape'])} {meta['dtype']}")
+        if recompute and not here:
+            try:
+                here += _recompute(e, arrays)
+            except Exception as exc:  # noqa: BLE001 - a file the reference cannot be run on is a finding
+                here.append(f"{e['file']}: cannot recompute the reference on it ({type(exc).__name__}: {exc})")
+        problems += here
     for f in sorted(p.name for p in out.iterdir()):
         if f != MANIFEST and f not in listed:
             problems.append(f"{f}: not listed in the manifest")
     return problems
+
+
+_ENTRY_KEYS = {"file": str, "bytes": int, "sha256": str, "arrays": dict, "cell": str, "T": int, "B": int, "D": int,
+               "H": int, "dtype": str, "seed": int, "direction": str, "layers": int}
+
+
+def _entry_problem(e) -> str:
+    """What is wrong with a manifest entry ('' if nothing): missing keys, wrong types, a file name
+    that is not a plain name in the directory."""
+    if not isinstance(e, dict):
+        return f"expected an object, got {type(e).__name__}"
+    for key, typ in _ENTRY_KEYS.items():
+        if key not in e:
+            return f"missing key {key!r}"
+        if not isinstance(e[key], typ) or (typ is int and isinstance(e[key], bool)):
+            return f"{key!r}: expected {typ.__name__}, got {type(e[key]).__name__}"
+    name = e["file"]
+    if name in ("", ".", "..", MANIFEST) or "/" in name or "\\" in name:
+        return f"'file': expected a plain file name in the directory, got {name!r}"
+    return ""
 
 
 def _recompute(e: dict, arrays: dict) -> list[str]:
