@@ -15,14 +15,16 @@ the diagnosis and a command that reproduces it. Known deviations go in a TOML fi
     quantities = ["y"]        # optional: xfail only when nothing else fails
     reason = "outputs of the reverse pass come back reversed (issue #12)"
 
-An xfail that passes fails the run (strict), so a fixed deviation is noticed.
+An xfail that passes fails the run (strict), so a fixed deviation is noticed. The target runs in a
+worker process that is killed when a case takes longer than ``--lstm-spec-timeout`` /
+``LSTM_SPEC_TIMEOUT`` seconds (default 300; 0: in the pytest process), as with `lstm-spec conform`.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from .pytest_plugin import configured_target, configured_xfail
+from .pytest_plugin import configured_target, configured_timeout, configured_xfail
 
 
 def _load_deviations(path):
@@ -78,11 +80,24 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("lstm_spec_case", params)
 
 
-def test_conformance(lstm_spec_case, request):
-    from .runner import format_report, Report, run_case
+@pytest.fixture(scope="module")
+def lstm_spec_workers():
+    """One worker process per target for the whole module (started on first use), stopped at the end."""
+    workers = {}
+    yield workers
+    for w in workers.values():
+        w.stop()
+
+
+def test_conformance(lstm_spec_case, request, lstm_spec_workers):
+    from .runner import Report, Worker, format_report, run_case
 
     target, case, xfails = lstm_spec_case
-    r = run_case(target, case)
+    timeout = configured_timeout(request.config)
+    worker = None
+    if timeout and target.supports(case) is None:
+        worker = lstm_spec_workers.get(id(target)) or lstm_spec_workers.setdefault(id(target), Worker(target, timeout))
+    r = run_case(target, case, worker=worker)
     if r.status == "skip":
         pytest.skip(r.detail)
     spec = configured_target(request.config)

@@ -49,3 +49,19 @@ def test_option_and_known_deviations(tmp_path):
 def test_no_target_is_a_skip_not_an_error(tmp_path):
     r = _run(tmp_path)
     assert r.returncode == 0 and "1 skipped" in r.stdout and "LSTM_SPEC_TARGET" in r.stdout
+
+
+def test_hanging_case_times_out_and_the_others_run(tmp_path):
+    from pathlib import Path
+
+    target = Path(__file__).with_name("conform_misbehaving_targets.py")
+    r = _run(tmp_path, f"{target}:HangsInPython", ["--lstm-spec-timeout", "3", "-k", "forward and not lengths"])
+    assert r.returncode == 1, r.stdout[-3000:]
+    assert "runs in a worker process, timeout 3 s per case" in r.stdout
+    assert "timed out: no result within 3 s" in r.stdout
+    assert "2 failed, 6 passed" in r.stdout  # T = 4 in float64 and float32; the other shapes pass
+
+
+def test_bad_timeout_is_a_usage_error(tmp_path):
+    r = _run(tmp_path, "lstm_spec.conformance.examples:correct", env_extra={"LSTM_SPEC_TIMEOUT": "soon"})
+    assert r.returncode != 0 and "LSTM_SPEC_TIMEOUT: expected seconds >= 0, got 'soon'" in r.stdout + r.stderr
