@@ -474,8 +474,8 @@ def generate_module(d: Derivation) -> str:
          ", ".join(f"'{s}0'" for s in states) + ").")
     emit("    nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).")
     emit('    """')
-    emit("    dims, dtype = cache[\"dims\"], cache[\"dtype\"]")
     emit("    dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)")
+    emit("    dims, dtype = cache[\"dims\"], cache[\"dtype\"]")
     unpack_at = len(L)
     emit('    T, B = dims["T"], dims["B"]')
     dims_at = len(L)
@@ -505,6 +505,27 @@ def generate_module(d: Derivation) -> str:
             stacks_of.setdefault(d.adjoint_of[stack.operand], []).append(stack)
     params_done = set()
 
+    def shape_of(x):
+        i = info[x]
+        if i.kind in ("value", "prev", "next"):
+            return plan.shapes.get(i.name)
+        if i.kind == "cot":
+            return plan.shapes.get(cell.output)
+        if i.kind == "term":
+            return plan.term_dims(x)
+        if i.kind == "adj":
+            return plan.adjoint_dims(x)
+        if i.kind == "param":
+            return cell.parameters[i.name].shape
+        return None  # a common subexpression: unknown, treated as a vector
+
+    def per_sample(x):
+        return shape_of(x) == ("1",) or info[x].kind == "param" and shape_of(x) == ()
+
+    def target_is_vector(st):
+        return info[st.target].kind == "adj" and info[info[st.target].of].kind in ("term", "value", "prev") and \
+            plan.adjoint_dims(st.target) != ("1",)
+
     def rhs_of(st, printer, names, ref_for_zero):
         parts = []
         e = st.elementwise
@@ -512,6 +533,11 @@ def generate_module(d: Derivation) -> str:
             text = printer.doprint(reorder(e, d.symbols))
             if not (e.free_symbols - {s for s in e.free_symbols if info[s].kind == "param"}):
                 text = f"np.full_like({ref_for_zero}, {text})"
+            elif not st.matvec and target_is_vector(st) and all(per_sample(x) for x in e.free_symbols):
+                # a per-sample value (B, 1) sent to every unit of a vector: made explicit for the products after
+                dims = plan.adjoint_dims(st.target)
+                lead = "B" if names is loop_names else "T, B"
+                text = f"np.broadcast_to({text}, ({lead}, {', '.join(dims)}))"
             parts.append(text)
         done = set()
         for stack in stacks_of.get(st.target, []):
@@ -574,7 +600,7 @@ def generate_module(d: Derivation) -> str:
     for g in grads:
         emit(f"        {g},")
     emit("    }")
-    emit("    finish_backward(SIGNATURE, cache, grads, nonfinite)")
+    emit("    finish_backward(SIGNATURE, cache, grads, nonfinite, dy, d_final)")
     emit("    return grads")
     body = "\n".join(L[dims_at:return_at])
     used = lambda n: re.search(rf"\b{re.escape(n)}\b", body) is not None  # noqa: E731

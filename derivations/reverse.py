@@ -223,7 +223,22 @@ def equations_to_sympy(cell: Cell, symbols: Symbols) -> list[ForwardEquation]:
             return FUNCTIONS[cell.functions[node.func]].sympy_function(conv(node.arg), *extra)
         raise TypeError(node)  # pragma: no cover
 
+    def matmuls(node):
+        if isinstance(node, BinOp):
+            yield from ([node] if node.op == "@" else [])
+            yield from matmuls(node.left)
+            yield from matmuls(node.right)
+        elif isinstance(node, (Neg, Pow, Call)):
+            yield from matmuls(node.operand if isinstance(node, Neg) else node.base if isinstance(node, Pow)
+                               else node.arg)
+
     for eq in cell.equations:
+        for mm in matmuls(eq.rhs):
+            if isinstance(mm.right, Name) and mm.right.name in cell.parameters:
+                raise SpecError(f"{cell.path}, line {eq.line}, equation '{eq.text}': {mm.left.name} @ "
+                                f"{mm.right.name}: the right operand of @ is the parameter {mm.right.name}; a matrix "
+                                "times a parameter is the same at every step and is not supported: declare its "
+                                "product as a bias vector instead")
         rhs = hoist(eq.rhs, eq.lhs, top=True)
         out.append(ForwardEquation(eq.lhs, conv(rhs), False, eq.text, rhs, cell.shapes[eq.lhs]))
     return out
@@ -325,8 +340,9 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
                 continue
             info = symbols.info[term]
             d_term_expr = total(term)
-            if isinstance(d_term_expr, sympy.Symbol) and symbols.info[d_term_expr].kind == "adj":
-                d_term = d_term_expr
+            if isinstance(d_term_expr, sympy.Symbol) and symbols.info[d_term_expr].kind == "adj" and \
+                    shape_of(symbols.info[d_term_expr].of) == shape_of(term):
+                d_term = d_term_expr  # an alias (not when a per-sample adjoint meets a vector term)
             else:
                 d_term = symbols.adj(term)
                 loop.append(Statement(d_term, "term", _tidy(d_term_expr, simplify)))

@@ -11,7 +11,6 @@ expressions are accepted only inside ``with symbolic():`` (the unrolled symbolic
 from __future__ import annotations
 
 import contextlib
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -311,9 +310,6 @@ def prepare(sig: Signature, params, sequence: dict, initial: dict):
     return p, arrays, init, dims
 
 
-_PENDING = threading.local()  # the cotangents of the backward call in progress, for its non-finite report
-
-
 def prepare_cotangents(sig: Signature, cache: dict, dy, d_final):
     """Validate the cotangents given to backward: dy (T, B, output dims) and d_final {state: (B, dims)}.
     Missing cotangents are zeros. The cache must come from this cell's forward."""
@@ -346,7 +342,6 @@ def prepare_cotangents(sig: Signature, cache: dict, dy, d_final):
             if a.shape != shape or a.dtype != dtype:
                 raise InputError(f"d_final[{name!r}]: got {_describe(a)}, expected shape {shape} and dtype {dtype}")
             out[name] = a.copy()
-    _PENDING.value = (id(cache), dy, out)
     return dy, out
 
 
@@ -438,21 +433,19 @@ def finish_forward(sig: Signature, cache: dict, nonfinite):
         raise NonFiniteError(f"{sig.cell}: {report}")
 
 
-def finish_backward(sig: Signature, cache: dict, grads: dict, nonfinite):
+def finish_backward(sig: Signature, cache: dict, grads: dict, nonfinite, dy=None, d_final=None):
     """Apply the non-finite policy to a backward pass. 'propagate' costs nothing (no scan). With 'raise'
     the error names a non-finite cotangent given to backward (dy at (t, b, ...), or d_final[state]);
     else, when a gradient is non-finite, that gradient and, if there is one, the first non-finite value
     of the forward pass that caused it."""
-    pending = getattr(_PENDING, "value", None)
-    _PENDING.value = None
     _check_policy(nonfinite)
     if nonfinite == "propagate":
         return
-    if pending is not None and pending[0] == id(cache):
-        _, dy, d_final = pending
+    if dy is not None:
         where = _first_nonfinite(dy)
         if where is not None:
             raise NonFiniteError(f"{sig.cell}: cotangent dy is non-finite at index {where} (t, b, ...)")
+    if d_final is not None:
         for name, a in d_final.items():
             where = _first_nonfinite(a)
             if where is not None:

@@ -160,8 +160,8 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h0', 'c0').
     nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
-    dims, dtype = cache["dims"], cache["dtype"]
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
+    dims, dtype = cache["dims"], cache["dtype"]
     x = cache['x']
     h = cache['h']
     c = cache['c']
@@ -227,5 +227,5 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
         'h0': d_h_next,
         'c0': d_c_next,
     }
-    finish_backward(SIGNATURE, cache, grads, nonfinite)
+    finish_backward(SIGNATURE, cache, grads, nonfinite, dy, d_final)
     return grads

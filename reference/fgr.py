@@ -223,8 +223,8 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h0', 'c0', 'i0', 'f0', 'o0').
     nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
-    dims, dtype = cache["dims"], cache["dtype"]
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
+    dims, dtype = cache["dims"], cache["dtype"]
     x = cache['x']
     h = cache['h']
     c = cache['c']
@@ -325,5 +325,5 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
         'f0': d_f_next,
         'o0': d_o_next,
     }
-    finish_backward(SIGNATURE, cache, grads, nonfinite)
+    finish_backward(SIGNATURE, cache, grads, nonfinite, dy, d_final)
     return grads

@@ -258,8 +258,8 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h10', 'c10', 'h20', 'c20').
     nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
-    dims, dtype = cache["dims"], cache["dtype"]
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
+    dims, dtype = cache["dims"], cache["dtype"]
     x = cache['x']
     h1 = cache['h1']
     c1 = cache['c1']
@@ -372,5 +372,5 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
         'h20': d_h2_next,
         'c20': d_c2_next,
     }
-    finish_backward(SIGNATURE, cache, grads, nonfinite)
+    finish_backward(SIGNATURE, cache, grads, nonfinite, dy, d_final)
     return grads

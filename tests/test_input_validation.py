@@ -278,8 +278,6 @@ def test_cache_survives_pickling_with_its_origin(inst):
             gru_reset_after.backward(clone)
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="the generated backward reads cache['dims'] before "
-                   "prepare_cotangents validates the cache; needs the code generator to validate first")
 def test_a_dict_that_is_no_cache_is_named():
     with pytest.raises(InputError, match="cache: expected the cache returned by lstm.forward"):
         lstm.backward({"y": np.zeros(3)})
