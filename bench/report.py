@@ -175,7 +175,8 @@ def meta_markdown(data: dict) -> str:
              f"{m.get('reps', '?')} interleaved repetitions per point, median and interquartile range",
              f"square 1024 GEMM rate: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in m.get("gemm_peak_gflops", {}).items()),
              f"{n_ok} of {n_all} grid points measured; the others are listed with the reason they were skipped",
-             f"command: `{m.get('command', '?')}`; load average at the start {m.get('loadavg_start', ['?'])[0]}"]
+             f"command: `{m.get('command', '?')}`; 1-minute load average at the start "
+             f"{m['loadavg_start'][0]:.1f}" if "loadavg_start" in m else "load average not recorded"]
     return "\n".join(f"- {i}" for i in items)
 
 
@@ -208,10 +209,11 @@ def plot_svg(data: dict, fmt: str = "svg") -> bytes:
     a1.axhline(1.0, color="k", lw=0.8)
     a1.set_xscale("log")
     a1.set_yscale("log")
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 
+    a1.yaxis.set_major_locator(FixedLocator([0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50]))
     a1.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    a1.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    a1.yaxis.set_minor_formatter(NullFormatter())
     a1.set_xlabel("FLOPs of forward + backward, 3 x 2TB4H(D+H)")
     a1.set_ylabel("peer time / reference time (> 1: reference faster)")
     a1.set_title("Speed of the generated reference")

@@ -81,14 +81,17 @@ class Reference:
             peak = tracemalloc.get_traced_memory()[1] - base
         finally:
             tracemalloc.stop()
-        seen, cache_bytes = set(), 0
+        T, B = pb["x"].shape[:2]
+        seen, cache_bytes, per_step_bytes = set(), 0, 0
         for v in cache.values():  # arrays the forward allocated and keeps (not views of the inputs)
             if isinstance(v, np.ndarray) and id(v) not in seen and not any(np.may_share_memory(v, a) for a in inputs):
                 seen.add(id(v))
                 cache_bytes += v.nbytes
+                if v.ndim == 3 and v.shape[:2] in ((T, B), (T + 1, B)):  # per step and batch row, not weights
+                    per_step_bytes += v.nbytes
         grad_bytes = sum(v.nbytes for v in grads.values())
         return {"peak_bytes": int(peak), "after_forward_bytes": int(after_forward), "cache_bytes": int(cache_bytes),
-                "gradient_bytes": int(grad_bytes)}
+                "per_step_cache_bytes": int(per_step_bytes), "gradient_bytes": int(grad_bytes)}
 
 
 class Torch:

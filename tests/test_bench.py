@@ -43,6 +43,8 @@ def test_quick_runs_and_every_point_agrees_with_the_reference(quick):
             assert len(s["times"]) == data["meta"]["reps"] == 3
             assert s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"]
         assert rec["memory"]["peak_bytes"] >= rec["min_cache_bytes"] == pr.min_cache_bytes(pr.Point(**rec["point"]))
+        # the per-step cache of the reference holds at least what BPTT needs without recomputing a product
+        assert rec["memory"]["cache_bytes"] >= rec["memory"]["per_step_cache_bytes"] >= rec["min_cache_bytes"]
     # the same threads everywhere, set before import
     for info in data["meta"]["workers"].values():
         assert info["threads"] == 1 and info["affinity"] == data["meta"]["cpus"]
