@@ -64,6 +64,9 @@ def add_subcommand(sub) -> None:
     s.add_argument("--merge", action="store_true", help="with --json: keep the sections of an existing file that "
                    "this run does not measure (points or tools)")
     s.add_argument("--render", metavar="JSON", help="measure nothing: print the table of an existing result")
+    s.add_argument("--rerun-noisy", metavar="JSON", help="measure again the points of an existing result whose "
+                   "interquartile range exceeds --noise, keep the quieter measurement of each, and write the "
+                   "result back (to --json if given, else to JSON itself)")
     s.set_defaults(func=cmd_bench)
 
 
@@ -80,6 +83,8 @@ def cmd_bench(args) -> int:
     from . import problem as pr
     from .runner import Bench, BenchError, header, run_grid, run_tools
 
+    if args.rerun_noisy:
+        return rerun_noisy(args)
     what = _names(args.what, "--what", WHAT)
     if args.quick:
         points = pr.grid(**pr.QUICK, dtypes=_names(args.dtype, "--dtype", pr.DTYPES))
@@ -132,3 +137,46 @@ def cmd_bench(args) -> int:
               for r in bad), file=sys.stderr)
         code = 1
     return code
+
+
+def rerun_noisy(args) -> int:
+    """Re-measure the noisy points of a result with its own settings (threads, repetitions, seed)."""
+    import os
+
+    from . import problem as pr
+    from . import report
+    from .runner import Bench, BenchError, status_line
+
+    data = report.load(args.rerun_noisy)
+    meta = data["meta"]
+    noisy = [i for i, r in enumerate(data.get("points", [])) if r["status"] == "ok" and r["spread"] > args.noise]
+    print(f"lstm-spec bench: {len(noisy)} point(s) of {args.rerun_noisy} have an IQR over {args.noise:.0%}", flush=True)
+    signal.signal(signal.SIGTERM, _interrupted)
+    replaced = 0
+    try:
+        with Bench(peers=_names(args.peers, "--peers", ("torch", "jax")), threads=meta.get("threads", args.threads),
+                   reps=meta.get("reps", 7), max_seconds=meta.get("max_seconds", args.max_seconds),
+                   max_memory_gb=args.max_memory_gb, noise=args.noise, retries=args.retries,
+                   seed=meta.get("seed", 0), log=print) as bench:
+            for i in noisy:
+                old = data["points"][i]
+                new = bench.measure(pr.Point(**old["point"]))
+                keep = new["status"] == "ok" and new["spread"] < old["spread"]
+                print(f"{status_line(new)}; spread {old['spread']:.0%} -> {new.get('spread', float('nan')):.0%}"
+                      f" ({'kept' if keep else 'the earlier one kept'})", flush=True)
+                if new["status"] == "mismatch":
+                    data["points"][i] = new  # a disagreement is never hidden behind an earlier measurement
+                elif keep:
+                    new["rerun"] = True
+                    data["points"][i] = new
+                    replaced += 1
+    except BenchError as exc:
+        print(f"lstm-spec bench: {exc}", file=sys.stderr)
+        return 2
+    meta.setdefault("reruns", []).append({"date": __import__("time").strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                          "points": len(noisy), "replaced": replaced,
+                                          "loadavg": list(os.getloadavg())})
+    out = Path(args.json or args.rerun_noisy)
+    out.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    print(f"{replaced} of {len(noisy)} point(s) replaced; wrote {out}")
+    return 1 if any(r["status"] == "mismatch" for r in data["points"]) else 0

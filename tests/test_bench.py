@@ -170,3 +170,19 @@ def test_tool_timing_reports_time_exit_code_and_timeout():
     assert bad["exit_code"] == 3
     hang = time_command([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
     assert hang["exit_code"] is None and "timed out" in hang["tail"]
+
+
+def test_rerun_noisy_replaces_a_noisy_point_by_a_quieter_measurement(quick, tmp_path):
+    _, path = quick
+    data = json.loads(path.read_text())
+    data["points"] = data["points"][:2]
+    data["points"][0]["spread"] = 99.0  # pretend the first point was hopelessly noisy
+    data["points"][1]["spread"] = 0.0  # and the second one perfectly quiet
+    src, out = tmp_path / "noisy.json", tmp_path / "rerun.json"
+    src.write_text(json.dumps(data))
+    res = cli("--rerun-noisy", str(src), "--json", str(out), "--retries", "0")
+    assert res.returncode == 0, res.stdout + res.stderr
+    new = json.loads(out.read_text())
+    assert new["points"][0]["spread"] < 99.0 and new["points"][0]["rerun"] is True
+    assert new["points"][1] == data["points"][1]  # not re-measured
+    assert new["meta"]["reruns"][-1]["points"] == 1 and new["meta"]["reruns"][-1]["replaced"] == 1
