@@ -156,15 +156,22 @@ def stack_rows(*matrices):
 
 
 def split_last(a, sizes):
-    """Views of a along its last axis, in consecutive blocks of the given sizes."""
-    bounds = np.cumsum(sizes)[:-1]
-    return np.split(a, bounds, axis=-1)
+    """Views of a along its last axis, in consecutive blocks of the given sizes (plain slices: this runs
+    at every time step, where np.split's overhead shows for small sizes)."""
+    out, start = [], 0
+    for n in sizes:
+        out.append(a[..., start:start + n])
+        start += n
+    return out
 
 
 def split_first(a, sizes):
     """Views of a along its first axis, in consecutive blocks of the given sizes."""
-    bounds = np.cumsum(sizes)[:-1]
-    return np.split(a, bounds, axis=0)
+    out, start = [], 0
+    for n in sizes:
+        out.append(a[start:start + n])
+        start += n
+    return out
 
 
 # ----------------------------------------------------------------------------------------- validation
