@@ -399,9 +399,17 @@ def _drop_dead(loop: list[Statement], after: list[Statement]) -> list[Statement]
         loop = keep
 
 
+# The largest adjoint of the cells in spec/ has 10 operations; a spec file from anywhere can make one with
+# thousands (a name read by many equations through rational functions), on which sympy.simplify runs for
+# minutes (factor_terms too). Above this size the adjoint is kept as derived (still exact, just not shortened).
+MAX_SIMPLIFY_OPS = 20
+
+
 def _tidy(expr, simplify):
     """Light simplification: keep SymPy's simplified form only when it is strictly shorter."""
     if not simplify or expr == 0:
+        return expr
+    if sympy.count_ops(expr) > MAX_SIMPLIFY_OPS:  # their time grows steeply with the size: skip them
         return expr
     candidates = [expr, sympy.factor_terms(expr)]
     try:

@@ -220,8 +220,9 @@ def load_file(path) -> Cell:
                         f"{exc.start})") from None
     try:
         data = tomllib.loads(source)
-    except tomllib.TOMLDecodeError as exc:  # its message names the line and column
-        raise SpecError(f"{where}: not a valid TOML spec file: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:  # its message names the line and column, or the end
+        at_end = f", line {source.count(chr(10)) + 1}" if "end of document" in str(exc) else ""
+        raise SpecError(f"{where}{at_end}: not a valid TOML spec file: {exc}") from None
     except (ValueError, RecursionError, MemoryError) as exc:  # e.g. nesting too deep, an integer too long
         raise SpecError(f"{where}: not a valid TOML spec file: {type(exc).__name__}: {str(exc)[:200]}") from None
     return _build(data, source, path)

@@ -376,3 +376,24 @@ def test_fuzz_command_prints_the_figures(tmp_path, capsys):
                  "total time:"):
         assert word in out
     assert code == 0
+
+
+def test_simplification_is_skipped_for_large_adjoints(tmp_path, monkeypatch):
+    """Time per file is bounded: sympy.simplify (and factor_terms) run for minutes on the large adjoints
+    a spec can make within the size limits (a name read by many equations through rational functions;
+    7 such equations took over a minute). The derivation only hands them small expressions."""
+    import sympy
+
+    from lstm_spec.derivations import reverse
+
+    sizes = []
+    real = sympy.simplify
+    monkeypatch.setattr(sympy, "simplify", lambda e, *a, **k: sizes.append(sympy.count_ops(e)) or real(e, *a, **k))
+    chain = ["z = W @ x + U @ h[t-1] + b", "a0 = z"]
+    chain += [f"a{k} = tanh(a{k - 1}) * (a{k - 1} - z ^ 2) + a{k - 1} ^ 3 * h[t-1] / (1 + a{k - 1} ^ 2)"
+              for k in range(1, 5)]
+    cell = load(write_spec(tmp_path, body("\n".join(chain + ["h = tanh(a4)"]))))
+    with spec_fuzz.time_limit(300):  # a guard against a hang, not a timing assertion
+        derive(cell)
+    assert sizes and max(sizes) <= reverse.MAX_SIMPLIFY_OPS
+    assert reverse.MAX_SIMPLIFY_OPS >= 10  # the largest adjoint of the cells in spec/ is still simplified
