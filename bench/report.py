@@ -177,6 +177,10 @@ def meta_markdown(data: dict) -> str:
              f"{n_ok} of {n_all} grid points measured; the others are listed with the reason they were skipped",
              f"command: `{m.get('command', '?')}`; 1-minute load average at the start "
              f"{m['loadavg_start'][0]:.1f}" if "loadavg_start" in m else "load average not recorded"]
+    for rr in m.get("reruns", []):
+        items.append(f"{rr['points']} point(s) with an IQR over the noise limit measured again on {rr['date']} "
+                     f"(`lstm-spec bench --rerun-noisy`), {rr['replaced']} replaced by the quieter measurement; "
+                     f"1-minute load average then {rr['loadavg'][0]:.1f}")
     return "\n".join(f"- {i}" for i in items)
 
 
