@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lstm_spec.reference.masks import dropout_mask
+
 # (T, B, D, H): T = 1, B = 1, D != H, D = H, and a longer sequence
 SHAPES = [(1, 1, 3, 2), (2, 1, 2, 3), (4, 3, 5, 3), (6, 2, 4, 4)]
 
@@ -84,6 +86,8 @@ def _draw(module, shape, seed: int, scale: float) -> Instance:
     T, B = dims["T"], dims["B"]
     params = {n: scale * rng.standard_normal(tuple(dims[d] for d in ds)) for n, ds in sig.parameters.items()}
     seq = {n: rng.standard_normal((T, B) + tuple(dims[d] for d in ds)) for n, ds in sig.inputs.items()}
+    for n, m in getattr(module, "MASKS", {}).items():  # dropout / zoneout masks: 0 or 1/(1-p) (or 1)
+        seq[n] = dropout_mask(rng, T, B, dims[sig.inputs[n][-1]], m["p"], m["values"], m["time"])
     init = {n: 0.5 * rng.standard_normal((B,) + tuple(dims[d] for d in ds)) for n, ds in sig.states.items()}
     dy = rng.standard_normal((T, B) + tuple(dims[d] for d in sig.output_dims))
     d_final = {n: rng.standard_normal((B,) + tuple(dims[d] for d in ds)) for n, ds in sig.states.items()}

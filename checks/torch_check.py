@@ -109,6 +109,138 @@ TORCH_EQUIVALENTS: dict[str, TorchEquivalent] = {
 }
 
 
+@dataclass
+class TorchProgram:
+    """A cell written as a PyTorch program of the same math, differentiated by PyTorch's autograd: PyTorch's
+    own modules with the explicit masks applied around them (nn.LSTM draws its dropout masks itself, so
+    they cannot be given to it), or, where PyTorch has no such cell, the equations in torch operations
+    (the layer-normalised LSTM uses torch.nn.functional.layer_norm)."""
+
+    run: Callable  # (torch, p, seq, init, dims) -> (y of shape (T, B, ·), {state: final value}); leaf tensors
+    what: str  # one line: what PyTorch computes
+
+
+def _layer(p, k):
+    """Layer k's parameters of a two-layer spec (W1_f -> W_f)."""
+    return {name.replace(str(k), "", 1): v for name, v in p.items() if name[1:2] == str(k)}
+
+
+def _lstm_net(torch, p, seed, cell: bool):
+    """A float64 nn.LSTMCell (cell=True) or single-layer nn.LSTM with our parameters as its weights:
+    returns a function of (input, (h, c))."""
+    from torch.func import functional_call
+
+    D, H = p["W_f"].shape[1], p["W_f"].shape[0]
+    net = (torch.nn.LSTMCell(D, H) if cell else torch.nn.LSTM(D, H)).double()
+    w = _lstm_weights(torch, p, None, seed)
+    if not cell:
+        w = {f"{k}_l0": v for k, v in w.items()}
+    return lambda inp, state: functional_call(net, w, (inp, state))
+
+
+def _run_stacked2_dropout(torch, p, seq, init, dims):
+    layer1, layer2 = _lstm_net(torch, _layer(p, 1), 8, False), _lstm_net(torch, _layer(p, 2), 9, False)
+    y1, (h1, c1) = layer1(seq["x"] * seq["m_x"], (init["h1"][None], init["c1"][None]))
+    y2, (h2, c2) = layer2(y1 * seq["m_1"], (init["h2"][None], init["c2"][None]))
+    return y2, {"h1": h1[0], "c1": c1[0], "h2": h2[0], "c2": c2[0]}
+
+
+def _stepped(torch, dims, T, step, h, c):
+    ys = []
+    for t in range(T):
+        h, c = step(t, h, c)
+        ys.append(h)
+    y = torch.stack(ys) if ys else torch.zeros((0,) + tuple(h.shape), dtype=torch.float64)
+    return y, {"h": h, "c": c}
+
+
+def _run_variational_dropout(torch, p, seq, init, dims):
+    cell = _lstm_net(torch, p, 8, True)
+    x, m_x, m_h = seq["x"], seq["m_x"], seq["m_h"]
+    return _stepped(torch, dims, x.shape[0], lambda t, h, c: cell(x[t] * m_x[t], (h * m_h[t], c)),
+                    init["h"], init["c"])
+
+
+def _run_zoneout(torch, p, seq, init, dims):
+    cell = _lstm_net(torch, p, 8, True)
+    x, m_c, m_h = seq["x"], seq["m_c"], seq["m_h"]
+
+    def step(t, h, c):
+        h_new, c_new = cell(x[t], (h, c))
+        return m_h[t] * h_new + (1 - m_h[t]) * h, m_c[t] * c_new + (1 - m_c[t]) * c
+
+    return _stepped(torch, dims, x.shape[0], step, init["h"], init["c"])
+
+
+def _gate_products(torch, p, v, kind):
+    """The four gates' products W_g v (kind "W") or U_g v (kind "U") as one vector of 4H units (f, i, c, o)."""
+    return torch.nn.functional.linear(v, torch.cat([p[f"{kind}_{g}"] for g in "fico"]))
+
+
+def _run_semeniuta(torch, p, seq, init, dims):
+    x, m = seq["x"], seq["m"]
+    b = torch.cat([p[f"b_{g}"] for g in "fico"])
+
+    def step(t, h, c):
+        zf, zi, zc, zo = (_gate_products(torch, p, x[t], "W") + _gate_products(torch, p, h, "U") + b).chunk(4, -1)
+        c = torch.sigmoid(zf) * c + torch.sigmoid(zi) * (m[t] * torch.tanh(zc))
+        return torch.sigmoid(zo) * torch.tanh(c), c
+
+    return _stepped(torch, dims, x.shape[0], step, init["h"], init["c"])
+
+
+LAYER_NORM_EPS = 1e-5  # the spec's eps (0.00001), PyTorch's layer_norm default
+
+
+def _run_layer_norm(torch, p, seq, init, dims, eps=LAYER_NORM_EPS):
+    ln = torch.nn.functional.layer_norm
+    x = seq["x"]
+    cat = lambda k: torch.cat([p[f"{k}_{g}"] for g in "fico"])  # noqa: E731
+    gx, gh, b = cat("gx"), cat("gh"), cat("b")
+    H = p["b_f"].shape[0]
+
+    def step(t, h, c):
+        z = (ln(_gate_products(torch, p, x[t], "W"), (4 * H,), weight=gx, eps=eps)
+             + ln(_gate_products(torch, p, h, "U"), (4 * H,), weight=gh, eps=eps) + b)
+        zf, zi, zc, zo = z.chunk(4, -1)
+        c = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zc)
+        return torch.sigmoid(zo) * torch.tanh(ln(c, (H,), weight=p["g_n"], bias=p["b_n"], eps=eps)), c
+
+    return _stepped(torch, dims, x.shape[0], step, init["h"], init["c"])
+
+
+TORCH_PROGRAMS: dict[str, TorchProgram] = {
+    "lstm_stacked2_dropout": TorchProgram(_run_stacked2_dropout, "two single-layer nn.LSTM, the masks applied to "
+                                          "the input and between them (nn.LSTM(num_layers=2, dropout=p)'s function)"),
+    "lstm_variational_dropout": TorchProgram(_run_variational_dropout, "nn.LSTMCell stepped, fed x_t * m_x and "
+                                             "(h_{t-1} * m_h, c_{t-1})"),
+    "lstm_zoneout": TorchProgram(_run_zoneout, "nn.LSTMCell stepped, its new h and c mixed with the previous ones"),
+    "lstm_semeniuta": TorchProgram(_run_semeniuta, "torch operations (PyTorch has no such cell)"),
+    "lstm_layer_norm": TorchProgram(_run_layer_norm, "torch operations with torch.nn.functional.layer_norm over "
+                                    "the 4H gate products and the H cell units (PyTorch has no such cell)"),
+}
+
+
+def _compare_program(module, inst, torch, program: TorchProgram):
+    leaf = lambda a: torch.tensor(a, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    ours = {k: leaf(v) for k, v in inst.params.items()}
+    seq = {k: leaf(v) for k, v in inst.seq.items()}
+    init = {k: leaf(v) for k, v in inst.init.items()}
+    y, final = program.run(torch, ours, seq, init, inst.dims)
+    loss = (y * torch.tensor(inst.dy)).sum()
+    for s in init:
+        loss = loss + (final[s] * torch.tensor(inst.d_final[s])).sum()
+    loss.backward()
+    grad = lambda t, like: t.grad.numpy() if t.grad is not None else np.zeros_like(like)  # noqa: E731
+    ours_y, ours_final, ours_g = run(module, inst)
+    pairs = [("y", ours_y, y.detach().numpy())]
+    pairs += [(f"{s}_T", ours_final[s], final[s].detach().numpy()) for s in init]
+    pairs += [(k, ours_g[k], grad(seq[k], inst.seq[k])) for k in seq]
+    pairs += [(f"{s}0", ours_g[f"{s}0"], grad(init[s], inst.init[s])) for s in init]
+    pairs += [(k, ours_g[k], grad(ours[k], inst.params[k])) for k in inst.params]
+    return pairs
+
+
 def _compare(module, inst, torch, eq: TorchEquivalent, use_cell: bool, weights=None):
     from torch.func import functional_call
 
@@ -153,9 +285,12 @@ def _compare(module, inst, torch, eq: TorchEquivalent, use_cell: bool, weights=N
     return pairs
 
 
-def check_torch(module, cell: str, shapes=None, seed: int = 0, weights=None) -> dict:
+def check_torch(module, cell: str, shapes=None, seed: int = 0, weights=None, program=None) -> dict:
     """Returns {"error", "worst"}, or {"skipped": reason} when PyTorch has no such cell or is absent.
-    ``weights`` replaces the conversion (negative controls build deliberately wrong ones)."""
+    ``weights`` replaces the conversion, ``program`` the PyTorch program of a cell in TORCH_PROGRAMS
+    (negative controls build deliberately wrong ones)."""
+    if cell in TORCH_PROGRAMS or program is not None:
+        return _check_program(module, cell, program or TORCH_PROGRAMS[cell], shapes or SHAPES, seed)
     if cell not in TORCH_EQUIVALENTS:
         return {"skipped": f"PyTorch has no equivalent of cell {cell!r}"}
     if not torch_available():
@@ -174,6 +309,24 @@ def check_torch(module, cell: str, shapes=None, seed: int = 0, weights=None) -> 
                     if err > worst:
                         kind = "cell stepped" if use_cell else "sequence module"
                         worst, where = err, f"{label} ({kind}, shape {shape})"
+    except Exception as exc:
+        return {"error": float("inf"), "worst": f"{type(exc).__name__}: {exc}"}
+    return {"error": worst, "worst": where}
+
+
+def _check_program(module, cell, program: TorchProgram, shapes, seed) -> dict:
+    if not torch_available():
+        return {"skipped": f"PyTorch is not installed; {INSTALL}"}
+    import torch
+
+    worst, where = 0.0, ""
+    try:
+        for k, shape in enumerate(shapes):
+            inst = random_instance(module, shape, seed + 30 + k)
+            for label, ours, theirs in _compare_program(module, inst, torch, program):
+                err = rel_error(ours, theirs)
+                if err > worst:
+                    worst, where = err, f"{label} (PyTorch program: {program.what}; shape {shape})"
     except Exception as exc:
         return {"error": float("inf"), "worst": f"{type(exc).__name__}: {exc}"}
     return {"error": worst, "worst": where}

@@ -341,6 +341,11 @@ def generate_module(d: Derivation) -> str:
         emit("# The backward pass is the gradient of a truncated objective (stop_gradient): finite differences,")
         emit("# which see the untruncated function, do not apply to it; complex-step derivatives do.")
         emit("STOP_GRADIENT = True")
+    if cell.masks:
+        emit("")
+        emit("# Inputs that are masks (spec [masks]): 0 with probability p, else 1/(1-p) (inverted) or 1 (binary);")
+        emit("# 'fixed': one mask repeated at every step. The numeric checks draw them so.")
+        emit(f"MASKS = {cell.masks!r}")
     if kinks:
         emit("")
         emit("# Where the derivative has kinks: (cached value, |value| at which the clip's derivative jumps).")

@@ -138,6 +138,59 @@ class LogSumExpN(sympy.Function):
         return sympy.log(sum(sympy.exp(a) for a in args))
 
 
+class UnitCount(sympy.Function):
+    """The number of units of a vector expression, as a per-sample value (a reduction with derivative 0).
+    Its arguments are the symbols of that expression: per unit they are vectors of N units or per-sample
+    values (one unit, broadcast), so N is the largest of their lengths (numerically: the broadcast size of
+    their last axes). It appears in the derivative of the mean, 1/N."""
+
+    def fdiff(self, argindex=1):
+        return sympy.S.Zero
+
+    def _latex(self, printer, exp=None):
+        base = r"N_{%s}" % ",".join(printer._print(a) for a in self.args)
+        return base if exp is None else r"%s^{%s}" % (base, exp)
+
+
+def unit_count_of(expr) -> "UnitCount":
+    """UnitCount of the symbols of a per-unit expression, in a fixed order."""
+    return UnitCount(*sorted(expr.free_symbols, key=lambda s: s.name))
+
+
+class UnitMean(sympy.Function):
+    """Mean over the units of a vector: (1/N) sum_k x_k. Per unit, the derivative of the mean with respect to
+    its argument is 1/N, N the number of units of the argument (UnitCount)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return 1 / unit_count_of(self.args[0])
+
+    def _latex(self, printer, exp=None):
+        base = r"\operatorname{mean}_{k}\left(%s\right)" % printer._print(self.args[0])
+        return base if exp is None else r"%s^{%s}" % (base, exp)
+
+
+class Rsqrt(sympy.Function):
+    """The reciprocal square root 1 / sqrt(x) (layer normalisation's 1 / sqrt(var + eps)), differentiated
+    through its own output: rsqrt'(x) = -rsqrt(x)^3 / 2."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        if argindex != 1:
+            raise sympy.ArgumentIndexError(self, argindex)
+        return -self**3 / 2
+
+    def _eval_rewrite_as_exp(self, arg, **kwargs):
+        return 1 / sympy.sqrt(arg)
+
+    def _latex(self, printer, exp=None):
+        arg = printer._print(self.args[0])
+        base = r"\frac{1}{\sqrt{%s}}" % arg
+        return base if exp is None else r"\left(%s\right)^{%s}" % (base, exp)
+
+
 class StopGradient(sympy.Function):
     """stop_gradient(x) = x in value, with derivative 0: what a truncated gradient treats as a constant."""
 
@@ -173,9 +226,15 @@ FUNCTIONS: dict[str, FunctionKind] = {
     "stop_gradient": FunctionKind("stop_gradient", StopGradient, "stop_gradient", None,
                                   "stop_gradient'(x) = 0 (the value passes, the derivative does not)"),
     "exp": FunctionKind("exp", Exp, "exp", lambda x: sympy.exp(x), "exp'(x) = exp(x)"),
+    "rsqrt": FunctionKind("rsqrt", Rsqrt, "rsqrt", lambda x: 1 / sympy.sqrt(x), "rsqrt'(x) = -rsqrt(x)^3 / 2"),
     "sum": FunctionKind("sum", UnitSum, "unit_sum", None, "d sum_k x_k / d x_j = 1", reduction=True),
     "logsumexp": FunctionKind("logsumexp", LogSumExp, "logsumexp", None,
                               "d logsumexp(x) / d x_j = exp(x_j - logsumexp(x)) (the softmax)", reduction=True),
+    "mean": FunctionKind("mean", UnitMean, "unit_mean", None, "d mean_k x_k / d x_j = 1 / N (N units)",
+                         reduction=True),
+    "unit_count": FunctionKind("unit_count", UnitCount, "unit_count", None,
+                               "the number of units N of its argument (a constant: derivative 0)",
+                               declarable=False, reduction=True),
     "clip_mask": FunctionKind("clip_mask", ClipMask, "clip_mask", None, "the derivative of clip", ("bound",),
                               declarable=False),
 }
@@ -236,9 +295,14 @@ def _confirm_reduction(fk) -> int:
     """A reduction's per-unit rule against sympy.diff of its closed form on 3 explicit units: returns the
     number of units where they differ (after rewriting in exp and simplifying)."""
     xs = sympy.symbols("x0:3", real=True)
+    if fk.kind == "unit_count":  # a constant of the sizes: its derivative must be 0
+        return sum(1 for x in xs if sympy.diff(UnitCount(x), x) != 0)
     if fk.kind == "sum":
         closed, explicit = sum(xs), sum(xs)
         rule = [sympy.diff(UnitSum(x), x) for x in xs]  # per unit: 1
+    elif fk.kind == "mean":  # per unit 1 / N, N = UnitCount of the argument = 3 here
+        closed = explicit = sum(xs) / len(xs)
+        rule = [sympy.diff(UnitMean(x), x).subs(UnitCount(x), len(xs)) for x in xs]
     else:
         closed = sympy.log(sum(sympy.exp(x) for x in xs))
         explicit = LogSumExpN(*xs)

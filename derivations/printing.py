@@ -116,7 +116,8 @@ class PlainPrinter(CodePrinter):
 
 
 # SymPy dispatches on the class name first: route every function of the spec language to _print_Function
-_FUNCTION_CLASSES = ("Sigmoid", "tanh", "Clip", "ClipMask", "Exp", "UnitSum", "LogSumExp", "StopGradient")
+_FUNCTION_CLASSES = ("Sigmoid", "tanh", "Clip", "ClipMask", "Exp", "UnitSum", "LogSumExp", "StopGradient",
+                     "UnitMean", "UnitCount", "Rsqrt")
 for _cls in (CodePrinter, PlainPrinter):
     for _name in _FUNCTION_CLASSES:
         setattr(_cls, f"_print_{_name}", _cls._print_Function)

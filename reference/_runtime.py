@@ -96,6 +96,25 @@ def unit_sum(z):
     return np.sum(z, axis=-1, keepdims=True)
 
 
+def unit_mean(z):
+    """Mean over the units (last axis), kept as a length-1 axis so it broadcasts against vectors."""
+    return np.sum(z, axis=-1, keepdims=True) / z.shape[-1]
+
+
+def unit_count(*arrays):
+    """The number of units of an expression of these arrays: the broadcast size of their last axes."""
+    return np.broadcast_shapes(*(np.shape(a) for a in arrays))[-1]
+
+
+def rsqrt(z):
+    """1 / sqrt(z) (analytic for z off the negative real axis, so complex-step derivatives work)."""
+    if z.dtype == object:
+        from lstm_spec.derivations.functions import Rsqrt
+
+        return _elementwise(Rsqrt, z)
+    return 1 / np.sqrt(z)
+
+
 def logsumexp(z):
     """log sum_k exp(z_k) over the last axis, shifted by the largest real part: no overflow, and
     analytic in z (the shift is a constant), so complex-step derivatives work."""

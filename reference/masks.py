@@ -25,3 +25,24 @@ def mask_from_lengths(lengths, T: int, dtype=np.float64):
     if lengths.size and (lengths.min() < 0 or lengths.max() > T):
         raise InputError(f"lengths: every length must be in [0, T={T}], got min {lengths.min()} and max {lengths.max()}")
     return (np.arange(T)[:, None] < lengths[None, :]).astype(dtype)[:, :, None]
+
+
+def dropout_mask(rng, T: int, B: int, n: int, p: float, values: str = "inverted", time: str = "per_step",
+                 dtype=np.float64):
+    """A (T, B, n) dropout or zoneout mask given explicitly to a cell with mask inputs (spec [masks]).
+
+    Each entry is 0 with probability p (dropped), else 1/(1-p) for values="inverted" (inverted dropout:
+    the kept units are scaled so the expectation is unchanged, as PyTorch and Keras do at training time)
+    or 1 for values="binary" (zoneout: 1 keeps the previous value). time="per_step" draws a new mask at
+    every step (PyTorch's dropout between layers, Semeniuta et al.); time="fixed" repeats one mask per
+    sequence at every step (variational dropout, Gal & Ghahramani; Keras recurrent_dropout)."""
+    if not 0 < p < 1:
+        raise ValueError(f"p: expected a drop probability in (0, 1), got {p!r}")
+    if values not in ("inverted", "binary"):
+        raise ValueError(f"values: expected 'inverted' or 'binary', got {values!r}")
+    if time not in ("per_step", "fixed"):
+        raise ValueError(f"time: expected 'per_step' or 'fixed', got {time!r}")
+    keep = 1.0 / (1.0 - p) if values == "inverted" else 1.0
+    draws = 1 if time == "fixed" else T
+    m = np.where(rng.random((draws, B, n)) < p, 0.0, keep)
+    return np.broadcast_to(m, (T, B, n)).astype(dtype)

@@ -57,7 +57,14 @@ GENERATED_NAMES = {
 RESERVED = GENERATED_NAMES | {n for n in dir(builtins) if not n.startswith("_")}
 
 TOP_KEYS = {"name", "title", "summary", "description", "output", "equations", "dimensions", "inputs",
-            "states", "parameters", "functions", "latex"}
+            "states", "parameters", "functions", "latex", "masks"}
+
+# [masks]: inputs that are dropout or zoneout masks, given explicitly per step. The checks draw them as
+# masks (not Gaussian): each entry is 0 with probability p, else 1/(1-p) ("inverted": inverted dropout,
+# the scaling folded into the mask) or 1 ("binary": zoneout); "fixed" repeats one mask at every step of
+# a sequence (variational dropout), "per_step" draws a new one at every step.
+MASK_VALUES = ("inverted", "binary")
+MASK_TIMES = ("per_step", "fixed")
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ class Cell:
     latex: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # every defined quantity
     function_args: dict[str, tuple] = field(default_factory=dict)  # spec name -> constant parameters
+    masks: dict[str, dict] = field(default_factory=dict)  # input name -> {"p", "values", "time"}
 
     def quantity(self, name: str) -> Quantity:
         for table in (self.inputs, self.states, self.parameters):
@@ -312,7 +320,7 @@ def _build(data: dict, source: str, path: Path) -> Cell:
             for pname in wanted:
                 v = decl[pname]
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not (1e-6 <= v < 1e6):
-                    raise SpecError(f"{loc}: {pname} must be a number from 1e-6 to below 1e6, got {v!r:.80}")
+                    raise SpecError(f"{loc}: {pname} must be a positive number from 1e-6 to below 1e6, got {v!r:.80}")
                 values.append(Fraction(str(v)))
             args = tuple(values)
         elif not isinstance(kind, str) or kind not in FUNCTIONS or not FUNCTIONS[kind].declarable:
@@ -326,6 +334,23 @@ def _build(data: dict, source: str, path: Path) -> Cell:
     latex = {}
     for k, v in _table(data, "latex", at("latex")).items():
         latex[k] = _check_text(v, at("latex", k), "a LaTeX name", 200)
+
+    masks = {}
+    for mname, decl in _table(data, "masks", at("masks")).items():
+        loc = at("masks", mname)
+        if mname not in tables["inputs"]:
+            raise SpecError(f"{loc}: a mask is one of the [inputs]; {mname!r} is not declared there")
+        if not isinstance(decl, dict) or set(decl) != {"p", "values", "time"}:
+            raise SpecError(f"{loc}: expected {{ p = ..., values = \"inverted\" | \"binary\", "
+                            f"time = \"per_step\" | \"fixed\" }}, got {decl!r:.80}")
+        p = decl["p"]
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
+            raise SpecError(f"{loc}: p (the probability that an entry is dropped) must be in (0, 1), got {p!r:.40}")
+        if decl["values"] not in MASK_VALUES:
+            raise SpecError(f"{loc}: values must be one of {list(MASK_VALUES)}, got {decl['values']!r:.40}")
+        if decl["time"] not in MASK_TIMES:
+            raise SpecError(f"{loc}: time must be one of {list(MASK_TIMES)}, got {decl['time']!r:.40}")
+        masks[mname] = {"p": float(p), "values": decl["values"], "time": decl["time"]}
 
     text_lines = data["equations"].split("\n")
     eq_texts = [(i, l.split("#", 1)[0]) for i, l in enumerate(text_lines)]
@@ -414,6 +439,7 @@ def _build(data: dict, source: str, path: Path) -> Cell:
         latex=latex,
         shapes=shapes,
         function_args=function_args,
+        masks=masks,
     )
 
 

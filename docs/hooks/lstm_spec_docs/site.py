@@ -55,6 +55,16 @@ def cell_page(name: str) -> str:
     lines += ["## Quantities", "", numbers.table(["name", "role", "shape"], rows), "",
               f"Output of a step: `{cell.output}`. Spec file: `spec/{name}.toml`; generated reference: "
               f"`lstm_spec.reference.{name}` (`reference/{name}.py`).", ""]
+    if cell.masks:
+        values = {"inverted": "0 or 1/(1-p) (inverted dropout: the scaling is in the mask)",
+                  "binary": "0 or 1"}
+        times = {"per_step": "a new mask at every step", "fixed": "one mask per sequence, repeated at every step"}
+        rows = [(f"`{m}`", f"{spec['p']:g}", values[spec["values"]], times[spec["time"]])
+                for m, spec in cell.masks.items()]
+        lines += ["## Masks", "", "These inputs are masks, given explicitly per step and sample so that forward and "
+                  "backward are deterministic; `lstm_spec.reference.masks.dropout_mask` draws them, and so do "
+                  "the numeric checks. p is the probability that an entry is 0.", "",
+                  numbers.table(["input", "p", "values", "over time"], rows), ""]
     lines += ["## Forward pass, one time step", "", f"<!-- lstm-spec: forward {name} -->", ""]
     if formulas.stacked_formulas(d):
         lines += ["In the stacked 4H layout (blocks in the order of `lstm_spec.layouts.GATES`):", "",
@@ -93,6 +103,16 @@ def diff_md(a, b) -> str:
                f"canonical parameters not here: {', '.join(f'`{p}`' for p in sorted(pa - pb)) or 'none'}. "
                f"States: {', '.join(f'`{s}`' for s in b.cell.states)}"
                + ("" if sa == sb else f" (canonical: {', '.join(f'`{s}`' for s in a.cell.states)})") + ".")
+    from lstm_spec.derivations.render import backward_equations
+
+    ba = {r.target: r.expression for r in backward_equations(a, latex=False) if r.kind != "cse"}
+    bb = {r.target: r.expression for r in backward_equations(b, latex=False) if r.kind != "cse"}
+    rows = [(f"`{t}`", f"`{ba[t]}`" if t in ba else "(not in the canonical cell)", f"`{e}`")
+            for t, e in bb.items() if ba.get(t) != e]
+    rows += [(f"`{t}`", f"`{e}`", "(not in this cell)") for t, e in ba.items() if t not in bb]
+    out += ["", "Backward statements that differ from the canonical cell's (plain text; the temporaries "
+            "tmpN of common subexpressions are left out):", "",
+            numbers.table(["adjoint", "canonical `lstm`", f"`{b.cell.name}`"], rows) if rows else "(none)"]
     nb, na = len(formulas.backward(b)), len(formulas.backward(a))
     out.append("")
     out.append(f"The derivation has {nb} backward statements here, {na} for the canonical cell.")
