@@ -347,8 +347,9 @@ def _default_sizes(cell) -> dict:
     if cell.name in STEP_SIZES and cell.relpath.startswith("spec/"):
         return {**STEP_SIZES[cell.name], "1": 1}
     sizes = {}
-    for q in cell.inputs.values():
-        sizes[q.shape[-1]] = 3
+    for name, q in cell.inputs.items():
+        if name not in cell.masks:  # a mask (dropout, zoneout) on the hidden units keeps H != D
+            sizes[q.shape[-1]] = 3
     sizes["1"] = 1
     for d in cell.dimensions:
         sizes.setdefault(d, 2)

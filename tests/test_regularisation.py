@@ -314,3 +314,13 @@ def test_mask_inputs_do_not_widen_the_units_of_the_unrolled_check():
 
     assert unrolled_sizes(load("lstm_zoneout")) == {"D": 2, "H": 1, "1": 1}
     assert unrolled_sizes(load("lstm_variational_dropout")) == {"D": 2, "H": 1, "1": 1}  # m_x is D: stays 2
+
+
+def test_mask_inputs_keep_d_and_h_apart_in_the_one_step_check():
+    """A mask on the hidden units (m_h: H) is an input, but must not make H the inputs' size: D = H
+    would hide a transposed matrix in check (a)."""
+    from lstm_spec.checks.symbolic import _default_sizes
+
+    for cell in ("lstm_zoneout", "lstm_variational_dropout", "lstm_semeniuta", "lstm_stacked2_dropout"):
+        sizes = _default_sizes(load(cell))
+        assert sizes["D"] == 3 and sizes["H"] == 2, (cell, sizes)
