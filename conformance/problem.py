@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from lstm_spec.checks.cases import dims_for
+from lstm_spec.layouts.frameworks import gate_names
 
 DIRECTIONS = ("forward", "reverse", "bidirectional")
 
@@ -119,9 +120,12 @@ class Problem:
 
 def bias_names(module) -> list[str]:
     """The biases a two-bias system splits into an input-side and a recurrent-side part (b = b_ih + b_hh).
-    A reset-after GRU's b_n (input side) and b_hn (inside r * (U_n h + b_hn)) are not such a sum."""
-    names = [n for n in module.SIGNATURE.parameters if n.startswith("b_")]
-    if "b_hn" in names:
+    Only gate biases (b_g of a gate g: W_g and U_g exist) are such a sum: a layer norm's b_n or an output
+    layer's bias is not. A reset-after GRU's b_n (input side) and b_hn (inside r * (U_n h + b_hn)) are not
+    such a sum either."""
+    params = module.SIGNATURE.parameters
+    names = [f"b_{g}" for g in gate_names(params) if f"b_{g}" in params]
+    if "b_hn" in params:
         names = [n for n in names if n not in ("b_n", "b_hn")]
     return names
 

@@ -277,3 +277,19 @@ def test_framework_adapter_negative_control(name, module):
     report = conform(Permuted(target), cells)
     assert not report.passed
     assert set(_summary(report)) == {"gate_order"}, _summary(report)
+
+
+def test_only_gate_biases_are_split_between_two_bias_sides():
+    """b = b_ih + b_hh holds for gate biases only: the layer norm's b_n and the output layer's b_y are not
+    split (splitting b_n made the stacked protocol target raise), nor the reset-after GRU's b_n / b_hn."""
+    import importlib
+
+    from lstm_spec.conformance.problem import bias_names
+
+    def names(cell):
+        return bias_names(importlib.import_module(f"lstm_spec.reference.{cell}"))
+
+    assert names("lstm_layer_norm") == ["b_f", "b_i", "b_c", "b_o"]
+    assert names("lstm_mse") == ["b_f", "b_i", "b_c", "b_o"]
+    assert names("gru_reset_after") == ["b_r", "b_z"]
+    assert names("lstm") == ["b_f", "b_i", "b_c", "b_o"]
