@@ -111,21 +111,32 @@ def unrolled_sizes(cell: Cell) -> dict:
     return sizes
 
 
-def verify_cells(cells: list[Cell], progress=None, torch: bool = True, jobs: int = 1) -> list[Row]:
+def verify_cells(cells: list[Cell], progress=None, torch: bool = True, jobs: int = 1, proof: bool = False) -> list[Row]:
     """verify_cell for each cell, in ``jobs`` worker processes; rows come back in the cells' order."""
     if jobs <= 1 or len(cells) <= 1:
-        return [row for cell in cells for row in verify_cell(cell, progress, torch)]
+        return [row for cell in cells for row in verify_cell(cell, progress, torch, proof)]
     import concurrent.futures as cf
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(verify_cell, cell, progress, torch) for cell in cells]
+        futures = [pool.submit(verify_cell, cell, progress, torch, proof) for cell in cells]
         return [row for f in futures for row in f.result()]
 
 
-def verify_cell(cell: Cell, progress=None, torch: bool = True) -> list[Row]:
+SYMBOLIC_METHODS = {
+    False: "(a), (b): the expected derivatives by reverse accumulation over the explicit forward (sympy.diff's "
+           "chain rule, evaluated), compared exactly at 2 random points mod 2^61 - 1",
+    True: "(a): sympy.diff of the explicit forward, the difference expanded to 0 (a proof); (b): sympy.diff of "
+          "the unrolled loss, compared exactly at 2 random points mod 2^61 - 1",
+}
+
+
+def verify_cell(cell: Cell, progress=None, torch: bool = True, proof: bool = False) -> list[Row]:
+    """Every check of one cell. proof=False: (a) and (b) take their expected derivatives from reverse
+    accumulation at random points (seconds); proof=True: from sympy.diff, (a) expanded (minutes per cell)."""
     progress = progress or Progress(enabled=False)
+    derivative = "sympy" if proof else "reverse"
     rows: list[Row] = []
     name = cell.name
 
@@ -146,9 +157,9 @@ def verify_cell(cell: Cell, progress=None, torch: bool = True) -> list[Row]:
 
     # (a)
     progress(f"{name}: (a) symbolic equality of every adjoint of one step")
-    res, secs = timed(lambda: check_step(d))
+    res, secs = timed(lambda: check_step(d, exact="expand" if proof else "points", derivative=derivative))
     bad_d, target = mutants.planted_derivation(d)
-    ctl = check_step(bad_d, exact="points", only={target})
+    ctl = check_step(bad_d, exact="points", only={target}, derivative=derivative)
     rows.append(Row(name, "(a) symbolic, one step", res["error"], TOLERANCES[("symbolic", "sympy")].value,
                     res["error"] == 0, "caught" if ctl["error"] else "NOT CAUGHT", secs,
                     f"{res['checked']} entries; differ: {res['failures']}"))
@@ -156,8 +167,8 @@ def verify_cell(cell: Cell, progress=None, torch: bool = True) -> list[Row]:
     # (b)
     sizes = unrolled_sizes(cell)
     progress(f"{name}: (b) generated code on SymPy symbols, unrolled over T = 2")
-    res, secs = timed(lambda: check_unrolled(d, module, T=2, sizes=sizes))
-    ctl = check_unrolled(d, mutant, T=2, sizes=sizes, stop_after=1)
+    res, secs = timed(lambda: check_unrolled(d, module, T=2, sizes=sizes, derivative=derivative))
+    ctl = check_unrolled(d, mutant, T=2, sizes=sizes, stop_after=1, derivative=derivative)
     rows.append(Row(name, "(b) symbolic, unrolled T=2", res["error"], TOLERANCES[("unrolled", "sympy")].value,
                     res["error"] == 0, "caught" if ctl["error"] else "NOT CAUGHT", secs,
                     f"{res['checked']} entries; differ: {res['failures'][:5]}"))

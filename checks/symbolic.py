@@ -11,7 +11,14 @@
     spec's equations step by step.
 
 Equality is decided exactly: function values (sigma(...), tanh(...)) are replaced by atoms keyed by
-their expanded argument, after which both sides are polynomials and ``expand`` of the difference is 0.
+their expanded argument, after which both sides are polynomials and ``expand`` of the difference is 0
+(exact="expand", a proof), or both sides are evaluated exactly modulo 2^61 - 1 at random points
+(exact="points", ModularPoint).
+
+Where the expected derivative comes from: derivative="sympy" calls ``sympy.diff`` (one call per entry:
+minutes for the larger cells); derivative="reverse" evaluates the same chain rule at each point by one
+reverse accumulation over the expression (gradient_at_point: seconds). `lstm-spec verify` uses
+"reverse"; `lstm-spec verify --proof` and tests/test_cells.py use "sympy".
 """
 
 from __future__ import annotations
@@ -105,6 +112,67 @@ class ModularPoint:
         return v
 
 
+def gradient_at_point(L, leaves, point: ModularPoint) -> list[int]:
+    """dL/dx for each x in ``leaves``, exactly at ``point`` (mod 2^61 - 1), without building the derivative.
+
+    Reverse accumulation over L's expression DAG, each node visited once: an Add passes its adjoint to every
+    term, a Mul to each factor times the product of the others, an integer power b^e passes e b^(e-1), and a
+    function f passes its SymPy derivative rule ``f.fdiff(i)`` (the rule ``sympy.diff`` applies: SymPy's own
+    for tanh, the rules confirmed by SymPy in derivations/functions.py for the others), evaluated at the
+    point. This is the chain rule ``sympy.diff`` applies, evaluated instead of expanded: the same number as
+    ``point(sympy.diff(L, x))``, at the cost of one pass for all leaves (tests/test_symbolic_checks.py holds
+    it against sympy.diff). It is independent of the derivation under test, which differentiates the
+    vectorised per-unit equations with matrix rules; here every scalar of the explicit forward is a node."""
+    P = point.P
+    L = sympy.sympify(L)
+    order, seen, stack = [], set(), [(L, False)]
+    while stack:  # iterative post-order: children before parents
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        if not node.is_Atom:
+            stack.extend((a, False) for a in node.args if id(a) not in seen)
+    adj = {id(L): 1}
+    grads: dict = {}
+    for node in reversed(order):  # parents before children
+        a = adj.pop(id(node), 0)
+        if a == 0:
+            continue
+        if node.is_Symbol:
+            grads[node] = (grads.get(node, 0) + a) % P
+            continue
+        if node.is_Number:
+            continue
+        args = node.args
+        if node.is_Add:
+            local = [1] * len(args)
+        elif node.is_Mul:
+            vals = [point(x) for x in args]
+            prefix, suffix = [1] * (len(vals) + 1), [1] * (len(vals) + 1)
+            for k, v in enumerate(vals):
+                prefix[k + 1] = prefix[k] * v % P
+            for k in range(len(vals) - 1, -1, -1):
+                suffix[k] = suffix[k + 1] * vals[k] % P
+            local = [prefix[k] * suffix[k + 1] % P for k in range(len(vals))]
+        elif node.is_Pow and node.exp.is_Integer:
+            e, base = int(node.exp), point(node.base)
+            power = pow(base, e - 1, P) if e >= 1 else pow(pow(base, -1, P), 1 - e, P)
+            local = [e % P * power % P, 0]
+        elif isinstance(node, ATOM_FUNCTIONS):
+            local = [0 if x.is_number else point(node.fdiff(k + 1)) for k, x in enumerate(args)]
+        else:
+            raise TypeError(f"cannot differentiate {type(node).__name__} at a point")
+        for x, dx in zip(args, local):
+            if dx:
+                adj[id(x)] = (adj.get(id(x), 0) + a * dx) % P
+    return [grads.get(x, 0) for x in leaves]
+
+
 def exact_constant(f):
     """The rational a float constant of the generated code stands for. Spec constants are decimals or
     small fractions (1/2, 1/3); the generated code carries them as Python floats, which in symbolic
@@ -147,12 +215,12 @@ def difference_is_zero(a, b, atomize: Atomizer) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- explicit
-def _vec(prefix, n):
-    return [sympy.Symbol(f"{prefix}_{k}", real=True) for k in range(n)]
+def _vec(prefix, n):  # symbols without assumptions, like symbol_array (see there why)
+    return [sympy.Symbol(f"{prefix}_{k}") for k in range(n)]
 
 
 def _mat(prefix, m, n):
-    return sympy.Matrix(m, n, lambda i, j: sympy.Symbol(f"{prefix}_{i}_{j}", real=True))
+    return sympy.Matrix(m, n, lambda i, j: sympy.Symbol(f"{prefix}_{i}_{j}"))
 
 
 class ExplicitStep:
@@ -241,12 +309,18 @@ def _unit_subs(expr, env, k):
 
 # ----------------------------------------------------------------------------------------- (a)
 def check_step(d: Derivation, sizes: dict | None = None, exact: str = "expand", stop_after: int | None = None,
-               only=None) -> dict:
+               only=None, derivative: str = "sympy") -> dict:
     """Returns {"error": number of adjoints that differ, "checked": entries compared, "failures": [names]}.
 
-    exact="expand": the difference expands to 0 (a proof). exact="points": exact evaluation at two random
-    points modulo 2^61 - 1 (ModularPoint), fast; negative controls use it with stop_after=1.
+    derivative="sympy": the expected adjoints are ``sympy.diff`` of the explicit forward; then
+    exact="expand": the difference expands to 0 (a proof), exact="points": exact evaluation at two random
+    points modulo 2^61 - 1 (ModularPoint); negative controls use it with stop_after=1.
+    derivative="reverse": the expected adjoints are evaluated at two random points by reverse accumulation
+    over the explicit forward (gradient_at_point: sympy.diff's chain rule, evaluated rather than expanded);
+    seconds where sympy.diff takes minutes (`lstm-spec verify` without --proof).
     only: restrict to the adjoints with these names, e.g. {"δz_f"} (a negative control checks the planted one)."""
+    if derivative not in ("sympy", "reverse"):
+        raise ValueError(f"derivative: expected 'sympy' or 'reverse', got {derivative!r}")
     cell, S = d.cell, d.symbols
     sizes = sizes or _default_sizes(cell)
     ex = ExplicitStep(d, sizes)
@@ -273,7 +347,8 @@ def check_step(d: Derivation, sizes: dict | None = None, exact: str = "expand", 
             n = _units(st.elementwise, derived)
         derived[st.target] = _evaluate_statement(st, derived, S, n)
 
-    same = comparator(exact, seeds=(3, 4))
+    same = comparator(exact, seeds=(3, 4)) if derivative == "sympy" else None
+    points = (3, 4) if derivative == "reverse" else None  # seeds of the points
     failures, checked = [], 0
     for sym, adj in d.adjoint_of.items():
         if stop_after and len(failures) >= stop_after:
@@ -289,9 +364,14 @@ def check_step(d: Derivation, sizes: dict | None = None, exact: str = "expand", 
             env = ex.run(inputs, prev)
             ex.leaf = saved
             L = loss(env)
+            got = list(derived[adj])
+            if points:
+                checked += len(got)
+                if not _reverse_agrees(L, list(free), list(value), got, points):
+                    failures.append(info.name)
+                continue
             expected = [sympy.diff(L, free[i, j]).xreplace(dict(zip(free, value))) for i in range(value.rows)
                         for j in range(value.cols)]
-            got = list(derived[adj])
         else:
             free = _vec(f"free_{info.name.replace('@', '_')}", len(value))
             if info.kind in ("value", "term") and info.name not in cell.inputs:
@@ -306,14 +386,32 @@ def check_step(d: Derivation, sizes: dict | None = None, exact: str = "expand", 
                 prv = {**prev, info.name: free} if info.kind == "prev" else prev
                 env = ex.run(ins, prv)
             L = loss(env)
-            expected = [sympy.diff(L, f).xreplace(dict(zip(free, value))) for f in free]
             got = list(derived[adj])
+            if points:
+                checked += len(got)
+                if not _reverse_agrees(L, free, list(value), got, points):
+                    failures.append(info.name)
+                continue
+            expected = [sympy.diff(L, f).xreplace(dict(zip(free, value))) for f in free]
         for e, g in zip(expected, got):
             checked += 1
             if not same(g, e):
                 failures.append(info.name)
                 break
     return {"error": len(failures), "checked": checked, "failures": failures}
+
+
+def _reverse_agrees(L, free, values, got, seeds) -> bool:
+    """At the random point of each seed: dL/dfree (by reverse accumulation, free set to the values it was cut
+    from) equals the derived adjoints ``got`` entry by entry. Fresh points each time: the same free symbols
+    (free_h_0) stand for h_t in one adjoint's check and for h_{t-1} in another's."""
+    for seed in seeds:
+        pt = ModularPoint(seed)
+        for f, v in zip(free, values):
+            pt.symbols[f] = pt(sympy.sympify(v))
+        if gradient_at_point(L, free, pt) != [pt(sympy.sympify(g)) for g in got]:
+            return False
+    return True
 
 
 def _evaluate_statement(st, env, S, n):
@@ -358,14 +456,18 @@ def _default_sizes(cell) -> dict:
 
 # ----------------------------------------------------------------------------------------- (b)
 def check_unrolled(d: Derivation, module, T: int = 2, B: int = 1, sizes: dict | None = None,
-                   exact: str = "points", stop_after: int | None = None) -> dict:
+                   exact: str = "points", stop_after: int | None = None, derivative: str = "sympy") -> dict:
     """Run the generated module on SymPy symbols and compare every gradient entry with sympy.diff of
     the unrolled loss. Returns {"error": entries that differ (or inf on an exception), "checked": n}.
 
     exact="expand": the difference of the two expressions is expanded (after replacing function
     values by atoms) and must be 0: a proof, slow beyond T = 2. exact="points": both are evaluated
     exactly at two random points modulo 2^61 - 1 (see ModularPoint): fast for longer sequences.
-    stop_after: stop after that many differing entries (negative controls need only one)."""
+    stop_after: stop after that many differing entries (negative controls need only one).
+    derivative="reverse": the expected gradient of every leaf at each point comes from one reverse
+    accumulation over the unrolled loss (gradient_at_point) instead of one sympy.diff per leaf."""
+    if derivative not in ("sympy", "reverse"):
+        raise ValueError(f"derivative: expected 'sympy' or 'reverse', got {derivative!r}")
     cell, S = d.cell, d.symbols
     sizes = {**(sizes or _default_sizes(cell)), "1": 1}
     sig = module.SIGNATURE
@@ -397,8 +499,10 @@ def check_unrolled(d: Derivation, module, T: int = 2, B: int = 1, sizes: dict | 
     except Exception as exc:  # a broken generated module fails the check, it does not crash it
         return {"error": float("inf"), "checked": 0, "failures": [f"{type(exc).__name__}: {exc}"]}
 
-    same = comparator(exact, seeds=(1, 2))
     leaves = [(n, params[n]) for n in params] + [(n, seq[n]) for n in seq] + [(f"{s}0", init[s]) for s in init]
+    if derivative == "reverse":
+        return _unrolled_reverse(L, grads, leaves, stop_after)
+    same = comparator(exact, seeds=(1, 2))
     failures, checked = [], 0
     for key, arr_ in leaves:
         got = grads.get(key)
@@ -411,4 +515,29 @@ def check_unrolled(d: Derivation, module, T: int = 2, B: int = 1, sizes: dict | 
                 failures.append(f"{key}{list(idx)}")
                 if stop_after and len(failures) >= stop_after:
                     return {"error": len(failures), "checked": checked, "failures": failures}
+    return {"error": len(failures), "checked": checked, "failures": failures}
+
+
+def _unrolled_reverse(L, grads, leaves, stop_after) -> dict:
+    """check_unrolled's comparison with derivative="reverse": every gradient entry of the generated code
+    against reverse accumulation over the unrolled loss, at two random points."""
+    failures, checked, present = [], 0, []
+    for key, arr_ in leaves:
+        got = grads.get(key)
+        if got is None or np.shape(got) != arr_.shape:
+            failures.append(f"{key}: missing or wrong shape")
+        else:
+            present.append((key, arr_, got))
+    symbols = [arr_[idx] for _, arr_, _ in present for idx in np.ndindex(arr_.shape)]
+    names = [f"{key}{list(idx)}" for key, arr_, _ in present for idx in np.ndindex(arr_.shape)]
+    got = [g[idx] for _, arr_, g in present for idx in np.ndindex(arr_.shape)]
+    differ = set()
+    for seed in (1, 2):
+        pt = ModularPoint(seed)
+        expected = gradient_at_point(L, symbols, pt)
+        differ |= {k for k, (e, g) in enumerate(zip(expected, got)) if e != pt(sympy.sympify(g))}
+    checked = len(symbols)
+    failures += [names[k] for k in sorted(differ)]
+    if stop_after:
+        failures = failures[:max(stop_after, 1)]
     return {"error": len(failures), "checked": checked, "failures": failures}

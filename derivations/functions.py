@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sympy
+from sympy.core.function import ArgumentIndexError
 
 
 class Sigmoid(sympy.Function):
@@ -19,7 +20,7 @@ class Sigmoid(sympy.Function):
 
     def fdiff(self, argindex=1):
         if argindex != 1:
-            raise sympy.ArgumentIndexError(self, argindex)
+            raise ArgumentIndexError(self, argindex)
         return self * (1 - self)
 
     @classmethod
@@ -75,7 +76,7 @@ class Clip(sympy.Function):
 
     def fdiff(self, argindex=1):
         if argindex != 1:
-            raise sympy.ArgumentIndexError(self, argindex)
+            raise ArgumentIndexError(self, argindex)
         return ClipMask(*self.args)
 
     def _eval_rewrite_as_Piecewise(self, x, b, **kwargs):
@@ -179,7 +180,7 @@ class Rsqrt(sympy.Function):
 
     def fdiff(self, argindex=1):
         if argindex != 1:
-            raise sympy.ArgumentIndexError(self, argindex)
+            raise ArgumentIndexError(self, argindex)
         return -self**3 / 2
 
     def _eval_rewrite_as_exp(self, arg, **kwargs):

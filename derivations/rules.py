@@ -42,10 +42,13 @@ def _run(template: str, **arrays):
 
 
 def symbol_array(prefix, shape):
-    """An object array of real SymPy symbols named prefix_i_j..., one per entry."""
+    """An object array of SymPy symbols named prefix_i_j..., one per entry. No assumptions (not even real):
+    every equality the checks decide holds as polynomials in the symbols and function values, and an
+    assumption makes SymPy ask, at every product it builds, whether huge subexpressions are zero or
+    positive (the layer-norm backward on real symbols took 100 s instead of 0.3 s)."""
     out = np.empty(shape, dtype=object)
     for idx in np.ndindex(shape):
-        out[idx] = sympy.Symbol(f"{prefix}_{'_'.join(map(str, idx))}", real=True)
+        out[idx] = sympy.Symbol(f"{prefix}_{'_'.join(map(str, idx))}")
     return out
 
 

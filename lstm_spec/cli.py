@@ -62,15 +62,18 @@ def cmd_generate(args) -> int:
 def cmd_verify(args) -> int:
     import os
 
-    from lstm_spec.checks.runner import Progress, all_passed, format_table, verify_cells, verify_rules
+    from lstm_spec.checks.runner import (SYMBOLIC_METHODS, Progress, all_passed, format_table, verify_cells,
+                                         verify_rules)
 
     t0 = time.perf_counter()
     progress = Progress(enabled=not args.quiet)
     cells = _cells(args.cells)
     print(f"lstm-spec verify: {', '.join(c.name for c in cells)}", file=sys.stderr)
     jobs = args.jobs or min(2, os.cpu_count() or 1)
-    rows = verify_rules(progress) + verify_cells(cells, progress, torch=not args.no_torch, jobs=jobs)
+    rows = verify_rules(progress) + verify_cells(cells, progress, torch=not args.no_torch, jobs=jobs,
+                                                 proof=args.proof)
     print(format_table(rows))
+    print(f"\n{SYMBOLIC_METHODS[args.proof]}")
     ok = all_passed(rows)
     print(f"\n{'all checks passed' if ok else 'SOME CHECKS FAILED'} "
           f"({len(rows)} rows, {time.perf_counter() - t0:.1f} s)")
@@ -102,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-torch", action="store_true", help="leave out the PyTorch comparison")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.add_argument("--jobs", type=int, default=0, help="worker processes (default: 2 or the number of cores)")
+    s.add_argument("--proof", action="store_true", help="checks (a) and (b) by sympy.diff, (a) expanded to a "
+                   "proof (minutes per cell) instead of reverse accumulation at random points (seconds)")
     s.set_defaults(func=cmd_verify)
 
     from lstm_spec.conformance.cli import add_subcommands  # conform, vectors

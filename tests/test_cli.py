@@ -50,3 +50,13 @@ def test_list_and_unknown_cell():
     assert any(l.startswith("lstm ") and "Canonical LSTM" in l for l in res.stdout.splitlines())
     res = cli("derive", "nope")
     assert res.returncode == 2 and "unknown cell 'nope'" in res.stderr
+
+
+def test_verify_proof_runs_sympy_diff_and_says_so():
+    res = cli("verify", "lstm", "--proof", "--no-torch", "--quiet")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "the difference expanded to 0 (a proof)" in res.stdout
+    line = next(l for l in res.stdout.splitlines() if l.startswith("lstm ") and "(a) symbolic" in l)
+    assert "pass" in line and "caught" in line
+    fast = cli("verify", "lstm", "--no-torch", "--quiet")
+    assert "reverse accumulation" in fast.stdout

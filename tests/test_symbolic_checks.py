@@ -56,3 +56,75 @@ def test_b_negative_control_a_tiny_constant_change_is_caught(lstm_derivation, ls
     assert line in lstm_text
     bad = mutants.load_module(lstm_text.replace(line, "        d_c_prev = d_c * f[t] * 1.0000001\n"))
     assert check_unrolled(lstm_derivation, bad, T=2, stop_after=1)["error"] > 0
+
+
+# ------------------------------------------------------------------ reverse accumulation at points (verify's default)
+def test_gradient_at_point_equals_sympy_diff_on_every_function_kind():
+    """gradient_at_point is sympy.diff's chain rule evaluated at a point: the same residues as sympy.diff
+    evaluated there, for sums, products, integer powers (negative too), constants and every function the
+    explicit forwards contain."""
+    import sympy
+
+    from lstm_spec.checks.symbolic import ModularPoint, gradient_at_point
+    from lstm_spec.derivations.functions import Clip, ClipMask, Exp, LogSumExpN, Rsqrt, Sigmoid, StopGradient
+
+    x, y, z = sympy.symbols("x y z")
+    exprs = [
+        Sigmoid(x * y + z) * sympy.tanh(x + Sigmoid(z * x)) ** 2 / (1 + x * y),
+        Rsqrt(x**2 + 3 * y) * Exp(z - x) * x - sympy.Rational(1, 3) * y**-2,
+        LogSumExpN(x, y * z, x * x) * y + StopGradient(x * y) * z,
+        Clip(x * y, 3) * ClipMask(x * y, 3) + 0.5 * z * Clip(z, 3),
+        (x * y * z) ** 3 - 2 * x * (x + y) * (x + y),
+    ]
+    for seed in (1, 2):
+        for e in exprs:
+            pt = ModularPoint(seed)
+            assert gradient_at_point(e, [x, y, z], pt) == [pt(sympy.diff(e, v)) for v in (x, y, z)], e
+
+
+def test_gradient_at_point_negative_control_a_changed_expression_differs():
+    import sympy
+
+    from lstm_spec.checks.symbolic import ModularPoint, gradient_at_point
+    from lstm_spec.derivations.functions import Sigmoid
+
+    x, y = sympy.symbols("x y")
+    e = Sigmoid(x * y) * sympy.tanh(x)
+    pt = ModularPoint(1)
+    want = [pt(sympy.diff(e, v)) for v in (x, y)]
+    assert gradient_at_point(e + x * y * 10**-6, [x, y], pt) != want
+    assert gradient_at_point(Sigmoid(x * y) * sympy.tanh(y), [x, y], pt) != want
+
+
+def test_a_by_reverse_accumulation_agrees_and_catches_every_planted_sign_error(lstm_derivation):
+    d = lstm_derivation
+    res = check_step(d, exact="points", derivative="reverse")
+    assert res["error"] == 0, res["failures"]
+    assert res["checked"] > 80
+    for k, st in enumerate(d.loop):
+        if st.elementwise == 0:
+            continue
+        bad, target = mutants.planted_derivation(d, k)
+        assert check_step(bad, exact="points", only={target}, derivative="reverse")["error"] > 0, target
+
+
+def test_b_by_reverse_accumulation_agrees_and_catches_mutated_lines(lstm_derivation, lstm_text):
+    res = check_unrolled(lstm_derivation, lstm, T=3, B=2, sizes={"D": 3, "H": 2}, derivative="reverse")
+    assert res["error"] == 0, res["failures"]
+    assert res["checked"] == 4 * (2 * 3 + 2 * 2 + 2) + 3 * 2 * 3 + 2 * 2 + 2 * 2
+    lines = lstm_text.splitlines(keepends=True)
+    gate = next(i for i in mutants.backward_lines(lstm_text) if lines[i].strip().startswith("d_z_o[t] ="))
+    mutated = [mutants.mutate_code(lstm_text, mutants.recursion_line(lstm_text), how) for how in ("delete", "negate")]
+    mutated.append(mutants.mutate_code(lstm_text, gate, "negate"))
+    mutated.append(lstm_text.replace("        d_c_prev = d_c * f[t]\n", "        d_c_prev = d_c * f[t] * 1.0000001\n"))
+    for text in mutated:
+        assert text != lstm_text
+        bad = mutants.load_module(text)
+        assert check_unrolled(lstm_derivation, bad, T=2, stop_after=1, derivative="reverse")["error"] > 0
+
+
+def test_a_b_derivative_argument_is_checked(lstm_derivation):
+    with pytest.raises(ValueError, match="derivative"):
+        check_step(lstm_derivation, derivative="numeric")
+    with pytest.raises(ValueError, match="derivative"):
+        check_unrolled(lstm_derivation, lstm, derivative="numeric")
