@@ -289,44 +289,29 @@ def check_torch(module, cell: str, shapes=None, seed: int = 0, weights=None, pro
     """Returns {"error", "worst"}, or {"skipped": reason} when PyTorch has no such cell or is absent.
     ``weights`` replaces the conversion, ``program`` the PyTorch program of a cell in TORCH_PROGRAMS
     (negative controls build deliberately wrong ones)."""
-    if cell in TORCH_PROGRAMS or program is not None:
-        return _check_program(module, cell, program or TORCH_PROGRAMS[cell], shapes or SHAPES, seed)
-    if cell not in TORCH_EQUIVALENTS:
+    program = program or TORCH_PROGRAMS.get(cell)
+    if program is None and cell not in TORCH_EQUIVALENTS:
         return {"skipped": f"PyTorch has no equivalent of cell {cell!r}"}
     if not torch_available():
         return {"skipped": f"PyTorch is not installed; {INSTALL}"}
     import torch
 
-    eq = TORCH_EQUIVALENTS[cell]
-    shapes = shapes or SHAPES
+    if program is not None:
+        ways = [(f"PyTorch program: {program.what}", lambda inst: _compare_program(module, inst, torch, program))]
+    else:
+        eq = TORCH_EQUIVALENTS[cell]
+        ways = [("sequence module", lambda inst: _compare(module, inst, torch, eq, False, weights))]
+        if eq.cell_module:
+            ways.append(("cell stepped", lambda inst: _compare(module, inst, torch, eq, True, weights)))
     worst, where = 0.0, ""
     try:
-        for k, shape in enumerate(shapes):
+        for k, shape in enumerate(shapes or SHAPES):
             inst = random_instance(module, shape, seed + 30 + k)
-            for use_cell in (False, True) if eq.cell_module else (False,):
-                for label, ours, theirs in _compare(module, inst, torch, eq, use_cell, weights):
+            for kind, compare in ways:
+                for label, ours, theirs in compare(inst):
                     err = rel_error(ours, theirs)
                     if err > worst:
-                        kind = "cell stepped" if use_cell else "sequence module"
-                        worst, where = err, f"{label} ({kind}, shape {shape})"
-    except Exception as exc:
-        return {"error": float("inf"), "worst": f"{type(exc).__name__}: {exc}"}
-    return {"error": worst, "worst": where}
-
-
-def _check_program(module, cell, program: TorchProgram, shapes, seed) -> dict:
-    if not torch_available():
-        return {"skipped": f"PyTorch is not installed; {INSTALL}"}
-    import torch
-
-    worst, where = 0.0, ""
-    try:
-        for k, shape in enumerate(shapes):
-            inst = random_instance(module, shape, seed + 30 + k)
-            for label, ours, theirs in _compare_program(module, inst, torch, program):
-                err = rel_error(ours, theirs)
-                if err > worst:
-                    worst, where = err, f"{label} (PyTorch program: {program.what}; shape {shape})"
+                        worst, where = err, f"{label} ({kind}; shape {shape})"
     except Exception as exc:
         return {"error": float("inf"), "worst": f"{type(exc).__name__}: {exc}"}
     return {"error": worst, "worst": where}
