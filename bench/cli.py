@@ -63,6 +63,9 @@ def add_subcommand(sub) -> None:
     s.add_argument("--json", help="write the results to this JSON file")
     s.add_argument("--merge", action="store_true", help="with --json: keep the sections of an existing file that "
                    "this run does not measure (points or tools)")
+    s.add_argument("--profile", action="store_true", help="measure no peers: profile the reference at each point "
+                   "given by --T/--B/--H/--dtype (where its time goes: the GEMMs, the recurrent products, sigmoid "
+                   "and tanh, the rest; and the floor the GEMM rate sets)")
     s.add_argument("--render", metavar="JSON", help="measure nothing: print the table of an existing result")
     s.add_argument("--rerun-noisy", metavar="JSON", help="measure again the points of an existing result whose "
                    "interquartile range exceeds --noise, keep the quieter measurement of each, and write the "
@@ -85,6 +88,8 @@ def cmd_bench(args) -> int:
 
     if args.rerun_noisy:
         return rerun_noisy(args)
+    if args.profile:
+        return cmd_profile(args)
     what = _names(args.what, "--what", WHAT)
     if args.quick:
         points = pr.grid(**pr.QUICK, dtypes=_names(args.dtype, "--dtype", pr.DTYPES))
@@ -180,3 +185,32 @@ def rerun_noisy(args) -> int:
     out.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
     print(f"{replaced} of {len(noisy)} point(s) replaced; wrote {out}")
     return 1 if any(r["status"] == "mismatch" for r in data["points"]) else 0
+
+
+def cmd_profile(args) -> int:
+    from . import problem as pr
+    from .profile import format_profile, profile
+    from .runner import BenchError
+
+    if args.quick:
+        raise SystemExit("lstm-spec bench: --profile and --quick: choose one")
+    points = pr.grid(T=_ints(args.T, "--T"), B=_ints(args.B, "--B"), H=_ints(args.H, "--H"),
+                     dtypes=_names(args.dtype, "--dtype", pr.DTYPES))
+    results = []
+    try:
+        for p in points:
+            r = profile(p.T, p.B, p.D, p.H, p.dtype, threads=args.threads, reps=args.reps or 3)
+            print(format_profile(r), flush=True)
+            results.append(r)
+    except BenchError as exc:
+        print(f"lstm-spec bench: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        from .runner import header
+
+        argv = sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "bench" else []
+        data = {"meta": header(None, argv), "profiles": results}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0

@@ -237,6 +237,24 @@ def plot_svg(data: dict, fmt: str = "svg") -> bytes:
     return buf.getvalue()
 
 
+PROFILE_COLUMNS = (("input", "input proj. + dx GEMMs"), ("params", "param-grad GEMMs"),
+                   ("recurrent", "recurrent products"), ("activations", "sigmoid, tanh"), ("rest", "the rest"))
+
+
+def profile_markdown(data: dict) -> str:
+    """The profiles of `lstm-spec bench --profile --json` (bench/profile.py): each part's time and share."""
+    profs = data.get("profiles") or []
+    if not profs:
+        return "(no profile in this result)"
+    head = ["point", "time"] + [label for _, label in PROFILE_COLUMNS] + ["floor (GEMM rate)"]
+    body = []
+    for r in profs:
+        part = lambda v: f"{v * 1e3:.1f} ms ({100 * v / r['total']:.0f} %)"  # noqa: E731
+        body.append([r["label"], f"{r['total'] * 1e3:.1f} ms"] + [part(r["parts"][k]) for k, _ in PROFILE_COLUMNS]
+                    + [part(r["floor"])])
+    return md_table(head, body)
+
+
 def directive(what: str, path) -> str:
     """The docs' ``<!-- lstm-spec: bench-... PATH -->`` directives."""
     data = load(path)
@@ -248,4 +266,7 @@ def directive(what: str, path) -> str:
         return tools_markdown(data)
     if what == "bench-meta":
         return meta_markdown(data)
-    raise ValueError(f"unknown benchmark directive {what!r}; expected bench-table, bench-targets, bench-tools, bench-meta")
+    if what == "bench-profile":
+        return profile_markdown(data)
+    raise ValueError(f"unknown benchmark directive {what!r}; expected bench-table, bench-targets, bench-tools, "
+                     "bench-meta, bench-profile")

@@ -186,3 +186,23 @@ def test_rerun_noisy_replaces_a_noisy_point_by_a_quieter_measurement(quick, tmp_
     assert new["points"][0]["spread"] < 99.0 and new["points"][0]["rerun"] is True
     assert new["points"][1] == data["points"][1]  # not re-measured
     assert new["meta"]["reruns"][-1]["points"] == 1 and new["meta"]["reruns"][-1]["replaced"] == 1
+
+
+def test_profile_splits_the_reference_time_and_names_the_floor(tmp_path):
+    """`bench --profile` (the profile behind a missed target): five parts that add up to the measured
+    time, and the floor the GEMM rate sets. Only the accounting is asserted, never a time."""
+    path = tmp_path / "profile.json"
+    res = cli("--profile", "--T", "3", "--B", "2", "--H", "8", "--dtype", "float64", "--reps", "2", "--json", str(path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    for text in ("seq_matmul", "tensordot", "recurrent products", "sigmoid and tanh", "the rest", "floor"):
+        assert text in res.stdout
+    (r,) = json.loads(path.read_text())["profiles"]
+    assert r["label"] == "T=3 B=2 D=H=8 float64" and r["threads"] == 1 and r["reps"] == 2
+    assert set(r["parts"]) == {"input", "params", "recurrent", "activations", "rest"}
+    assert sum(r["parts"].values()) == pytest.approx(r["total"])
+    assert all(r["parts"][k] > 0 for k in ("input", "params", "recurrent", "activations"))
+    assert r["floor"] > 0 and r["gemm_gflops"] > 0
+    table = report.directive("bench-profile", path)  # the docs' table of it
+    assert "T=3 B=2 D=H=8 float64" in table and "recurrent products" in table
+    bad = cli("--profile", "--quick")
+    assert bad.returncode != 0 and "choose one" in bad.stderr
