@@ -58,6 +58,16 @@ def min_cache_values(p: Point) -> int:
     return 5 * p.T * p.B * p.H
 
 
+def gemm_shape(p: Point) -> tuple[int, int, int]:
+    """The GEMM whose rate the point is measured against: (B*T, D+H) x (D+H, 4H). Its rows are capped for
+    time, at 2e9 FLOPs but never below 1024 rows: beyond that the rate no longer changes with more rows,
+    while a cap in FLOPs alone left 119 rows at H = 1024, a thin product that runs below the rate of the
+    reference's own large products (the fraction of the GEMM rate came out above 1)."""
+    k, n = p.D + p.H, 4 * p.H
+    rows = max(1, min(p.B * p.T, max(1024, int(2e9 // (2 * k * n)))))
+    return rows, k, n
+
+
 def min_cache_bytes(p: Point) -> int:
     return min_cache_values(p) * p.itemsize
 

@@ -72,8 +72,7 @@ def _measure(T: int, B: int, D: int, H: int, dtype: str, reps: int) -> dict:
     out["recurrent"] = best
     out["rest"] = total - sum(out.values())
     # the GEMM rate of the point's shape (as the benchmark measures it) and the floor it implies
-    k, n = D + H, 4 * H
-    rows = max(1, min(B * T, int(2e9 // (2 * k * n))))
+    rows, k, n = pr.gemm_shape(p)
     a, b = rng.standard_normal((rows, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
     c = a @ b
     t_gemm = min(_timed(lambda: np.matmul(a, b, out=c)) for _ in range(3))

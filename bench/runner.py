@@ -215,10 +215,7 @@ class Bench:
 
     # -- one point
     def gemm_shape(self, p: pr.Point) -> tuple[int, int, int]:
-        """(B*T, D+H) x (D+H, 4H), rows capped at 2e9 flops (the rate no longer changes with more rows)."""
-        k, n = p.D + p.H, 4 * p.H
-        rows = max(1, min(p.B * p.T, int(2e9 // (2 * k * n))))
-        return rows, k, n
+        return pr.gemm_shape(p)
 
     def measure(self, p: pr.Point) -> dict:
         rec = {"point": p.as_dict(), "label": p.label(), "flops": pr.flops(p),

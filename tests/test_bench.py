@@ -206,3 +206,12 @@ def test_profile_splits_the_reference_time_and_names_the_floor(tmp_path):
     assert "T=3 B=2 D=H=8 float64" in table and "recurrent products" in table
     bad = cli("--profile", "--quick")
     assert bad.returncode != 0 and "choose one" in bad.stderr
+
+
+def test_gemm_shape_is_never_thinner_than_the_points_own_products():
+    """The GEMM a point is measured against keeps the point's rows up to 1024 (a cap in FLOPs alone left
+    119 rows at H = 1024, a thin product slower than the reference's own: fractions above 1)."""
+    assert pr.gemm_shape(pr.Point(16, 32, 1024, 1024, "float64")) == (512, 2048, 4096)
+    assert pr.gemm_shape(pr.Point(512, 128, 1024, 1024, "float64")) == (1024, 2048, 4096)
+    assert pr.gemm_shape(pr.Point(512, 128, 32, 32, "float32"))[0] == 512 * 128  # small: never capped
+    assert pr.gemm_shape(pr.Point(1, 1, 8, 8, "float32")) == (1, 16, 32)
