@@ -15,7 +15,6 @@ be faster.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -124,6 +123,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    if os.environ.get("LSTM_SPEC_BENCH_CPUS"):
-        os.sched_setaffinity(0, {int(c) for c in os.environ["LSTM_SPEC_BENCH_CPUS"].split(",")})
+    from lstm_spec.bench.worker import pin_cpus  # no NumPy imported yet: its threads inherit the affinity
+
+    pin_cpus()
     main()

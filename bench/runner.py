@@ -214,9 +214,6 @@ class Bench:
         return None
 
     # -- one point
-    def gemm_shape(self, p: pr.Point) -> tuple[int, int, int]:
-        return pr.gemm_shape(p)
-
     def measure(self, p: pr.Point) -> dict:
         rec = {"point": p.as_dict(), "label": p.label(), "flops": pr.flops(p),
                "min_cache_bytes": pr.min_cache_bytes(p), "load_before": list(os.getloadavg())}
@@ -275,7 +272,7 @@ class Bench:
         out["memory"]["cache_over_min_cache"] = out["memory"]["cache_bytes"] / pr.min_cache_bytes(p)
         out["memory"]["per_step_cache_over_min_cache"] = out["memory"]["per_step_cache_bytes"] / pr.min_cache_bytes(p)
         # interleaved repetitions
-        rows, k, n = self.gemm_shape(p)
+        rows, k, n = pr.gemm_shape(p)
         order = [*self.impls, "gemm"]
         times = {name: [] for name in order}
         cpu = {name: [] for name in order}  # CPU time of the process: less sensitive to a loaded machine

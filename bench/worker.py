@@ -278,13 +278,19 @@ def serve(name: str, out) -> None:
             answer({"error": f"{type(exc).__name__}: {exc}"})
 
 
+def pin_cpus() -> None:
+    """Keep this process on the CPUs the runner chose (LSTM_SPEC_BENCH_CPUS): called before NumPy, PyTorch
+    or JAX is imported, so every thread they start inherits it."""
+    cpus = os.environ.get("LSTM_SPEC_BENCH_CPUS")
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] not in CLASSES:
         raise SystemExit(f"usage: python -m lstm_spec.bench.worker {{{','.join(CLASSES)}}} FD; got {argv}")
-    cpus = os.environ.get("LSTM_SPEC_BENCH_CPUS")
-    if cpus:  # before any library starts a thread
-        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    pin_cpus()
     out = os.fdopen(int(argv[1]), "w")
     try:
         serve(argv[0], out)

@@ -363,15 +363,6 @@ def check_step(d: Derivation, sizes: dict | None = None, exact: str = "expand", 
             ex.leaf = {**saved, sym: free}
             env = ex.run(inputs, prev)
             ex.leaf = saved
-            L = loss(env)
-            got = list(derived[adj])
-            if points:
-                checked += len(got)
-                if not _reverse_agrees(L, list(free), list(value), got, points):
-                    failures.append(info.name)
-                continue
-            expected = [sympy.diff(L, free[i, j]).xreplace(dict(zip(free, value))) for i in range(value.rows)
-                        for j in range(value.cols)]
         else:
             free = _vec(f"free_{info.name.replace('@', '_')}", len(value))
             if info.kind in ("value", "term") and info.name not in cell.inputs:
@@ -385,17 +376,17 @@ def check_step(d: Derivation, sizes: dict | None = None, exact: str = "expand", 
                 ins = {**inputs, info.name: free} if info.kind == "value" else inputs
                 prv = {**prev, info.name: free} if info.kind == "prev" else prev
                 env = ex.run(ins, prv)
-            L = loss(env)
-            got = list(derived[adj])
-            if points:
-                checked += len(got)
-                if not _reverse_agrees(L, free, list(value), got, points):
-                    failures.append(info.name)
-                continue
-            expected = [sympy.diff(L, f).xreplace(dict(zip(free, value))) for f in free]
-        for e, g in zip(expected, got):
+        # entry by entry (a matrix row by row): d L / d free, at free = the value it was cut from
+        L, free, value, got = loss(env), list(free), list(value), list(derived[adj])
+        if points:
+            checked += len(got)
+            if not _reverse_agrees(L, free, value, got, points):
+                failures.append(info.name)
+            continue
+        at = dict(zip(free, value))
+        for f, g in zip(free, got):
             checked += 1
-            if not same(g, e):
+            if not same(g, sympy.diff(L, f).xreplace(at)):
                 failures.append(info.name)
                 break
     return {"error": len(failures), "checked": checked, "failures": failures}
@@ -500,44 +491,29 @@ def check_unrolled(d: Derivation, module, T: int = 2, B: int = 1, sizes: dict | 
         return {"error": float("inf"), "checked": 0, "failures": [f"{type(exc).__name__}: {exc}"]}
 
     leaves = [(n, params[n]) for n in params] + [(n, seq[n]) for n in seq] + [(f"{s}0", init[s]) for s in init]
-    if derivative == "reverse":
-        return _unrolled_reverse(L, grads, leaves, stop_after)
-    same = comparator(exact, seeds=(1, 2))
-    failures, checked = [], 0
+    failures, entries = [], []  # entries: (name, leaf symbol, the generated code's gradient of it)
     for key, arr_ in leaves:
         got = grads.get(key)
         if got is None or np.shape(got) != arr_.shape:
             failures.append(f"{key}: missing or wrong shape")
             continue
-        for idx in np.ndindex(arr_.shape):
-            checked += 1
-            if not same(got[idx], sympy.diff(L, arr_[idx])):
-                failures.append(f"{key}{list(idx)}")
-                if stop_after and len(failures) >= stop_after:
-                    return {"error": len(failures), "checked": checked, "failures": failures}
-    return {"error": len(failures), "checked": checked, "failures": failures}
-
-
-def _unrolled_reverse(L, grads, leaves, stop_after) -> dict:
-    """check_unrolled's comparison with derivative="reverse": every gradient entry of the generated code
-    against reverse accumulation over the unrolled loss, at two random points."""
-    failures, checked, present = [], 0, []
-    for key, arr_ in leaves:
-        got = grads.get(key)
-        if got is None or np.shape(got) != arr_.shape:
-            failures.append(f"{key}: missing or wrong shape")
-        else:
-            present.append((key, arr_, got))
-    symbols = [arr_[idx] for _, arr_, _ in present for idx in np.ndindex(arr_.shape)]
-    names = [f"{key}{list(idx)}" for key, arr_, _ in present for idx in np.ndindex(arr_.shape)]
-    got = [g[idx] for _, arr_, g in present for idx in np.ndindex(arr_.shape)]
-    differ = set()
-    for seed in (1, 2):
-        pt = ModularPoint(seed)
-        expected = gradient_at_point(L, symbols, pt)
-        differ |= {k for k, (e, g) in enumerate(zip(expected, got)) if e != pt(sympy.sympify(g))}
-    checked = len(symbols)
-    failures += [names[k] for k in sorted(differ)]
-    if stop_after:
-        failures = failures[:max(stop_after, 1)]
+        entries += [(f"{key}{list(idx)}", arr_[idx], got[idx]) for idx in np.ndindex(arr_.shape)]
+    if derivative == "reverse":  # every leaf's derivative at each point from one reverse accumulation
+        differ = set()
+        for seed in (1, 2):
+            pt = ModularPoint(seed)
+            expected = gradient_at_point(L, [x for _, x, _ in entries], pt)
+            differ |= {k for k, (e, (_, _, g)) in enumerate(zip(expected, entries)) if e != pt(sympy.sympify(g))}
+        failures += [entries[k][0] for k in sorted(differ)]
+        if stop_after:
+            failures = failures[:stop_after]
+        return {"error": len(failures), "checked": len(entries), "failures": failures}
+    same = comparator(exact, seeds=(1, 2))
+    checked = 0
+    for name, x, g in entries:
+        checked += 1
+        if not same(g, sympy.diff(L, x)):
+            failures.append(name)
+            if stop_after and len(failures) >= stop_after:
+                break
     return {"error": len(failures), "checked": checked, "failures": failures}
