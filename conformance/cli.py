@@ -47,27 +47,48 @@ def cmd_conform(args) -> int:
 
 
 def cmd_vectors(args) -> int:
+    """Exit 0: written, or every check holds; 1: --check found problems, or writing failed (the previous
+    OUTDIR untouched); 2: refused before writing anything (OUTDIR not ours to replace, --cell, --seed)."""
+    import signal
+    import warnings
     from pathlib import Path
 
-    from .vectors import check_vectors, write_vectors
+    from .vectors import VectorsError, VectorsWarning, check_vectors, write_vectors
 
     out = Path(args.outdir)
     if args.check:
-        problems = check_vectors(out)
+        try:
+            problems = check_vectors(out)
+        except OSError as exc:
+            problems = [f"{exc.filename or out}: cannot be read ({exc.strerror or exc})"]
         for p in problems:
             print(f"  {p}")
         print(f"{out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 0 if not problems else 1
-    import signal
 
     def terminated(signum, frame):  # SIGTERM (a CI timeout, kill): unwind, so the temporary directory is removed
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
-        manifest = write_vectors(out, cells=args.cells or None, seed=args.seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", VectorsWarning)
+            manifest = write_vectors(out, cells=args.cells or None, seed=args.seed)
+    except VectorsError as exc:
+        print(f"lstm-spec vectors: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"lstm-spec vectors: cannot write {out}: {exc.strerror or exc}{where}; the previous {out}, if any, "
+              "is untouched: free space or choose a directory you can write", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+    for w in caught:
+        if issubclass(w.category, VectorsWarning):
+            print(f"lstm-spec vectors: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"wrote {len(manifest['cases'])} cases to {out} (manifest.json, schema {manifest['schema_version']})")
     return 0
 
@@ -93,9 +114,11 @@ def add_subcommands(sub) -> None:
     s.set_defaults(func=cmd_conform)
 
     s = sub.add_parser("vectors", help="write golden test vectors (NPZ + JSON manifest), or check a directory")
-    s.add_argument("outdir", help="directory to write (or to check with --check)")
-    s.add_argument("--check", action="store_true", help="validate a vectors directory: manifest, files, sha256")
+    s.add_argument("outdir", help="directory to write: absent, empty, or one vectors wrote (only its listed files "
+                   "are replaced); or to check with --check")
+    s.add_argument("--check", action="store_true", help="validate a vectors directory: manifest, case list, files, "
+                   "sha256, arrays, values")
     s.add_argument("--cell", dest="cells", action="append", help="cell(s) to write (default: every cell)")
     s.add_argument("--seed", type=int, default=0,
-                   help="seed of the cases (default 0); the same seed gives the same bytes in every file")
+                   help="seed of the cases, 0 to 2**32-1 (default 0); the same seed gives the same bytes in every file")
     s.set_defaults(func=cmd_vectors)

@@ -86,7 +86,7 @@ def test_interrupted_first_write_leaves_no_directory(tmp_path):
 def test_outdir_that_is_a_file_is_refused(tmp_path):
     f = tmp_path / "file"
     f.write_text("keep me")
-    with pytest.raises(NotADirectoryError, match=f"vectors OUTDIR {f}: exists and is not a directory"):
+    with pytest.raises(vectors.VectorsError, match=f"OUTDIR {f}: exists and is not a directory"):
         vectors.write_vectors(f, cells=["rnn_tanh"])
     assert f.read_text() == "keep me"
     assert vectors.check_vectors(f) == [f"{f}: not a directory"]
