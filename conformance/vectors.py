@@ -281,8 +281,12 @@ def _holds_cwd(out: Path) -> bool:
     return target == cwd or target in cwd.parents
 
 
+_CASE_FILE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*-[0-9]{3}\.npz")  # the names of the case files vectors writes
+
+
 def _written_by_vectors(mpath: Path) -> set | None:
-    """The names a manifest `vectors` wrote claims (itself and the files it lists), None if it is not one."""
+    """The names a manifest `vectors` wrote claims (itself and the files it lists that are named as
+    vectors names them), None if it is not such a manifest."""
     if not _regular(mpath):
         return None
     manifest, bad = load_manifest(mpath)
@@ -290,14 +294,14 @@ def _written_by_vectors(mpath: Path) -> set | None:
             or not str(manifest.get("generator", "")).startswith(GENERATOR):
         return None
     files = {e.get("file") for e in manifest["cases"] if isinstance(e, dict)}
-    return {MANIFEST} | {f for f in files if isinstance(f, str) and not _file_name_problem(f)}
+    return {MANIFEST} | {f for f in files if isinstance(f, str) and _CASE_FILE.fullmatch(f)}
 
 
 def previous_files(out: Path) -> list[str] | None:
     """What writing ``out`` may delete. None: ``out`` does not exist; []: an empty directory; else a
     directory `vectors` wrote (its manifest.json says lstm-spec generated it, and the directory holds
-    nothing but regular files that manifest lists): exactly those names. Anything else raises
-    :class:`VectorsError` and nothing is touched."""
+    nothing but regular files that manifest lists, named <cell>-NNN.npz): exactly those names.
+    Anything else raises :class:`VectorsError` and nothing is touched."""
     fix = "nothing was written: choose another directory or empty this one"
     if out.name in ("", ".", "..") or _holds_cwd(out):
         raise VectorsError(f"OUTDIR {out}: is or holds the current directory, which cannot be replaced; "

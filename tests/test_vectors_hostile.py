@@ -96,6 +96,18 @@ def test_a_manifest_not_written_by_vectors_is_not_a_licence_to_delete(tmp_path):
     assert (d / "report.pdf").read_bytes() == b"%PDF"
 
 
+def test_a_manifest_that_lists_a_users_file_is_no_licence_to_delete_it(small, tmp_path):
+    """Only names `vectors` writes (<cell>-NNN.npz) are deletable, whatever a manifest lists."""
+    d = _copy(small, tmp_path)
+    m = _manifest(d)
+    m["cases"][0]["file"] = "thesis.tex"
+    _save_manifest(d, m)
+    (d / "thesis.tex").write_text("mine")
+    with pytest.raises(vectors.VectorsError, match="thesis.tex"):
+        vectors.write_vectors(d, cells=[CELL])
+    assert (d / "thesis.tex").read_text() == "mine"
+
+
 def test_a_subdirectory_named_like_a_listed_file_is_refused(small, tmp_path):
     d = _copy(small, tmp_path)
     name = _manifest(d)["cases"][0]["file"]
