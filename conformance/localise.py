@@ -452,7 +452,8 @@ def _adjoint_names(observed: dict, stmts: dict) -> dict:
             continue
         if not (s.startswith("d_b_") and a in out):
             out[s] = st
-    return out
+    order = list(stmts)
+    return dict(sorted(out.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
 def _explaining(observed: dict, stmts: dict) -> list[str]:
