@@ -311,7 +311,8 @@ def previous_files(out: Path) -> list[str] | None:
     if not out.exists():
         return None
     if not out.is_dir():
-        raise VectorsError(f"OUTDIR {out}: exists and is not a directory; {fix}")
+        raise VectorsError(f"OUTDIR {out}: exists and is not a directory; nothing was written: choose another "
+                           "directory or remove it")
     names = sorted(os.listdir(out))
     if not names:
         return []
