@@ -10,13 +10,17 @@ from pathlib import Path
 WHAT = ("lstm", "generate", "verify")
 
 
+class UsageError(ValueError):
+    """A bad option or file given to bench: one line on stderr, exit 2 (before anything is measured)."""
+
+
 def _ints(text: str, name: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise SystemExit(f"lstm-spec bench: {name}: got {text!r}, expected comma-separated positive integers")
+        vals = ()
     if not vals or min(vals) < 1:
-        raise SystemExit(f"lstm-spec bench: {name}: got {text!r}, expected comma-separated positive integers")
+        raise UsageError(f"{name}: got {text!r}, expected comma-separated positive integers")
     return vals
 
 
@@ -24,7 +28,7 @@ def _names(text: str, name: str, allowed) -> tuple[str, ...]:
     vals = tuple(v for v in text.split(",") if v)
     bad = [v for v in vals if v not in allowed]
     if bad:
-        raise SystemExit(f"lstm-spec bench: {name}: got {bad}, expected some of {', '.join(allowed)}")
+        raise UsageError(f"{name}: got {bad}, expected some of {', '.join(allowed)}")
     return vals
 
 
@@ -74,15 +78,61 @@ def add_subcommand(sub) -> None:
 
 
 def cmd_bench(args) -> int:
+    try:
+        if args.render:
+            return render(args.render)
+        for option, path in (("--json", args.json), ("--rerun-noisy", None if args.json else args.rerun_noisy)):
+            if path:
+                writable(path, option)
+        return measure(args)
+    except UsageError as exc:
+        print(f"lstm-spec bench: {exc}", file=sys.stderr)
+        return 2
+
+
+def load_result(path: str, option: str) -> dict:
+    """An existing result (--render, --rerun-noisy, --merge), or UsageError naming the file and the fault."""
     from . import report
 
-    if args.render:
-        data = report.load(args.render)
-        print(report.text_table(data))
-        print()
-        for target, measured, verdict in report.targets(data):
-            print(f"{target}: {measured} -> {verdict}")
-        return 0
+    try:
+        return report.load(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{option} {path}: {exc}") from None
+
+
+def render(path: str) -> int:
+    from . import report
+
+    data = load_result(path, "--render")
+    try:
+        lines = [report.text_table(data), ""] + [f"{t}: {m} -> {v}" for t, m, v in report.targets(data)]
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise UsageError(f"--render {path}: not a result of lstm-spec bench --json "
+                         f"({type(exc).__name__}: {str(exc)[:100]})") from None
+    print("\n".join(lines))
+    return 0
+
+
+def writable(path: str, option: str) -> None:
+    """Fail now, not after the measurement, when the result could not be written to path."""
+    import os
+    import tempfile
+
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{option} {p}: is a directory; give the name of the JSON file to write")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise UsageError(f"{option} {p}: cannot write there ({exc.strerror or exc})") from None
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UsageError(f"{option} {p}: the file is not writable")
+
+
+def measure(args) -> int:
     from . import problem as pr
     from .runner import Bench, BenchError, header, run_grid, run_tools
 
@@ -101,7 +151,7 @@ def cmd_bench(args) -> int:
     argv = sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "bench" else []
     data: dict = {}
     if args.json and args.merge and Path(args.json).exists():
-        data = report.load(args.json)
+        data = load_result(args.json, "--json")
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     signal.signal(signal.SIGTERM, _interrupted)  # `kill` of a long run: the workers are stopped too
     code = 0
@@ -123,15 +173,7 @@ def cmd_bench(args) -> int:
     except BenchError as exc:
         print(f"lstm-spec bench: {exc}", file=sys.stderr)
         return 2
-    if data.get("points"):
-        print()
-        print(report.text_table(data))
-        print()
-        for target, measured, verdict in report.targets(data):
-            print(f"{target}: {measured} -> {verdict}")
-    if data.get("tools"):
-        for name, t in data["tools"].items():
-            print(f"{t['command']}: {t['seconds']:.1f} s (exit code {t['exit_code']})")
+    print_result(data)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
@@ -144,15 +186,27 @@ def cmd_bench(args) -> int:
     return code
 
 
+def print_result(data: dict) -> None:
+    from . import report
+
+    if data.get("points"):
+        print()
+        print(report.text_table(data))
+        print()
+        for target, measured, verdict in report.targets(data):
+            print(f"{target}: {measured} -> {verdict}")
+    for t in (data.get("tools") or {}).values():
+        print(f"{t['command']}: {t['seconds']:.1f} s (exit code {t['exit_code']})")
+
+
 def rerun_noisy(args) -> int:
     """Re-measure the noisy points of a result with its own settings (threads, repetitions, seed)."""
     import os
 
     from . import problem as pr
-    from . import report
     from .runner import Bench, BenchError, status_line
 
-    data = report.load(args.rerun_noisy)
+    data = load_result(args.rerun_noisy, "--rerun-noisy")
     meta = data["meta"]
     noisy = [i for i, r in enumerate(data.get("points", [])) if r["status"] == "ok" and r["spread"] > args.noise]
     print(f"lstm-spec bench: {len(noisy)} point(s) of {args.rerun_noisy} have an IQR over {args.noise:.0%}", flush=True)
@@ -193,7 +247,7 @@ def cmd_profile(args) -> int:
     from .runner import BenchError
 
     if args.quick:
-        raise SystemExit("lstm-spec bench: --profile and --quick: choose one")
+        raise UsageError("--profile and --quick: choose one")
     points = pr.grid(T=_ints(args.T, "--T"), B=_ints(args.B, "--B"), H=_ints(args.H, "--H"),
                      dtypes=_names(args.dtype, "--dtype", pr.DTYPES))
     results = []

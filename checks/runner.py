@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from lstm_spec.derivations import derive
 from lstm_spec.derivations import functions as function_rules
 from lstm_spec.derivations import rules as matrix_rules
-from lstm_spec.derivations.build import generate, is_builtin
+from lstm_spec.derivations.build import GenerateError, generate, is_builtin, recorded_cell
 from lstm_spec.spec import Cell
 
 from . import mutants
@@ -74,12 +74,47 @@ class Progress:
 
 
 def _module_for(cell: Cell, gen):
-    """The module to verify: the committed one for a built-in cell; for a user's spec file, the module
-    `lstm-spec generate PATH` wrote beside it, or (when there is none yet) the generated text in memory."""
+    """The module to verify: the committed one for a built-in cell; for a user's spec file, the code the
+    spec generates now (in memory). The file beside a user's spec is compared with that text (the "up to
+    date" row) and never executed: it may be anything."""
     if is_builtin(cell):
         return importlib.import_module(f"lstm_spec.reference.{cell.name}")
-    text = gen.current() or gen.text
-    return mutants.load_module(text, f"lstm_spec_generated_{cell.name}")
+    return mutants.load_module(gen.text, f"lstm_spec_generated_{cell.name}")
+
+
+def _up_to_date_row(cell: Cell, gen, seconds: float) -> Row | None:
+    """Whether the module `lstm-spec generate` writes for this cell holds the text the spec generates now;
+    None for a user's spec file with no module yet (the checks run on the text in memory)."""
+    try:
+        current = gen.current()
+    except GenerateError:
+        current = ""  # unreadable (a directory, no permission): not the generated text
+    if current is None and not is_builtin(cell):
+        return None
+    stale = current != gen.text
+    detail = ""
+    if stale:
+        if current is None:
+            what, todo = "is missing", ""
+        elif recorded_cell(current) is None:
+            what, todo = "is not a generated file", "move it away, then "
+        else:
+            what, todo = "is stale", ""
+        ran = "" if is_builtin(cell) else " (not executed: the checks ran on the code the spec generates)"
+        detail = f"{gen.path} {what}{ran}: {todo}run `{gen.command}`"
+    return Row(cell.name, "generated code up to date", int(stale), 0, not stale, "-", seconds, detail)
+
+
+def _load_guarded(cell: Cell, gen):
+    """(module, None), or (None, a failing row) when loading it raised or exited: SystemExit included, so
+    that verify never ends with exit 0 before its checks ran."""
+    try:
+        return _module_for(cell, gen), None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from a module must fail verify, not end it
+        return None, Row(cell.name, "generated module loads", 1, 0, False, "-", 0.0,
+                         f"loading the module raised {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def verify_rules(progress=None) -> list[Row]:
@@ -147,11 +182,10 @@ def verify_cell(cell: Cell, progress=None, torch: bool = True, proof: bool = Fal
 
     progress(f"{name}: derive and generate")
     (d, gen), secs = timed(lambda: (derive(cell), generate([cell])[0]))
-    module = _module_for(cell, gen)
-    if is_builtin(cell) or gen.current() is not None:
-        stale = gen.stale
-        rows.append(Row(name, "generated code up to date", int(stale), 0, not stale, "-", secs,
-                        f"{gen.path} is stale: run `lstm-spec generate`" if stale else ""))
+    rows += [r for r in [_up_to_date_row(cell, gen, secs)] if r]
+    module, failed = _load_guarded(cell, gen)
+    if failed:
+        return rows + [failed]
     mutant = mutants.load_module(mutants.mutate_code(gen.text, mutants.recursion_line(gen.text), "delete"),
                                  f"lstm_spec_control_{name}")
 

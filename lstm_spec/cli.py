@@ -36,26 +36,38 @@ def cmd_derive(args) -> int:
 def cmd_generate(args) -> int:
     from pathlib import Path
 
-    from lstm_spec.derivations.build import generate, write
+    from lstm_spec.derivations.build import GenerateError, generate, write
 
     t0 = time.perf_counter()
     cells = _cells(args.cells)
-    generated = generate(cells, Path(args.out) if args.out else None)
-    elapsed = time.perf_counter() - t0
-    if args.check:
-        stale = [g for g in generated if g.stale]
-        for g in stale:
-            sys.stdout.write(g.diff() or f"{g.path}: missing\n")
-        if stale:
-            print(f"\n{len(stale)} generated file(s) are stale: run `lstm-spec generate` and commit the result.",
-                  file=sys.stderr)
-            return 1
-        print(f"{len(generated)} generated file(s) up to date (derive + generate {elapsed:.1f} s).")
-        return 0
-    written = write(generated)
+    try:
+        generated = generate(cells, Path(args.out) if args.out else None)
+        if args.check:
+            return _check_generated(generated, time.perf_counter() - t0)
+        written = write(generated)
+    except GenerateError as exc:
+        print(f"lstm-spec generate: {exc}", file=sys.stderr)
+        return 2
     for p in written:
         print(f"wrote {p}")
-    print(f"{len(generated)} cell(s), {len(written)} file(s) changed (derive + generate {elapsed:.1f} s).")
+    print(f"{len(generated)} cell(s), {len(written)} file(s) changed "
+          f"(derive + generate {time.perf_counter() - t0:.1f} s).")
+    return 0
+
+
+def _check_generated(generated, elapsed: float) -> int:
+    """generate --check: the diff of every stale file and the exact command that regenerates them."""
+    from lstm_spec.derivations.build import is_builtin, regenerate_command
+
+    stale = [g for g in generated if g.stale]
+    for g in stale:
+        sys.stdout.write(g.diff() or f"{g.path}: missing\n")
+    if stale:
+        commit = " and commit the result" if any(is_builtin(g.cell) and g.out is None for g in stale) else ""
+        print(f"\n{len(stale)} generated file(s) are stale: run `{regenerate_command(stale)}`{commit}.",
+              file=sys.stderr)
+        return 1
+    print(f"{len(generated)} generated file(s) up to date (derive + generate {elapsed:.1f} s).")
     return 0
 
 
@@ -85,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "LSTM forward pass and backpropagation through time.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("list", help="list the cells of the spec")
+    s = sub.add_parser("list", help="list the cells of the spec",
+                       description="Print one line per built-in cell: its name (what derive, generate, verify and "
+                       "conform --cell take), its title and a one-line summary.")
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("derive", help="print the derived equations of a cell")
@@ -93,11 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latex", action="store_true", help="print LaTeX instead of plain text")
     s.set_defaults(func=cmd_derive)
 
-    s = sub.add_parser("generate", help="write the generated NumPy reference into reference/")
+    s = sub.add_parser("generate", help="write the generated NumPy reference into reference/",
+                       description="Derive each cell and write its NumPy module: a built-in cell's into the package's "
+                       "reference/, a spec file's beside it named after the file (my_cell.toml -> my_cell.py). An "
+                       "existing file is overwritten only when it was generated for the same cell; a hand-written "
+                       "file, or one generated from another spec, is refused (exit 2) and nothing is written.")
     s.add_argument("cells", nargs="*", help="built-in cell names or paths to your own spec files (default: all "
-                   "built-in cells); a spec file's module is written beside it")
+                   "built-in cells); PATH/my_cell.toml writes PATH/my_cell.py")
     s.add_argument("--check", action="store_true", help="write nothing; exit 1 and show a diff if any file is stale")
-    s.add_argument("--out", help="directory to write to (default: the package's reference/ folder)")
+    s.add_argument("--out", help="directory to write to, <spec file name>.py each (default: reference/ for a "
+                   "built-in cell, beside the spec file for yours)")
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("verify", help="run every check on every cell and print the table")
@@ -121,14 +140,43 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from lstm_spec.spec import SpecError
 
-    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe fails here, not at exit
+        return code
     except SpecError as exc:
         print(f"lstm-spec: spec error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        return _quiet_after_closed_stdout()
+
+
+def _stdout_closed() -> bool:
+    """True when the reader of stdout has gone (`lstm-spec list | head -1`): the pipe reports an error."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poll.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
+
+
+def _quiet_after_closed_stdout() -> int:
+    """End as Unix tools do when their reader has gone: no message; exit 128 + SIGPIPE. stdout is pointed
+    at /dev/null so that the interpreter's last flush fails no more."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":
