@@ -7,10 +7,17 @@ signatures (:mod:`.signatures`). The protocol for a user's own implementation is
 conformance/PROTOCOL.md; golden vectors for other languages in conformance/VECTORS.md.
 """
 
-from .problem import Case, Problem, expected, make_problem
-from .runner import Report, conform, default_cases, format_report
-from .signatures import SIGNATURES, diagnose
-from .targets import ProtocolTarget, Target, TargetError, Unavailable, load_target
+import importlib
 
-__all__ = ["Case", "Problem", "ProtocolTarget", "Report", "SIGNATURES", "Target", "TargetError", "Unavailable",
-           "conform", "default_cases", "diagnose", "expected", "format_report", "load_target", "make_problem"]
+# Exports load on first use (PEP 562), so `lstm-spec --help` registers conform and vectors without NumPy or SymPy.
+_EXPORTS = {**dict.fromkeys(["Case", "Problem", "expected", "make_problem"], ".problem"),
+            **dict.fromkeys(["Report", "conform", "default_cases", "format_report"], ".runner"),
+            **dict.fromkeys(["SIGNATURES", "diagnose"], ".signatures"),
+            **dict.fromkeys(["ProtocolTarget", "Target", "TargetError", "Unavailable", "load_target"], ".targets")}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lstm_spec.spec import Cell, SpecError, builtin_cells, load
+from lstm_spec.spec import Cell, SpecError, builtin_cells, did_you_mean, load
 from lstm_spec.spec.cells import SPEC_SUFFIX
 
 from .codegen import generate_module
@@ -168,9 +168,7 @@ def check_cell_name(name: str) -> None:
     path = Path(name)
     if name in builtin_cells() or path.suffix == SPEC_SUFFIX or path.exists():
         return
-    close = difflib.get_close_matches(name, builtin_cells(), n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
-    raise SpecError(f"unknown cell {name!r}: {hint}(`lstm-spec list` shows the built-in cells; give your own "
+    raise SpecError(f"unknown cell {name!r}: {did_you_mean(name)}(`lstm-spec list` shows the built-in cells; give your own "
                     f"spec by its path, e.g. my_cell{SPEC_SUFFIX})")
 
 

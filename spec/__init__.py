@@ -6,17 +6,24 @@ user's own file. Both return a validated :class:`~lstm_spec.spec.cells.Cell`.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from .cells import SPEC_DIR, SPEC_SUFFIX, Cell, Quantity, load_file
 from .language import SpecError
 
-__all__ = ["Cell", "Quantity", "SpecError", "builtin_cells", "load", "load_all"]
+__all__ = ["Cell", "Quantity", "SpecError", "builtin_cells", "did_you_mean", "load", "load_all"]
 
 
 def builtin_cells() -> list[str]:
     """Names of the cells shipped in spec/, sorted."""
     return sorted(p.stem for p in SPEC_DIR.glob(f"*{SPEC_SUFFIX}"))
+
+
+def did_you_mean(name: str) -> str:
+    """'did you mean 'lstm'? ' for a mistyped built-in cell name, else ''."""
+    close = difflib.get_close_matches(name, builtin_cells(), n=3)
+    return f"did you mean {' or '.join(map(repr, close))}? " if close else ""
 
 
 def load(name_or_path: str | Path) -> Cell:
@@ -27,7 +34,7 @@ def load(name_or_path: str | Path) -> Cell:
     path = Path(text)
     if path.suffix == SPEC_SUFFIX or path.exists():
         return load_file(path)
-    raise SpecError(f"unknown cell {text!r}: not a built-in cell ({', '.join(builtin_cells())}) "
+    raise SpecError(f"unknown cell {text!r}: {did_you_mean(text)}not a built-in cell ({', '.join(builtin_cells())}) "
                     f"and not a path to a {SPEC_SUFFIX} spec file")
 
 
