@@ -9,41 +9,46 @@ DEFAULT_TIMEOUT = 300.0  # seconds per case; the slowest built-in adapter (flax,
 
 
 def cmd_conform(args) -> int:
-    from .runner import conform, default_cases, format_report, stderr_progress
-    from .targets import TargetError, Unavailable, load_target
+    """Exit status 0: conforms, 1: a case fails or errs, 2: a bad target or option, 3: a built-in adapter's
+    framework is not installed. The target's code never chooses it (sys.exit, KeyboardInterrupt and any
+    other exception of the target are its failures; conformance/PROTOCOL.md, section 6)."""
+    import math
 
-    try:
-        target = load_target(args.target)
-    except Unavailable as exc:
-        print(f"lstm-spec conform {args.target}: skipped: {exc}")
-        return 0 if args.allow_missing else 3
-    except TargetError as exc:
-        print(f"lstm-spec conform: {exc}", file=sys.stderr)
-        return 2
-    if args.timeout < 0:
-        print(f"lstm-spec conform: --timeout: expected seconds >= 0 (0: no worker process), got {args.timeout:g}",
-              file=sys.stderr)
-        return 2
-    cells = args.cells or list(target.cells)
-    dtypes = args.dtypes or [d for d in ("float64", "float32") if d in target.dtypes]
-    cases = default_cases(cells, dtypes, seed=args.seed)
-    if args.quick:
-        cases = [c for c in cases if c.direction == "forward" and c.lengths is None and c.layers == 1]
-    if args.case:
-        from .runner import expand_variants
+    from .runner import conform, default_cases, expand_variants, format_report, redirect_output, stderr_progress
+    from .targets import TargetError, Unavailable, load_target, terminating_cleanly
 
-        cases = [c for c in expand_variants(target, cases) if args.case in c.name]
-        if not cases:
-            print(f"lstm-spec conform: no case name contains {args.case!r}", file=sys.stderr)
+    if not (math.isfinite(args.timeout) and args.timeout >= 0):
+        print(f"lstm-spec conform: --timeout: expected seconds >= 0, finite (0: no worker process), "
+              f"got {args.timeout:g}", file=sys.stderr)
+        return 2
+    with terminating_cleanly():
+        try:
+            with redirect_output(2):  # what its import prints goes to stderr: stdout is the report
+                target = load_target(args.target)
+        except Unavailable as exc:
+            print(f"lstm-spec conform {args.target}: skipped: {exc}")
+            return 0 if args.allow_missing else 3
+        except TargetError as exc:
+            print(f"lstm-spec conform: {exc}", file=sys.stderr)
             return 2
-    t0 = time.perf_counter()
-    where = f"a worker process, timeout {args.timeout:g} s per case" if args.timeout else "this process, no timeout"
-    print(f"lstm-spec conform: {target.name}, {len(cases)} cases, in {where}", file=sys.stderr)
-    report = conform(target, cases, progress=None if args.quiet else stderr_progress, timeout=args.timeout or None)
-    print(format_report(report, verbose=not args.failures_only, timings=args.timings))
-    # the time goes to stderr: stdout, the report, is the same in every run with the same seed
-    print(f"lstm-spec conform: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return 0 if report.passed else 1
+        cells = args.cells or list(target.cells)
+        dtypes = args.dtypes or [d for d in ("float64", "float32") if d in target.dtypes]
+        cases = default_cases(cells, dtypes, seed=args.seed)
+        if args.quick:
+            cases = [c for c in cases if c.direction == "forward" and c.lengths is None and c.layers == 1]
+        if args.case:
+            cases = [c for c in expand_variants(target, cases) if args.case in c.name]
+            if not cases:
+                print(f"lstm-spec conform: no case name contains {args.case!r}", file=sys.stderr)
+                return 2
+        t0 = time.perf_counter()
+        where = f"a worker process, timeout {args.timeout:g} s per case" if args.timeout else "this process, no timeout"
+        print(f"lstm-spec conform: {target.name}, {len(cases)} cases, in {where}", file=sys.stderr)
+        report = conform(target, cases, progress=None if args.quiet else stderr_progress, timeout=args.timeout or None)
+        print(format_report(report, verbose=not args.failures_only, timings=args.timings))
+        # the time goes to stderr: stdout, the report, is the same in every run with the same seed
+        print(f"lstm-spec conform: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        return 0 if report.passed else 1
 
 
 def cmd_vectors(args) -> int:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import pickle
 import platform
+import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 
@@ -15,7 +20,7 @@ from lstm_spec.checks.tolerances import TOLERANCES
 from .compare import Row, compare
 from .problem import Case, Problem, expected, make_problem
 from .signatures import Diagnosis, diagnose
-from .targets import Target, TargetError
+from .targets import Target, TargetError, describe, users_interrupt, watching_interrupts
 
 # (T, B, D, H): T = 1 and B = 1 together, B = 1, D != H (both ways), D = H, a longer sequence
 SHAPES = [(1, 1, 3, 2), (2, 1, 2, 3), (4, 3, 5, 3), (6, 2, 4, 4)]
@@ -52,6 +57,7 @@ class CaseResult:
     detail: str = ""
     tolerance: float = 0.0
     seconds: float = 0.0
+    output: str = ""  # a failing case: the tail of what the target printed (stdout and stderr)
 
     @property
     def failing(self) -> list[Row]:
@@ -65,6 +71,7 @@ class Outcome:
     got: dict | None
     error: str = ""
     mutations: list = field(default_factory=list)
+    output: str = ""  # the tail of what the target printed during the call (see output_tail)
 
 
 def _problem_arrays(problem: Problem) -> list[tuple[str, np.ndarray]]:
@@ -83,19 +90,23 @@ def _problem_arrays(problem: Problem) -> list[tuple[str, np.ndarray]]:
 
 def invoke(target: Target, problem: Problem) -> Outcome:
     """Run ``target`` on ``problem`` in this process. An exception becomes the outcome's error (the run
-    goes on with the next case); inputs the target modified are listed (a ``ProtocolTarget`` names the
-    argument of ``forward``/``backward``; any other target is checked on the problem's own arrays)."""
+    goes on with the next case), whatever it is (``sys.exit``, KeyboardInterrupt: only the user's Ctrl-C
+    stops the run); inputs the target modified are listed (a ``ProtocolTarget`` names the argument of
+    ``forward``/``backward``; any other target is checked on the problem's own arrays)."""
     kept = [(name, a, a.copy()) for name, a in _problem_arrays(problem)]
     got, error = None, ""
     try:
-        got = target.run(problem)
+        with watching_interrupts():
+            got = target.run(problem)
         if not isinstance(got, dict):
             error = f"{type(target).__name__}.run returned {type(got).__name__}, expected a dict of quantities"
             got = None
     except TargetError as exc:
         error = str(exc)
-    except Exception as exc:  # noqa: BLE001 - the target's own exception is part of the report
-        error = f"the target raised {type(exc).__name__}: {exc}"
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt, ... of the target: the case's result
+        if users_interrupt(exc):
+            raise
+        error = f"the target raised {describe(exc)}"
     mutations = list(problem.extra.get("mutations", []))
     for name, now, before in kept:
         if now.shape != before.shape or not np.array_equal(now, before):
@@ -116,21 +127,22 @@ def run_case(target: Target, case: Case, diagnose_failures: bool = True, worker=
     problem = make_problem(case)
     problem.extra["biases"] = biases
     want = expected(problem, biases=biases, with_grads=target.has_gradients)
-    outcome = worker.run(case, biases) if worker is not None else invoke(target, problem)
+    outcome = worker.run(case, biases) if worker is not None else invoke_here(target, problem)
     if outcome.mutations and worker is None:  # the problem may have been changed: a fresh one to diagnose on
         problem = make_problem(case)
         problem.extra["biases"] = biases
     mutated = "; ".join(outcome.mutations)
     if outcome.error:
         return CaseResult(case, "error", detail="; ".join(x for x in (outcome.error, mutated) if x), tolerance=tol,
-                          seconds=time.perf_counter() - t0)
+                          seconds=time.perf_counter() - t0, output=outcome.output)
     try:
         rows = compare(problem, outcome.got, want, tol, dtype=case.dtype)
     except Exception as exc:  # noqa: BLE001 - results nobody can compare are reported, not raised
-        return CaseResult(case, "error", detail=f"the target's results cannot be compared: {type(exc).__name__}: "
-                          f"{exc}", tolerance=tol, seconds=time.perf_counter() - t0)
+        return CaseResult(case, "error", detail=f"the target's results cannot be compared: {describe(exc)}",
+                          tolerance=tol, seconds=time.perf_counter() - t0, output=outcome.output)
     ok = all(r.passed for r in rows) and not mutated
-    res = CaseResult(case, "pass" if ok else "FAIL", rows, detail=mutated, tolerance=tol)
+    res = CaseResult(case, "pass" if ok else "FAIL", rows, detail=mutated, tolerance=tol,
+                     output="" if ok else outcome.output)
     if res.status == "FAIL" and diagnose_failures and any(not r.within for r in rows):
         try:
             res.diagnoses = diagnose(problem, target, outcome.got, [r.quantity for r in res.failing], tol)
@@ -140,18 +152,163 @@ def run_case(target: Target, case: Case, diagnose_failures: bool = True, worker=
     return res
 
 
-# ------------------------------------------------------------------------------ a target in a worker process
-def _worker_main(conn, ref) -> None:
-    """Entry point of a worker process: load the target (``ref``: a name for ``load_target`` or a
-    picklable Target), say ready, then run one case per message until the pipe closes."""
-    from .targets import load_target
+# ------------------------------------------------------------------------------ what a target prints
+TAIL_BYTES, TAIL_LINES, LINE_CHARS = 4096, 20, 200  # the most of a target's output a report shows, per case
 
+
+def _flush_output() -> None:
+    """Flush Python's and C's buffered stdout and stderr (a C extension's printf too)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or replaced stream
+            stream.flush()
+    with contextlib.suppress(Exception):  # no C library to flush
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+
+
+@contextlib.contextmanager
+def redirect_output(fd: int):
+    """While active, file descriptors 1 and 2, ``sys.stdout`` and ``sys.stderr`` write to ``fd``: what a
+    target prints (from Python or C, or a child process) stays out of conform's report."""
+    _flush_output()
+    saved = (os.dup(1), os.dup(2))
+    streams = (sys.stdout, sys.stderr)
+    text = open(fd, "w", closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
     try:
-        target = ref if isinstance(ref, Target) else load_target(ref)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.stdout = sys.stderr = text
+        yield
+    finally:
+        _flush_output()
+        sys.stdout, sys.stderr = streams
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in saved:
+            os.close(f)
+        text.close()
+
+
+def output_tail(fd: int) -> str:
+    """The end of what was written to ``fd`` (a regular file): at most TAIL_LINES lines of TAIL_BYTES,
+    non-printable characters as '?', under a heading that gives the whole size; '' when nothing was."""
+    size = os.fstat(fd).st_size
+    if not size:
+        return ""
+    data = os.pread(fd, TAIL_BYTES, max(0, size - TAIL_BYTES))
+    lines = data.decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+    lines = ["".join(c if c.isprintable() else "?" for c in x[:LINE_CHARS]) + ("..." if len(x) > LINE_CHARS else "")
+             for x in lines]
+    return "\n".join([f"the target's output ({size} bytes, the last {len(lines)} lines):", *lines])
+
+
+def invoke_here(target: Target, problem: Problem) -> Outcome:
+    """:func:`invoke` in this process, what the target prints going to a temporary file (the outcome
+    keeps its tail for the report)."""
+    with tempfile.TemporaryFile() as fh:
+        with redirect_output(fh.fileno()):
+            out = invoke(target, problem)
+        out.output = output_tail(fh.fileno())
+    return out
+
+
+# ------------------------------------------------------------------------------ results as plain data
+class _Opaque:
+    """Stands, in conform's process, for a returned value that is not a plain array (see _plain_value)."""
+
+    dtype = None
+
+    def __array__(self, dtype=None, copy=None):
+        if self.dtype is None:
+            raise TypeError(f"{type(self).__name__} is not an array")
+        return np.empty((), dtype=object)
+
+
+def _plain_value(value) -> tuple:
+    """A returned value as plain data (no class of the target's is ever unpickled by conform): an array
+    of a numeric, boolean or string dtype as (dtype, shape, bytes); anything else by its type's name."""
+    try:
+        a = np.asarray(value)
+    except BaseException:  # noqa: BLE001 - what does not convert is reported by the comparison
+        return ("opaque", type(value).__name__, None)
+    if a.dtype.kind in "biufcSUmM" and a.dtype.fields is None:
+        return ("array", a.dtype.str, a.shape, a.tobytes())
+    return ("opaque", type(value).__name__, a.dtype.str)
+
+
+def _from_plain(item) -> object:
+    if item[0] == "array":
+        _, dt, shape, data = item
+        if np.dtype(dt).kind not in "biufcSUmM":
+            raise ValueError(f"unexpected dtype {dt}")
+        return np.frombuffer(data, dtype=np.dtype(dt)).reshape(shape).copy()
+    _, name, dt = item
+    return type(str(name), (_Opaque,), {"dtype": dt})()
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"{module}.{name}: only plain data comes back from the worker process")
+
+
+def _plain(out: Outcome) -> tuple:
+    got = None if out.got is None else [(str(k), _plain_value(v)) for k, v in out.got.items()]
+    return ("done", got, str(out.error), [str(m) for m in out.mutations])
+
+
+def _outcome(message: tuple) -> Outcome:
+    _, got, error, mutations = message
+    return Outcome(None if got is None else {k: _from_plain(v) for k, v in got}, error, list(mutations))
+
+
+def _send(conn, message: tuple) -> None:
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _receive(conn) -> tuple:
+    """A message of the worker, read as plain data (restricted unpickling)."""
+    import io
+
+    return _PlainUnpickler(io.BytesIO(conn.recv_bytes())).load()
+
+
+# ------------------------------------------------------------------------------ a target in a worker process
+def _worker_setup(output: str) -> None:
+    """The worker's own session (killed as a group with the children it starts; Ctrl-C in the terminal
+    reaches conform only), killed with its parent (Linux), its stdout and stderr appended to ``output``."""
+    with contextlib.suppress(OSError):
+        os.setsid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # best effort
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _worker_target(ref) -> Target:
+    from .targets import guarded, load_target
+
+    if isinstance(ref, bytes):
+        return guarded("(pickled)", "unpickling the target", pickle.loads, ref)
+    return load_target(ref)
+
+
+def _worker_main(conn, ref, output: str) -> None:
+    """Entry point of a worker process: load the target (``ref``: a name for ``load_target`` or a
+    pickled Target), say ready, then run one case per message until the pipe closes. Every message
+    back is plain data (:func:`_plain`)."""
+    _worker_setup(output)
+    try:
+        target = _worker_target(ref)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        conn.send(("error", f"cannot load the target in the worker process: {type(exc).__name__}: {exc}"))
+        _send(conn, ("error", f"cannot load the target in the worker process: {describe(exc)}"))
         return
-    conn.send(("ready", ""))
+    _send(conn, ("ready", ""))
     while True:
         try:
             case, biases = conn.recv()
@@ -160,19 +317,19 @@ def _worker_main(conn, ref) -> None:
         problem = make_problem(case)
         problem.extra["biases"] = biases
         out = invoke(target, problem)
+        _flush_output()
         try:
-            conn.send(("done", out))
-        except Exception as exc:  # noqa: BLE001 - e.g. results that cannot be pickled
-            conn.send(("done", Outcome(None, f"the target's results cannot be sent back: {type(exc).__name__}: {exc}",
-                                       out.mutations)))
+            message = _plain(out)
+        except BaseException as exc:  # noqa: BLE001 - e.g. a key whose str() raises
+            message = _plain(Outcome(None, f"the target's results cannot be sent back: {describe(exc)}",
+                                     out.mutations))
+        _send(conn, message)
 
 
 def _exit_reason(code) -> str:
     if code is None:
         return "still running"
     if code < 0:
-        import signal
-
         try:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
@@ -180,81 +337,140 @@ def _exit_reason(code) -> str:
     return f"exit code {code}"
 
 
+def _kill(proc) -> None:
+    """Kill a worker process and every process of its session (children it started included)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, TypeError):
+        pass
+    if proc.is_alive():
+        proc.kill()
+
+
+EXIT_GRACE = 2.0  # seconds a worker that closed its pipe has to exit by itself (its exit code is reported)
+
+
 class Worker:
     """Runs a target in a child process, one case at a time, and kills the process when a case gives
     no result within ``timeout`` seconds (a thread cannot stop a target stuck in a Python loop or in C
     code; a process can be killed). The next case starts a fresh process. The process is started with
-    ``spawn`` (a fork of a process that runs PyTorch, TensorFlow or JAX threads can deadlock) and loads
+    ``spawn`` (a fork of a process that runs PyTorch, TensorFlow or JAX threads can deadlock), is not
+    daemonic (a target may start processes), runs in its own session (killed with every process it
+    started) with its stdout and stderr in a file (a failing case's report shows the tail), and loads
     the target by the name it was loaded by (``target.spec``), or receives it pickled."""
 
     def __init__(self, target: Target, timeout: float, startup_timeout: float | None = None):
-        if not timeout or timeout <= 0:
-            raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
-        self.ref = target.spec or target
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout: expected a positive number of seconds (finite), got {timeout!r}")
+        self.target = target
         self.timeout = float(timeout)
         self.startup_timeout = float(startup_timeout or max(120.0, self.timeout))
         self.proc = None
         self.conn = None
+        self.output = ""  # the file the process's stdout and stderr go to
+        self._finalizer = None
         self.broken = ""  # why the worker cannot start: every later case gets this error
+
+    def _ref(self):
+        return self.target.spec or pickle.dumps(self.target)
 
     def _start(self) -> None:
         import multiprocessing
+        import multiprocessing.util
 
         ctx = multiprocessing.get_context("spawn")
+        fd, self.output = tempfile.mkstemp(prefix="lstm-spec-conform-", suffix=".out")
+        os.close(fd)
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, self.ref), daemon=True,
-                                name="lstm-spec-conform-worker")
         try:
+            self.proc = ctx.Process(target=_worker_main, args=(child, self._ref(), self.output), daemon=False,
+                                    name="lstm-spec-conform-worker")
             self.proc.start()
-        except Exception as exc:  # noqa: BLE001 - e.g. a target that cannot be pickled
-            self.proc = None
-            self.broken = f"cannot start the worker process: {type(exc).__name__}: {exc}"
+        except BaseException as exc:  # e.g. a target that cannot be pickled (its __reduce__ is target code)
+            self.stop()
+            if users_interrupt(exc):
+                raise
+            self.broken = f"cannot start the worker process: {describe(exc)}"
             return
         finally:
             child.close()
-        if not self.conn.poll(self.startup_timeout):
-            self.stop()
-            self.broken = f"the worker process did not load the target within {self.startup_timeout:g} s"
-            return
+        # killed before multiprocessing joins its children at exit (a forgotten Worker must not hang it)
+        self._finalizer = multiprocessing.util.Finalize(self, _kill, args=(self.proc,), exitpriority=10)
+        self.broken = self._ready()
+
+    def _ready(self) -> str:
+        """'' once the worker has loaded the target, else why it cannot (the worker is then stopped)."""
+        why = ""
         try:
-            kind, text = self.conn.recv()
-        except EOFError:
-            code = self.stop()
-            self.broken = f"the worker process died while loading the target ({_exit_reason(code)})"
-            return
-        if kind != "ready":
+            if not self.conn.poll(self.startup_timeout):
+                why = f"the worker process did not load the target within {self.startup_timeout:g} s"
+            else:
+                kind, text = _receive(self.conn)
+                why = "" if kind == "ready" else text
+        except (EOFError, OSError):
+            why = f"the worker process died while loading the target ({self._ended()})"
+        except Exception as exc:  # noqa: BLE001 - not a message of ours
+            why = f"the worker process sent an unreadable message: {describe(exc)}"
+        if why:
             self.stop()
-            self.broken = text
+        return why
 
     def run(self, case: Case, biases: int) -> Outcome:
         if self.proc is None and not self.broken:
             self._start()
         if self.broken:
             return Outcome(None, self.broken)
+        with contextlib.suppress(OSError):
+            os.truncate(self.output, 0)  # the worker appends: this case's output only
+        ended = True  # the process cannot go on: timed out, died, or sent what conform cannot read
         try:
             self.conn.send((case, biases))
             if not self.conn.poll(self.timeout):
-                self.stop()
-                return Outcome(None, f"timed out: no result within {self.timeout:g} s (--timeout); the target's "
-                                     "process was killed")
-            _, out = self.conn.recv()
-            return out
-        except (EOFError, OSError, BrokenPipeError):
-            code = self.stop()
-            return Outcome(None, f"the target's process died during the case ({_exit_reason(code)})")
+                out = Outcome(None, f"timed out: no result within {self.timeout:g} s (--timeout); the target's "
+                                    "process was killed")
+            else:
+                out, ended = _outcome(_receive(self.conn)), False
+        except (EOFError, OSError):
+            out = Outcome(None, f"the target's process died during the case ({self._ended()})")
+        except Exception as exc:  # noqa: BLE001 - not plain data: the worker's messages are not trusted
+            out = Outcome(None, f"the target's results cannot be read back: {describe(exc)}")
+        out.output = self._tail()
+        if ended:
+            self.stop()  # the next case starts a fresh process
+        return out
+
+    def _tail(self) -> str:
+        try:
+            with open(self.output, "rb") as fh:
+                return output_tail(fh.fileno())
+        except OSError:
+            return ""
+
+    def _ended(self) -> str:
+        """Why the worker's pipe closed: its exit code or signal once it has exited by itself (it has
+        EXIT_GRACE seconds), not the SIGKILL of the clean-up."""
+        self.proc.join(EXIT_GRACE)
+        code = self.proc.exitcode
+        return _exit_reason(code) if code is not None else "it closed its pipe without exiting, and was killed"
 
     def stop(self):
-        """Kill the process (if any); its exit code."""
+        """Kill the process (if any) and every process it started; its exit code."""
         code = None
-        if self.proc is not None:
-            if self.proc.is_alive():
-                self.proc.kill()
+        if self.proc is not None and self.proc.pid is not None:  # started
+            _kill(self.proc)
             self.proc.join()
             code = self.proc.exitcode
-            self.proc = None
+        self.proc = None
+        if self._finalizer is not None:
+            self._finalizer.cancel()
+            self._finalizer = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        if self.output:
+            with contextlib.suppress(OSError):
+                os.remove(self.output)
+            self.output = ""
         return code
 
     def __enter__(self):
@@ -372,6 +588,9 @@ def format_report(report: Report, verbose: bool = True, timings: bool = False) -
         out.append(f"{title} ({r.seconds:.2f} s)" if timings else title)
         if r.status == "error" or r.detail:
             out.append(f"    {r.detail}")
+        if r.output:
+            head, *lines = r.output.splitlines()
+            out += [f"    {head}"] + [f"      | {x}" for x in lines]
         if r.status == "error":
             continue
         rows = r.rows if (verbose or r.status != "pass") else []

@@ -4,9 +4,12 @@ user's implementation following the protocol of conformance/PROTOCOL.md, loaded 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,81 @@ class Unavailable(TargetError):
     def __init__(self, name: str, install: str, why: str = ""):
         super().__init__(f"{name} is not installed{': ' + why if why else ''}; install it with: {install}")
         self.install = install
+
+
+# ------------------------------------------------------------------------------ calling a target's code
+def describe(exc: BaseException) -> str:
+    """An exception a target raised, in one line: its type and the first line of its message."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: sys.exit({exc.code!r})"
+    lines = str(exc).strip().splitlines() or [""]
+    text = lines[0][:300] + (" ..." if len(lines) > 1 or len(lines[0]) > 300 else "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_SIGINT = {"seen": False}
+
+
+def _on_sigint(signum, frame):
+    _SIGINT["seen"] = True
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def watching_interrupts():
+    """While active, a SIGINT (Ctrl-C) is recorded, so that the KeyboardInterrupt of a user who stops
+    the run can be told from one that a target's code raises (:func:`users_interrupt`). Only in the
+    main thread, and only where SIGINT has Python's default handler; nested uses are free."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    _SIGINT["seen"] = False
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def users_interrupt(exc: BaseException) -> bool:
+    """``exc`` is the user's Ctrl-C or a SIGTERM (:func:`terminating_cleanly`): re-raise it; not an
+    exception of the target's code."""
+    return isinstance(exc, (KeyboardInterrupt, SystemExit)) and _SIGINT["seen"]
+
+
+def _on_sigterm(signum, frame):
+    _SIGINT["seen"] = True
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def terminating_cleanly():
+    """While active (main thread), SIGTERM (a CI timeout, kill) unwinds as ``SystemExit(143)``, so that
+    ``finally`` clauses run: a worker process and every process it started are killed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def guarded(spec: str, what: str, call, *args):
+    """``call(*args)``, code of the target ``spec``: whatever it raises (SystemExit, KeyboardInterrupt,
+    GeneratorExit, a TargetError of its own...) becomes a TargetError naming ``what``; only the user's
+    Ctrl-C goes through."""
+    try:
+        with watching_interrupts():
+            return call(*args)
+    except BaseException as exc:
+        if users_interrupt(exc):
+            raise
+        hint = "; a target must not end the process (script code belongs under `if __name__ == \"__main__\":`)" \
+            if isinstance(exc, SystemExit) else ""
+        raise TargetError(f"target {spec!r}: {what} raised {describe(exc)}{hint}") from None
 
 
 class Target:
@@ -95,11 +173,22 @@ def _describe(value) -> str:
     return type(value).__name__
 
 
+def _is_array(value) -> bool:
+    """An array of NumPy or of a framework (it converts itself: ``__array__``, ``detach``); not a Python
+    list, tuple or number, which the protocol does not accept in place of an array."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return True
+    if value is None or isinstance(value, (str, bytes, dict, list, tuple, int, float, complex)):
+        return False
+    return any(hasattr(value, a) for a in ("__array__", "__array_interface__", "detach"))
+
+
 def _result(value, what: str) -> np.ndarray:
-    """A returned array as an ndarray; anything that is not array-like is a protocol error naming ``what``.
-    Its dtype and shape are kept as returned: the comparison judges them."""
-    if value is None or isinstance(value, (str, bytes, dict)):
-        raise TargetError(f"{what}: expected an array, got {_describe(value)}")
+    """A returned array as an ndarray; anything that is not an array (a Python list included) is a protocol
+    error naming ``what``. Its dtype and shape are kept as returned: the comparison judges them."""
+    if not _is_array(value):
+        hint = " (the protocol wants arrays: return np.asarray(...))" if isinstance(value, (list, tuple)) else ""
+        raise TargetError(f"{what}: expected an array, got {_describe(value)}{hint}")
     try:
         return _as_np(value)
     except Exception as exc:  # noqa: BLE001 - an object that does not convert is the target's fault
@@ -262,46 +351,65 @@ class ProtocolTarget(Target):
         return dict(zip(states, final))
 
 
-def load_object(spec: str):
-    """``package.module:object`` or ``path/to/file.py:object`` -> the object (a class is instantiated
-    without arguments)."""
-    if ":" not in spec:
-        raise TargetError(f"target {spec!r}: expected a built-in adapter name, `package.module:object` or "
-                          "`path/to/file.py:object`")
-    mod_name, _, attr = spec.rpartition(":")
+def _import(spec: str, mod_name: str):
+    """The target's module, imported (from a file or by name): target code, run under :func:`guarded`."""
     if mod_name.endswith(".py") or "/" in mod_name:
         path = Path(mod_name)
-        if not path.exists():
+        if not path.is_file():
             raise TargetError(f"target {spec!r}: no such file {path}")
         name = f"lstm_spec_user_{path.stem}"
         mspec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(mspec)
         sys.modules[name] = module
-        mspec.loader.exec_module(module)
-    else:
         try:
-            module = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise TargetError(f"target {spec!r}: cannot import {mod_name!r}: {exc}") from exc
-    obj = module
+            guarded(spec, f"importing {path}", mspec.loader.exec_module, module)
+        except TargetError:
+            sys.modules.pop(name, None)
+            raise
+        return module
+    return guarded(spec, f"importing {mod_name}", importlib.import_module, mod_name)
+
+
+def load_object(spec: str):
+    """``package.module:object`` or ``path/to/file.py:object`` -> the object (a class is instantiated
+    without arguments). Whatever the target's code does while it is imported or constructed (raise,
+    ``sys.exit``, a SyntaxError) is a TargetError."""
+    if ":" not in spec:
+        raise TargetError(f"target {spec!r}: expected a built-in adapter name, `package.module:object` or "
+                          "`path/to/file.py:object`")
+    mod_name, _, attr = spec.rpartition(":")
+    obj = _import(spec, mod_name)
     for part in attr.split("."):
-        if not hasattr(obj, part):
+        if not guarded(spec, f"looking up {attr}", hasattr, obj, part):
             raise TargetError(f"target {spec!r}: {mod_name} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+        obj = guarded(spec, f"looking up {attr}", getattr, obj, part)
     if isinstance(obj, type):
-        obj = obj()
+        obj = guarded(spec, f"constructing {attr}()", obj)
     return obj
 
 
 def load_target(spec: str) -> Target:
     """A built-in adapter by name, or a user's object through the protocol. Raises ``Unavailable``
-    when a framework is missing and ``TargetError`` for anything else the user can fix."""
+    when a built-in adapter's framework is missing and ``TargetError`` for anything else the user can
+    fix (a user's target never raises ``Unavailable``: exit code 3 is conform's, not the target's)."""
     from .adapters import ADAPTERS, load_adapter
 
     if spec in ADAPTERS:
         target = load_adapter(spec)
     else:
         obj = load_object(spec)
-        target = obj if isinstance(obj, Target) else ProtocolTarget(obj, spec)
+        if isinstance(obj, Target):
+            target = obj
+        else:
+            try:
+                with watching_interrupts():
+                    target = ProtocolTarget(obj, spec)
+            except TargetError as exc:
+                raise TargetError(str(exc)) from None
+            except BaseException as exc:  # its conformance dict or forward, read: target code
+                if users_interrupt(exc):
+                    raise
+                raise TargetError(f"target {spec!r}: reading its conformance attributes raised {describe(exc)}") \
+                    from None
     target.spec = spec  # how a worker process loads the same target again (runner.conform with a timeout)
     return target

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import numpy as np
-
 from lstm_spec.conformance.examples import NumpyLSTM
 from lstm_spec.conformance.targets import Target
 
@@ -127,3 +127,126 @@ class MutatesProblem(Target):
 
 class Correct(_Base):
     pass
+
+
+# ------------------------------------------------------------------ issue 13: hostile targets (test_conform_hostile.py)
+class ExitsZero(_Base):
+    """Calls sys.exit(0) during a case (a script's exit, a library's fatal-error path)."""
+
+    def forward(self, params, x, **kw):
+        if _picked(x):
+            sys.exit(0)
+        return super().forward(params, x, **kw)
+
+
+class ExitsThree(_Base):
+    """sys.exit(3): the code `conform` uses for "framework not installed"."""
+
+    def forward(self, params, x, **kw):
+        if _picked(x):
+            sys.exit(3)
+        return super().forward(params, x, **kw)
+
+
+class Interrupts(_Base):
+    def forward(self, params, x, **kw):
+        if _picked(x):
+            raise KeyboardInterrupt
+        return super().forward(params, x, **kw)
+
+
+class UsesPool(_Base):
+    """A correct target that computes part of its work in a process pool (a child of the worker)."""
+
+    def forward(self, params, x, **kw):
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            assert pool.apply(abs, (-1,)) == 1
+        return super().forward(params, x, **kw)
+
+
+class OrphanThenHang(_Base):
+    """Starts a child process that inherits the worker's stdout/stderr, writes its pid to the file named by
+    $LSTM_SPEC_TEST_PIDFILE, then hangs: the child must not outlive the timeout's kill."""
+
+    def forward(self, params, x, **kw):
+        if _picked(x):
+            import subprocess
+
+            child = subprocess.Popen(["sleep", "60"])
+            with open(os.environ["LSTM_SPEC_TEST_PIDFILE"], "w") as fh:
+                fh.write(str(child.pid))
+            time.sleep(10**6)
+        return super().forward(params, x, **kw)
+
+
+class Chatty(_Base):
+    """Prints 200 kB per call to stdout and stderr (Python and C level), then raises on T = 4."""
+
+    def forward(self, params, x, **kw):
+        print("chatter " * 25_000)
+        os.write(2, b"c-level chatter\n" * 100)
+        if _picked(x):
+            print("last words before the error")
+            raise RuntimeError("boom after printing")
+        return super().forward(params, x, **kw)
+
+
+class ReturnsLists(_Base):
+    def forward(self, params, x, **kw):
+        y, (h, c) = super().forward(params, x, **kw)
+        return y.tolist(), (h.tolist(), c.tolist())
+
+
+def _exit_three():
+    sys.exit(3)
+
+
+def _fail_to_load():
+    raise ValueError("this result cannot be unpickled")
+
+
+class _ExitsOnUnpickle(np.ndarray):
+    def __reduce__(self):
+        return (_exit_three, ())
+
+
+class _FailsToUnpickle(np.ndarray):
+    def __reduce__(self):
+        return (_fail_to_load, ())
+
+
+class ResultExitsOnUnpickle(_Base):
+    """Right numbers in an ndarray subclass whose unpickling calls sys.exit(3)."""
+
+    def forward(self, params, x, **kw):
+        y, final = super().forward(params, x, **kw)
+        return y.view(_ExitsOnUnpickle), final
+
+
+class ResultFailsToUnpickle(_Base):
+    def forward(self, params, x, **kw):
+        y, final = super().forward(params, x, **kw)
+        return y.view(_FailsToUnpickle), final
+
+
+class ClosesPipeAndExits(_Base):
+    """Closes every descriptor of its worker process but 0-2 (its pipe to conform), then exits 7 a moment later."""
+
+    def forward(self, params, x, **kw):
+        if _picked(x):
+            os.closerange(3, 65536)
+            time.sleep(0.3)
+            os._exit(7)
+        return super().forward(params, x, **kw)
+
+
+class SignalsInterrupt(_Base):
+    """Sends SIGINT to its own process, as Ctrl-C would: a real interrupt, not the target's exception."""
+
+    def forward(self, params, x, **kw):
+        if _picked(x):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        return super().forward(params, x, **kw)
