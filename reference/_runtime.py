@@ -10,7 +10,10 @@ expressions are accepted only inside ``with symbolic():`` (the unrolled symbolic
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import contextvars
+import linecache
 from dataclasses import dataclass
 
 import numpy as np
@@ -241,27 +244,27 @@ def _make_dims(cell, items):
 def _as_array(name, value):
     """The array a public entry received, never a silently converted one: NumPy arrays (and objects with
     ``__array__``, such as torch or JAX arrays, viewed as NumPy arrays); no lists, scalars, np.matrix (whose
-    ``*`` is a matrix product) or masked arrays (whose mask would be dropped)."""
+    ``*`` is a matrix product) or masked arrays (whose mask would be dropped). An object whose conversion
+    fails (a torch tensor that requires grad or lives on the meta device, a broken ``__array__``) is an
+    InputError naming the argument, with the library's reason."""
     if isinstance(value, (np.matrix, np.ma.MaskedArray)):
         raise InputError(f"{name}: got {type(value).__module__}.{type(value).__name__}, expected a plain "
                          "numpy.ndarray (np.asarray(...) if you mean the raw values)")
     if isinstance(value, np.ndarray):
         return value
-    if hasattr(value, "__array__") and not isinstance(value, (list, tuple, np.generic)):
-        return np.asarray(value)
+    try:
+        convertible = hasattr(value, "__array__") and not isinstance(value, (list, tuple, np.generic))
+        if convertible:
+            return np.asarray(value)
+    except Exception as exc:  # the library's own refusal: one line naming the argument instead
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise InputError(f"{name}: could not be read as a NumPy array ({type(exc).__name__}: {reason}); pass a "
+                         "NumPy array (a torch tensor: t.detach().cpu().numpy())") from exc
     raise InputError(f"{name}: expected a NumPy array, got {type(value).__name__} "
                      "(lists, tuples and scalars are not converted)")
 
 
-def prepare(sig: Signature, params, sequence: dict, initial: dict):
-    """Validate a forward call. Returns (params, sequences, initial states, dims) with every shape
-    checked against the spec and dims bound (T, B and each dimension of the spec).
-
-    Policy: T = 0 and B = 0 are allowed (empty outputs; the final states are the initial ones); every
-    dimension of the spec (D, H, ...) must be at least 1. Sequences are time-major (T, B, ...). A
-    batch-major (B, T, ...) sequence is caught, with a hint, when an initial state or a second sequence
-    (a mask, a target) pins B or T; with every initial state omitted, or with T = B, it cannot be told
-    from a valid call (the parameters fix only the feature sizes)."""
+def _check_param_names(sig: Signature, params):
     if not isinstance(params, dict):
         raise InputError(f"params: expected a dict of arrays keyed by parameter name, got {type(params).__name__}")
     missing = [k for k in sig.parameters if k not in params]
@@ -274,66 +277,142 @@ def prepare(sig: Signature, params, sequence: dict, initial: dict):
             msg.append(f"unknown parameter(s) {unknown}")
         raise InputError(f"params for cell {sig.cell!r}: {'; '.join(msg)}; expected exactly {list(sig.parameters)}")
 
-    arrays = {}
-    for name, value in sequence.items():
-        arrays[name] = _as_array(name, value)
-    first = next(iter(arrays))
-    dtype = arrays[first].dtype
+
+@dataclass
+class _Given:
+    """One array given to forward: what it is (an input, a parameter or an initial state), how the errors
+    name it, the array and the dimension names of its shape."""
+
+    kind: str  # "seq", "param" or "init"
+    name: str
+    label: str
+    a: np.ndarray
+    expected: tuple
+
+
+_PRIORITY = {"param": 0, "seq": 1, "init": 2}  # who decides a dimension the arrays disagree on, on a tie
+
+
+def prepare(sig: Signature, params, sequence: dict, initial: dict):
+    """Validate a forward call. Returns (params, sequences, initial states, dims) with every shape checked
+    against the spec and dims bound (T, B and each dimension of the spec); the arrays returned are copies
+    (C-ordered, same dtype), so nothing forward keeps aliases the caller's arrays.
+
+    Policy: T = 0 and B = 0 are allowed (empty outputs; the final states are the initial ones); every
+    dimension of the spec (D, H, ...) must be at least 1. Sequences are time-major (T, B, ...): the first
+    sequence fixes T and B. Every other dimension is what most of the arrays that carry it say (a tie goes
+    to the parameters), so the array that disagrees is the one named. A batch-major (B, T, ...) sequence is
+    caught, with a hint, when an initial state or a second sequence (a mask, a target) pins B or T; with
+    every initial state omitted, or with T = B, it cannot be told from a valid call (the parameters fix only
+    the feature sizes)."""
+    _check_param_names(sig, params)
+    given = [_Given("seq", n, n, _as_array(n, v), ("T", "B") + tuple(sig.inputs[n])) for n, v in sequence.items()]
+    first, dtype = given[0].label, given[0].a.dtype
     if not _dtype_ok(dtype):
         raise InputError(f"{first}: got dtype {dtype}, {_DTYPE_HELP}")
-
-    dims = _make_dims(sig.cell, {"1": 1})  # "1": the shape of one value per sample
-
-    def hint(size, e):
-        """A T or B mismatch that swapping T and B would resolve: say that a sequence may be batch-major."""
-        x = arrays[first]
-        if e in ("T", "B") and x.shape[0] != x.shape[1] and size == dims["B" if e == "T" else "T"]:
-            return (f"; {first} has shape {tuple(x.shape)}: is it batch-major (B, T, ...)? The reference expects "
-                    "time-major (T, B, ...): pass np.swapaxes(seq, 0, 1)")
-        return ""
-
-    def bind(label, a, expected):
-        """expected: tuple of dim names or ints; binds names on first sight."""
-        if a.dtype != dtype:
-            if not _dtype_ok(a.dtype):
-                raise InputError(f"{label}: got dtype {a.dtype}, {_DTYPE_HELP}")
-            raise InputError(f"{label}: dtype {a.dtype} differs from {first}'s {dtype}; all arrays of a call "
-                             "must share one dtype (nothing is cast silently)")
-        want = tuple(dims.get(e, e) if isinstance(e, str) else e for e in expected)
-        if a.ndim != len(expected):
-            raise InputError(f"{label}: got {_describe(a)}, expected shape {_shape_text(expected, dims)}")
-        for size, e in zip(a.shape, expected):
-            if isinstance(e, str):
-                if e in dims and dims[e] != size:
-                    raise InputError(f"{label}: got {_describe(a)}, expected shape {_shape_text(expected, dims)} "
-                                     f"({e} = {dims[e]} from earlier arrays){hint(size, e)}")
-                if size == 0 and e not in ("T", "B"):
-                    raise InputError(f"{label}: got {_describe(a)}, expected shape {_shape_text(expected, dims)} "
-                                     f"with {e} >= 1 (only T and B may be 0)")
-                dims.setdefault(e, size)
-            elif e != size:
-                raise InputError(f"{label}: got {_describe(a)}, expected shape {want}")
-
-    for name, a in arrays.items():
-        bind(name, a, ("T", "B") + tuple(sig.inputs[name]))
-    p = {}
-    for name, dims_ in sig.parameters.items():
-        a = _as_array(f"params[{name!r}]", params[name])
-        bind(f"params[{name!r}]", a, tuple(dims_))
-        p[name] = a
-    init = {}
+    given += [_Given("param", n, f"params[{n!r}]", _as_array(f"params[{n!r}]", params[n]), tuple(d))
+              for n, d in sig.parameters.items()]
+    given += [_Given("init", n, f"{n}0", _as_array(f"{n}0", v), ("B",) + tuple(sig.states[n]))
+              for n, v in initial.items() if v is not None]
+    for g in given:
+        a = g.a
+        if a.dtype != dtype or a.ndim != len(g.expected) or 0 in a.shape:
+            _check_form(g, dtype, first)
+    dims = _first_sight(sig.cell, given)  # the arrays agree (the usual case): no vote needed
+    if any(g.a.shape != tuple(dims[e] if isinstance(e, str) else e for e in g.expected) for g in given):
+        dims = _bind_dims(sig.cell, given)
+        for g in given:
+            _check_sizes(g, dims, given)
+    out = {"seq": {}, "param": {}, "init": {}}
+    for g in given:
+        out[g.kind][g.name] = g.a.copy()  # C order, same dtype: the one copy of what the caller gave
     for name, value in initial.items():
-        shape = ("B",) + tuple(sig.states[name])
         if value is None:
-            missing_dims = [d for d in shape if d not in dims]
-            if missing_dims:  # pragma: no cover - every state dimension appears in some parameter
-                raise InputError(f"{name}0: cannot infer dimension(s) {missing_dims}; pass {name}0 explicitly")
-            init[name] = np.zeros(tuple(dims[d] for d in shape), dtype=dtype)
-        else:
-            a = _as_array(f"{name}0", value)
-            bind(f"{name}0", a, shape)
-            init[name] = a
-    return p, arrays, init, dims
+            shape = ("B",) + tuple(sig.states[name])
+            if any(d not in dims for d in shape):  # pragma: no cover - every state dimension is in some parameter
+                raise InputError(f"{name}0: cannot infer dimension(s) {[d for d in shape if d not in dims]}; "
+                                 f"pass {name}0 explicitly")
+            out["init"][name] = np.zeros(tuple(dims[d] for d in shape), dtype=dtype)
+    _note(sig, given=(out["seq"], out["param"], out["init"]))
+    return out["param"], out["seq"], {n: out["init"][n] for n in initial}, dims
+
+
+def _check_form(g: _Given, dtype, first):
+    """dtype (one for the whole call), number of axes, and no spec dimension of size 0."""
+    a = g.a
+    if a.dtype != dtype:
+        if not _dtype_ok(a.dtype):
+            raise InputError(f"{g.label}: got dtype {a.dtype}, {_DTYPE_HELP}")
+        raise InputError(f"{g.label}: dtype {a.dtype} differs from {first}'s {dtype}; all arrays of a call "
+                         "must share one dtype (nothing is cast silently)")
+    if a.ndim != len(g.expected):
+        raise InputError(f"{g.label}: got {_describe(a)}, expected shape {_shape_text(g.expected, {})}")
+    for size, e in zip(a.shape, g.expected):
+        if isinstance(e, str) and size == 0 and e not in ("T", "B"):
+            raise InputError(f"{g.label}: got {_describe(a)}, expected shape {_shape_text(g.expected, {})} "
+                             f"with {e} >= 1 (only T and B may be 0)")
+
+
+def _first_sight(cell, given):
+    """Every dimension bound to the first size seen for it (T and B from the first sequence)."""
+    x = given[0].a
+    dims = _make_dims(cell, {"1": 1, "T": x.shape[0], "B": x.shape[1]})
+    for g in given:
+        for size, e in zip(g.a.shape, g.expected):
+            if e not in dims and isinstance(e, str):
+                dims[e] = size
+    return dims
+
+
+def _bind_dims(cell, given):
+    """T and B from the first sequence; every other dimension by a vote of the arrays that carry it (one
+    vote per array), a tie going to the parameters, then the sequences. Keys in order of first sight."""
+    x = given[0].a
+    bound = {"1": 1, "T": x.shape[0], "B": x.shape[1]}
+    votes = {}
+    for g in sorted(given, key=lambda g: _PRIORITY[g.kind]):
+        for e in dict.fromkeys(e for e in g.expected if isinstance(e, str) and e not in bound):
+            size = g.a.shape[g.expected.index(e)]
+            votes.setdefault(e, {}).setdefault(size, 0)
+            votes[e][size] += 1
+    bound.update({e: max(counts, key=counts.get) for e, counts in votes.items()})
+    order = ["1", "T", "B"] + [e for g in given for e in g.expected if isinstance(e, str)]
+    return _make_dims(cell, {e: bound[e] for e in dict.fromkeys(order)})
+
+
+def _check_sizes(g: _Given, dims, given):
+    """Every axis of g against the bound dimensions; a mismatch names g, the size decided and who decided it."""
+    for size, e in zip(g.a.shape, g.expected):
+        want = dims[e] if isinstance(e, str) else e
+        if size == want:
+            continue
+        text = f"{g.label}: got {_describe(g.a)}, expected shape {_shape_text(g.expected, dims)}"
+        if isinstance(e, str):
+            text += f" {_decided_by(e, dims[e], given)}{_batch_major_hint(e, size, dims, given[0])}"
+        raise InputError(text)
+
+
+def _decided_by(e, size, given):
+    """'(D = 3 from params['W_f'] of shape (4, 3) and 3 other arrays)': who fixed dimension e."""
+    if e in ("T", "B"):
+        agree = [given[0]]
+    else:
+        agree = [g for g in sorted(given, key=lambda g: _PRIORITY[g.kind])
+                 if e in g.expected and g.a.shape[g.expected.index(e)] == size]
+    if not agree:
+        return f"({e} = {size}, fixed by the spec)"
+    others = len(agree) - 1
+    more = f" and {others} other array{'s' if others > 1 else ''}" if others else ""
+    return f"({e} = {size} from {agree[0].label} of shape {tuple(agree[0].a.shape)}{more})"
+
+
+def _batch_major_hint(e, size, dims, first: _Given):
+    """A T or B mismatch that swapping T and B would resolve: say that a sequence may be batch-major."""
+    x = first.a
+    if e in ("T", "B") and x.shape[0] != x.shape[1] and size == dims["B" if e == "T" else "T"]:
+        return (f"; {first.label} has shape {tuple(x.shape)}: is it batch-major (B, T, ...)? The reference expects "
+                "time-major (T, B, ...): pass np.swapaxes(seq, 0, 1)")
+    return ""
 
 
 def prepare_cotangents(sig: Signature, cache: dict, dy, d_final):
@@ -368,6 +447,7 @@ def prepare_cotangents(sig: Signature, cache: dict, dy, d_final):
             if a.shape != shape or a.dtype != dtype:
                 raise InputError(f"d_final[{name!r}]: got {_describe(a)}, expected shape {shape} and dtype {dtype}")
             out[name] = a.copy()
+    _note(sig, backward=(cache, dy, out))
     return dy, out
 
 
@@ -420,22 +500,30 @@ def _per_step(sig: Signature, cache: dict, T: int, B: int):
     return out
 
 
+def _given_report(sig: Signature, seq: dict, params: dict, init: dict):
+    """Which array given to forward holds the first NaN or Inf (inputs, parameters, initial states), or None."""
+    for name in sig.inputs:
+        where = _first_nonfinite(seq[name])
+        if where is not None:
+            return f"input {name} is non-finite at index {where} (t, b, ...)"
+    for name in sig.parameters:
+        where = _first_nonfinite(params[name])
+        if where is not None:
+            return f"parameter {name} is non-finite at index {where}"
+    for name in sig.states:
+        where = _first_nonfinite(init[name])
+        if where is not None:
+            return f"initial state {name}0 is non-finite at index {where} (b, ...)"
+    return None
+
+
 def _forward_report(sig: Signature, cache: dict):
     """Where the first non-finite value of a forward pass is (inputs, parameters, initial states, then
     step by step in equation order), or None."""
     dims = cache["dims"]
-    for name in sig.inputs:
-        where = _first_nonfinite(cache[name])
-        if where is not None:
-            return f"input {name} is non-finite at index {where} (t, b, ...)"
-    for name in sig.parameters:
-        where = _first_nonfinite(cache[name])
-        if where is not None:
-            return f"parameter {name} is non-finite at index {where}"
-    for name in sig.states:
-        where = _first_nonfinite(cache[name][0])
-        if where is not None:
-            return f"initial state {name}0 is non-finite at index {where} (b, ...)"
+    report = _given_report(sig, cache, cache, {s: cache[s][0] for s in sig.states})
+    if report is not None:
+        return report
     per_step = [item for item in _per_step(sig, cache, dims["T"], dims["B"])
                 if _first_nonfinite(item[1]) is not None]  # whole arrays first: cheap when all is finite
     for t in range(dims["T"]):
@@ -444,6 +532,19 @@ def _forward_report(sig: Signature, cache: dict):
             if where is not None:
                 return (f"first non-finite value in the forward pass: {name} at step t={t} (0-based), "
                         f"index {where} (b, ...)")
+    return None
+
+
+def _cotangent_report(dy, d_final):
+    """Which cotangent given to backward holds a NaN or Inf (dy, then d_final by state), or None."""
+    if dy is not None:
+        where = _first_nonfinite(dy)
+        if where is not None:
+            return f"cotangent dy is non-finite at index {where} (t, b, ...)"
+    for name, a in (d_final or {}).items():
+        where = _first_nonfinite(a)
+        if where is not None:
+            return f"cotangent d_final[{name!r}] is non-finite at index {where} (b, ...)"
     return None
 
 
@@ -467,15 +568,9 @@ def finish_backward(sig: Signature, cache: dict, grads: dict, nonfinite, dy=None
     _check_policy(nonfinite)
     if nonfinite == "propagate":
         return
-    if dy is not None:
-        where = _first_nonfinite(dy)
-        if where is not None:
-            raise NonFiniteError(f"{sig.cell}: cotangent dy is non-finite at index {where} (t, b, ...)")
-    if d_final is not None:
-        for name, a in d_final.items():
-            where = _first_nonfinite(a)
-            if where is not None:
-                raise NonFiniteError(f"{sig.cell}: cotangent d_final[{name!r}] is non-finite at index {where} (b, ...)")
+    report = _cotangent_report(dy, d_final)
+    if report is not None:
+        raise NonFiniteError(f"{sig.cell}: {report}")
     bad = [(name, where) for name, where in ((n, _first_nonfinite(np.asarray(g))) for n, g in grads.items())
            if where is not None]
     if not bad:
@@ -486,3 +581,147 @@ def finish_backward(sig: Signature, cache: dict, grads: dict, nonfinite, dy=None
     if report is not None:
         text += f"; the forward pass already was: {report}"
     raise NonFiniteError(text)
+
+
+# ----------------------------------------------------------------------------------------- the guard
+_CALL = contextvars.ContextVar("lstm_spec_reference_call", default=None)
+_STATEMENT_CHARS = 120
+
+
+def guard(nonfinite):
+    """The context every generated forward and backward body runs in (``with guard(nonfinite):``). It checks
+    the policy first. With 'propagate' it changes nothing (NumPy's error state is the caller's). With 'raise'
+    the body runs under ``np.errstate(over, invalid, divide = 'raise')`` (underflow to 0 is correct rounding
+    and ignored), so a NaN or Inf born in an intermediate that no cache keeps is caught where it is made;
+    the FloatingPointError becomes a NonFiniteError that names, in this order: a non-finite input, parameter
+    or initial state (forward) or cotangent (backward), else the pass, the step t and the statement where it
+    appeared (and, in backward, the first non-finite value of the forward pass, if any)."""
+    _check_policy(nonfinite)
+    return _Guard(nonfinite == "raise")
+
+
+class _Guard:
+    """One generated call: what prepare / prepare_cotangents validated (to name a cause) and the error state."""
+
+    __slots__ = ("_errstate", "_token", "backward", "given", "raising", "sig")
+
+    def __init__(self, raising):
+        self.raising, self.sig, self.given, self.backward = raising, None, None, None
+
+    def __enter__(self):
+        self._token = _CALL.set(self if self.raising else None)  # a call nested in a raising one notes nothing there
+        if self.raising:
+            self._errstate = np.errstate(over="raise", invalid="raise", divide="raise", under="ignore")
+            self._errstate.__enter__()
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if self.raising:
+            self._errstate.__exit__(None, None, None)
+        _CALL.reset(self._token)
+        if self.raising and isinstance(exc, FloatingPointError) and not isinstance(exc, NonFiniteError):
+            raise NonFiniteError(self._report(exc, tb)) from exc
+        return False
+
+    def _report(self, exc, tb):
+        frame, lineno = _generated_frame(tb)
+        sig = self.sig if self.sig is not None else getattr(frame, "f_globals", {}).get("SIGNATURE")
+        cell = getattr(sig, "cell", "reference")
+        if self.backward is None:
+            cause = _given_report(sig, *self.given) if self.given is not None else None
+            if cause is not None:
+                return f"{cell}: {cause}"
+            return f"{cell}: {_site(exc, frame, lineno, 'forward')}"
+        cache, dy, d_final = self.backward
+        cause = _cotangent_report(dy, d_final)
+        if cause is not None:
+            return f"{cell}: {cause}"
+        text = f"{cell}: {_site(exc, frame, lineno, 'backward')}"
+        report = _forward_report(sig, cache)
+        return text + (f"; the forward pass already was: {report}" if report is not None else "")
+
+
+def _note(sig, given=None, backward=None):
+    """prepare / prepare_cotangents: tell the guard of the call (if 'raise') what the call was given."""
+    g = _CALL.get()
+    if g is not None:
+        g.sig, g.given, g.backward = sig, given, backward
+
+
+def _generated_frame(tb):
+    """The innermost frame of a generated forward/backward in a traceback, and its line, or (None, 0)."""
+    found = (None, 0)
+    while tb is not None:
+        f = tb.tb_frame
+        if isinstance(f.f_globals.get("SIGNATURE"), Signature) and f.f_code.co_name in ("forward", "backward"):
+            found = (f, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+def _site(exc, frame, lineno, phase):
+    """Where a FloatingPointError of a generated pass happened: the value the failing statement makes, the
+    step, the index of its first NaN or Inf, then NumPy's reason and the statement, as far as they are known:
+    'first non-finite value in the forward pass: sum_loss at step t=2 (0-based), index (1, 0) (overflow
+    encountered in multiply in `sum_loss = unit_sum(e[t] * e[t])`)'."""
+    head = f"first non-finite value in the {phase} pass: "
+    if frame is None:
+        return head + str(exc)
+    stmt, step = _statement(frame, lineno)
+    at = f" at step t={step} (0-based)" if step is not None else ""
+    shown = stmt if len(stmt) <= _STATEMENT_CHARS else stmt[:_STATEMENT_CHARS - 3] + "..."
+    target, where = _result_of(stmt, frame)
+    if where is not None:
+        return head + f"{target}{at}, index {where} ({exc} in `{shown}`)"
+    return head + f"{exc}{at} in `{shown}`"
+
+
+def _statement(frame, lineno):
+    """The source line at lineno of a generated function, and the step t when the line is inside the loop
+    over t (read from the frame), else None."""
+    lines = linecache.getlines(frame.f_code.co_filename, frame.f_globals)
+    if not 0 < lineno <= len(lines):
+        return "", None
+    line = lines[lineno - 1]
+    indent = len(line) - len(line.lstrip())
+    for k in range(lineno - 2, frame.f_code.co_firstlineno - 1, -1):  # outwards through the enclosing blocks
+        above = lines[k]
+        level = len(above) - len(above.lstrip())
+        if above.strip() and level < indent:
+            if above.lstrip().startswith("for t in "):
+                t = frame.f_locals.get("t")
+                return line.strip(), (int(t) if isinstance(t, (int, np.integer)) else None)
+            indent = level
+    return line.strip(), None
+
+
+def _result_of(stmt, frame):
+    """The name a generated statement assigns (``name = ...``, ``name[t] = ...`` or ``f(..., out=name[t])``)
+    and the index of the first NaN or Inf of its value, evaluated again in the failing frame with NumPy's
+    errors ignored; (None, None) when the statement is not of these forms or its value is finite."""
+    try:
+        node = ast.parse(stmt).body[0]
+    except (SyntaxError, IndexError):
+        return None, None
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target, expr = node.targets[0], node.value
+    elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        outs = [k.value for k in node.value.keywords if k.arg == "out"]
+        if not outs:
+            return None, None
+        target, expr = outs[0], node.value
+    else:
+        return None, None
+    while isinstance(target, ast.Subscript):
+        target = target.value
+    if not isinstance(target, ast.Name):
+        return None, None
+    try:
+        with np.errstate(all="ignore"):
+            value = eval(compile(ast.Expression(expr), "<generated statement>", "eval"),  # noqa: S307
+                         frame.f_globals, dict(frame.f_locals))
+    except Exception:  # a statement that cannot be evaluated again: its name and reason are still given
+        return None, None
+    if not isinstance(value, np.ndarray):
+        return None, None
+    return target.id, _first_nonfinite(value)
