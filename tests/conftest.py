@@ -25,3 +25,37 @@ def write_spec(tmp_path, body: str, name="cell.toml"):
     path = tmp_path / name
     path.write_text(body, encoding="utf-8")
     return path
+
+
+# Markers by where a test lives or what it exercises, so the fast subset (`-m "not slow"`) and the
+# per-framework selections need no decorator on each test. A test may also mark itself.
+_FILE_MARKS = {
+    "test_docs.py": ("docs",),
+    "test_docs_pages.py": ("docs",),
+    "test_docs_browser.py": ("docs", "browser", "slow"),
+    "test_torch.py": ("torch",),
+}
+# whole files or single tests over about 20 s on 2 cores (measured with --durations; see CONTRIBUTING.md)
+_SLOW = {
+    "test_cells.py": None,          # sympy.diff form of checks (a) and (b) for every cell
+    "test_cli.py": ("test_verify",),  # runs the whole `lstm-spec verify`
+    "test_docs.py": None,           # builds the site
+}
+# files whose tests name the framework they run (e.g. test_framework_adapter_conforms[keras-keras])
+_FRAMEWORK_FILES = {"test_conform.py", "test_torch.py", "test_regularisation.py", "test_bidirectional.py",
+                    "test_api.py", "test_input_validation.py"}
+_FRAMEWORK_WORDS = {"torch": ("torch", "pytorch"), "keras": ("keras",), "flax": ("flax",),
+                    "onnxruntime": ("onnxruntime",)}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        for mark in _FILE_MARKS.get(name, ()):
+            item.add_marker(mark)
+        if name in _SLOW and (_SLOW[name] is None or item.name.startswith(_SLOW[name])):
+            item.add_marker("slow")
+        words = item.name.lower() if name in _FRAMEWORK_FILES else ""
+        for mark, keys in _FRAMEWORK_WORDS.items():
+            if words and any(k in words for k in keys):
+                item.add_marker(mark)
