@@ -18,7 +18,10 @@ import numpy as np
 
 from .cases import SHAPES, random_instance, rel_error, run
 
-INSTALL = 'pip install "lstm-spec[torch]"  (torch==2.13.0, the CPU build)'
+# The CPU-only wheel of the pin comes from PyTorch's own index; from PyPI, torch==2.13.0 on Linux x86_64 is the
+# build that pulls the CUDA libraries (several GB). Either works for the checks.
+INSTALL = ("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu  (the CPU-only build; "
+           "plain `pip install torch==2.13.0` from PyPI gets the CUDA build, several GB)")
 
 
 def torch_available():

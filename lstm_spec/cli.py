@@ -77,6 +77,12 @@ def cmd_verify(args) -> int:
     from lstm_spec.checks.runner import (SYMBOLIC_METHODS, Progress, all_passed, format_table, verify_cells,
                                          verify_rules)
 
+    from lstm_spec.checks.torch_check import INSTALL, torch_available
+
+    if not args.no_torch and not torch_available():
+        print(f"lstm-spec verify: check (d) compares with PyTorch, which is not installed: {INSTALL}; "
+              "or leave (d) out with --no-torch", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     progress = Progress(enabled=not args.quiet)
     cells = _cells(args.cells)
@@ -87,8 +93,10 @@ def cmd_verify(args) -> int:
     print(format_table(rows))
     print(f"\n{SYMBOLIC_METHODS[args.proof]}")
     ok = all_passed(rows)
-    print(f"\n{'all checks passed' if ok else 'SOME CHECKS FAILED'} "
-          f"({len(rows)} rows, {time.perf_counter() - t0:.1f} s)")
+    failed = [f"{r.cell} / {r.check}" for r in rows if r.status not in ("pass", "n/a")]
+    verdict = "all checks passed" if ok else f"SOME CHECKS FAILED ({len(failed)}: {', '.join(failed[:5])}" + (
+        f" and {len(failed) - 5} more)" if len(failed) > 5 else ")")
+    print(f"\n{verdict} ({len(rows)} rows, {time.perf_counter() - t0:.1f} s)")
     return 0 if ok else 1
 
 
