@@ -12,7 +12,11 @@ exception, and size limits keep loading and deriving any accepted file fast.
 from __future__ import annotations
 
 import builtins
+import functools
 import keyword
+import os
+import stat
+import unicodedata
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -43,18 +47,28 @@ MAX_DECLARATIONS = 200  # entries of [dimensions], [inputs], [states], [paramete
 MAX_TITLE_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 10_000
 
-# Names the generated code uses for itself (its locals, the runtime helpers it imports, the Python
-# builtins it may call); a spec may not use them for its own quantities or dimensions, which become
+# The generated module's own names: its module-level names and the locals of forward() and backward(). A
+# spec may not use them, nor the runtime's names (lstm_spec.reference._runtime, which a generated module
+# imports from), nor Python's keywords and builtins, for its quantities or dimensions: those become
 # Python variables in the generated module. Function names are exempt: they never appear in the code.
-GENERATED_NAMES = {
-    "np", "t", "T", "B", "params", "cache", "dy", "grads", "Forward", "forward", "backward", "validate",
-    "p", "seq", "init", "dims", "dtype", "final", "nonfinite", "KINKS", "SIGNATURE", "Signature",
-    "prepare", "prepare_cotangents", "finish_forward", "finish_backward", "seq_matmul", "stack_rows",
-    "split_first", "split_last", "sum_loss", "InputError", "NonFiniteError", "symbolic",
-    # numeric implementations of the function kinds (lstm_spec.reference._runtime)
-    "sigmoid", "tanh", "identity", "stop_gradient", "exp", "unit_sum", "logsumexp", "clip", "clip_mask",
-}
-RESERVED = GENERATED_NAMES | {n for n in dir(builtins) if not n.startswith("_")}
+# (The generator checks every name its modules bind against this and the names it allocates.)
+GENERATED_NAMES = frozenset({
+    "np", "t", "T", "B", "params", "cache", "dy", "d_final", "grads", "forward", "backward", "p", "seq", "init",
+    "dims", "dtype", "final", "nonfinite", "SIGNATURE", "KINKS", "MASKS", "STOP_GRADIENT",
+    "Forward", "validate", "symbolic",  # kept from earlier versions of the generated code
+})
+
+
+@functools.cache
+def reserved_names() -> frozenset:
+    """GENERATED_NAMES, every public name of the runtime module (read from the module itself, so the list
+    cannot drift from what a generated module may import), and Python's keywords and builtins."""
+    from lstm_spec.reference import _runtime
+
+    runtime = {n for n in vars(_runtime) if not n.startswith("_")}
+    python = set(keyword.kwlist) | {n for n in dir(builtins) if not n.startswith("_")}
+    return frozenset(GENERATED_NAMES | runtime | python)
+
 
 TOP_KEYS = {"name", "title", "summary", "description", "output", "equations", "dimensions", "inputs",
             "states", "parameters", "functions", "latex", "masks"}
@@ -104,11 +118,21 @@ class Cell:
 
     @property
     def relpath(self) -> str:
-        """Path shown in generated headers: relative to the repository for built-in specs."""
+        """Path relative to the repository for built-in specs ("spec/lstm.toml"), else the file name.
+        For messages and for telling built-in cells apart; never written into generated code (origin is)."""
         try:
             return "spec/" + self.path.relative_to(SPEC_DIR).as_posix()
         except ValueError:
             return self.path.name
+
+    @property
+    def origin(self) -> str:
+        """Where the generated module says it comes from, safe to write into code: "spec/<name>.toml" for
+        a built-in cell whose file is named after it, else the cell's name (a validated identifier). A file
+        name is never written into code: a link can point at a file named like Python code."""
+        if self.relpath == f"spec/{self.name}{SPEC_SUFFIX}":
+            return self.relpath
+        return f"the spec of cell {self.name!r}"
 
 
 def _parse_shape(text, where) -> tuple[str, ...]:
@@ -158,7 +182,7 @@ def _check_name(name, where, what):
                         "a letter)")
     if len(name) > MAX_NAME_LENGTH:
         raise SpecError(f"{where}: {what} name is {len(name)} characters long; at most {MAX_NAME_LENGTH}")
-    if keyword.iskeyword(name) or name in RESERVED:
+    if keyword.iskeyword(name) or name in reserved_names():
         raise SpecError(f"{where}: {what} {name!r} is a reserved word (a Python keyword or builtin, or a "
                         "name the generated code uses); rename it")
     if name.startswith("d_") or name.endswith(("_prev", "_next", "_all")):
@@ -210,30 +234,83 @@ class _Lines:
 def load_file(path) -> Cell:
     path = Path(path)
     where = str(path)
-    if any(not ch.isprintable() or ch in '"\\' for ch in path.name):
-        raise SpecError(f"{where!r}: the file name of a spec may not contain quotes, backslashes or "
-                        "non-printable characters (it is written into the generated module)")
+    if any(not ch.isprintable() for ch in where):
+        raise SpecError(f"{where!r}: the path of a spec may not contain control or non-printable characters")
+    source = _check_characters(_decode(_read(path, where), where), where)
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_SPEC_BYTES + 1)
+        data = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{where}, line {_toml_error_line(exc, source)}: not a valid TOML spec file: {exc}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # e.g. nesting too deep, an integer too long
+        raise SpecError(f"{where}: not a valid TOML spec file: {type(exc).__name__}: {str(exc)[:200]}") from None
+    return _build(data, source, path)
+
+
+def _read(path: Path, where: str) -> bytes:
+    """The first MAX_SPEC_BYTES + 1 bytes of a regular file. Opened without blocking and checked before
+    reading: a FIFO (or a device, a directory) is refused at once instead of blocking the loader forever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise SpecError(f"{where}: cannot read spec file: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise SpecError(f"{where}: not a regular file ({kind}); give the path of a {SPEC_SUFFIX} spec file")
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            raw = fh.read(MAX_SPEC_BYTES + 1)
+        except OSError as exc:
+            raise SpecError(f"{where}: cannot read spec file: {exc.strerror}") from None
     if len(raw) > MAX_SPEC_BYTES:
         raise SpecError(f"{where}: spec file larger than {MAX_SPEC_BYTES} bytes")
+    return raw
+
+
+def _decode(raw: bytes, where: str) -> str:
     try:
-        source = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise SpecError(f"{where}, line {line}: not a UTF-8 text file (byte {raw[exc.start]:#04x} at offset "
                         f"{exc.start})") from None
-    try:
-        data = tomllib.loads(source)
-    except tomllib.TOMLDecodeError as exc:  # its message names the line and column, or the end
-        at_end = f", line {source.count(chr(10)) + 1}" if "end of document" in str(exc) else ""
-        raise SpecError(f"{where}{at_end}: not a valid TOML spec file: {exc}") from None
-    except (ValueError, RecursionError, MemoryError) as exc:  # e.g. nesting too deep, an integer too long
-        raise SpecError(f"{where}: not a valid TOML spec file: {type(exc).__name__}: {str(exc)[:200]}") from None
-    return _build(data, source, path)
+
+
+# Characters a reader cannot see or that change how the text around them is shown: controls other than
+# tab, line feed and carriage return (Cc), format characters such as the bidirectional overrides and
+# isolates, zero-width spaces and the byte-order mark (Cf), line and paragraph separators (Zl, Zp),
+# surrogates, private-use and unassigned code points. Refused anywhere in a spec, comments included: an
+# editor would show text the parser does not read.
+_INVISIBLE = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn")
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _check_characters(source: str, where: str) -> str:
+    if source.isascii():
+        m = _ASCII_CONTROL.search(source)
+        bad = m.start() if m else None
+    else:
+        bad = next((k for k, ch in enumerate(source) if ch not in "\t\n\r"
+                    and unicodedata.category(ch) in _INVISIBLE), None)
+    if bad is None:
+        return source
+    ch = source[bad]
+    line = source.count("\n", 0, bad) + 1
+    column = bad - (source.rfind("\n", 0, bad) + 1) + 1
+    name = unicodedata.name(ch, "a control character").lower()
+    raise SpecError(f"{where}, line {line}: invisible or control character U+{ord(ch):04X} ({name}) at column "
+                    f"{column}; such characters are refused anywhere in a spec, comments included: delete it")
+
+
+_TOML_AT = re.compile(r"\(at line (\d+), column \d+\)\Z")
+
+
+def _toml_error_line(exc, source: str) -> int:
+    """The line tomllib names in its message ("(at line N, column M)"), or the last line for an error
+    "(at end of document)"."""
+    m = _TOML_AT.search(str(exc))
+    return int(m.group(1)) if m else source.count("\n") + 1
 
 
 def _build(data: dict, source: str, path: Path) -> Cell:
