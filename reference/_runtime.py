@@ -257,11 +257,16 @@ def _as_array(name, value):
         if convertible:
             return np.asarray(value)
     except Exception as exc:  # the library's own refusal: one line naming the argument instead
-        reason = (str(exc).strip().splitlines() or [""])[0]
-        raise InputError(f"{name}: could not be read as a NumPy array ({type(exc).__name__}: {reason}); pass a "
-                         "NumPy array (a torch tensor: t.detach().cpu().numpy())") from exc
+        raise unreadable(name, exc) from exc
     raise InputError(f"{name}: expected a NumPy array, got {type(value).__name__} "
                      "(lists, tuples and scalars are not converted)")
+
+
+def unreadable(name, exc):
+    """The InputError for an argument whose conversion to a NumPy array failed (exc: the library's error)."""
+    reason = (str(exc).strip().splitlines() or [""])[0]
+    return InputError(f"{name}: could not be read as a NumPy array ({type(exc).__name__}: {reason}); pass a NumPy "
+                      "array (a torch tensor: t.detach().cpu().numpy())")
 
 
 def _check_param_names(sig: Signature, params):

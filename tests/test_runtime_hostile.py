@@ -263,3 +263,30 @@ def test_the_gradients_share_no_memory_with_the_cache_or_the_cotangents(name):
     kept = [v for v in cache.values() if isinstance(v, np.ndarray)] + [inst.dy, *inst.d_final.values()]
     for k, v in g.items():
         assert not any(np.shares_memory(v, a) for a in kept), k
+
+
+# ----------------------------------------------------------------------------------------- item 18: mask builders
+@pytest.mark.parametrize("call, match", [
+    (lambda m: m.mask_from_lengths(ArrayRaises(), 3), r"^lengths: could not be read as a NumPy array \(ValueError"),
+    (lambda m: m.mask_from_lengths([[1], [1, 2]], 3), r"^lengths: could not be read as a NumPy array"),
+    (lambda m: m.mask_from_lengths([1, 2], 3, "foo"), r"^dtype: got 'foo', expected float32, float64 or complex128"),
+    (lambda m: m.dropout_mask(np.random.default_rng(0), -1, 2, 3, 0.5), r"^T: expected an integer >= 0, got -1"),
+    (lambda m: m.dropout_mask(np.random.default_rng(0), 2, 2.0, 3, 0.5), r"^B: expected an integer >= 0, got 2.0"),
+    (lambda m: m.dropout_mask(np.random.default_rng(0), 2, 2, 3, "0.5"), r"^p: expected a drop probability in "
+                                                                          r"\(0, 1\), got '0.5'"),
+    (lambda m: m.dropout_mask(0, 2, 2, 3, 0.5), r"^rng: expected a numpy.random.Generator"),
+    (lambda m: m.dropout_mask(np.random.default_rng(0), 2, 2, 3, 0.5, dtype=int), r"^dtype: got int64, expected"),
+])
+def test_mask_builders_refuse_hostile_arguments_naming_them(call, match):
+    from lstm_spec.reference import masks
+
+    with pytest.raises(InputError, match=match):
+        call(masks)
+
+
+def test_mask_from_lengths_names_a_torch_tensor_that_requires_grad():
+    torch = torch_tensors()
+    from lstm_spec.reference import masks
+
+    with pytest.raises(InputError, match=r"^lengths: could not be read as a NumPy array \(RuntimeError"):
+        masks.mask_from_lengths(torch.tensor([1.0, 2.0], requires_grad=True), 3)
