@@ -17,9 +17,16 @@ def cmd_conform(args) -> int:
     from .runner import conform, default_cases, expand_variants, format_report, redirect_output, stderr_progress
     from .targets import TargetError, Unavailable, load_target, terminating_cleanly
 
+    from lstm_spec.spec import builtin_cells, did_you_mean
+
+    bad = next((f"--cell {c!r}: not a built-in cell; {did_you_mean(c)}`lstm-spec list` shows them"
+                for c in args.cells or () if c not in builtin_cells()), "")
     if not (math.isfinite(args.timeout) and args.timeout >= 0):
-        print(f"lstm-spec conform: --timeout: expected seconds >= 0, finite (0: no worker process), "
-              f"got {args.timeout:g}", file=sys.stderr)
+        bad = f"--timeout: expected seconds >= 0, finite (0: no worker process), got {args.timeout:g}"
+    if args.seed < 0:
+        bad = f"--seed: expected an integer >= 0, got {args.seed}"
+    if bad:
+        print(f"lstm-spec conform: {bad}", file=sys.stderr)
         return 2
     with terminating_cleanly():
         try:
@@ -111,9 +118,11 @@ def add_subcommands(sub) -> None:
                    help="exit 0 (not 3) when the target's framework is not installed")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                   help="run the target in a worker process and kill it when a case takes longer than this "
-                        f"(default {DEFAULT_TIMEOUT:g}; 0: run it in this process, no timeout)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the cases (default 0); the same seed, the same report")
+                   help="run the target in a worker process and kill it (with the processes it started) when a "
+                        f"case takes longer than this (default {DEFAULT_TIMEOUT:g}; 0: run it in this process, no "
+                        "timeout)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the cases, an integer >= 0 (default 0); the same seed, the same report")
     s.add_argument("--timings", action="store_true",
                    help="print each case's seconds in the report (they vary from run to run)")
     s.set_defaults(func=cmd_conform)

@@ -164,3 +164,13 @@ def test_a_bad_timeout_is_a_one_line_error(value, capfd):
 def test_worker_rejects_a_bad_timeout(value):
     with pytest.raises(ValueError, match="timeout: expected a positive"):
         Worker(load_target("lstm_spec.conformance.examples:correct"), value)
+
+
+@pytest.mark.parametrize("args, what", [(["--seed=-1"], "--seed: expected an integer >= 0"),
+                                        (["--cell", "lstmm"], "--cell 'lstmm': not a built-in cell; did you mean 'lstm'")])
+def test_a_bad_seed_or_cell_is_a_one_line_error(args, what, capfd):
+    """--seed -1 gave a NumPy traceback; an unknown --cell skipped every case and said DOES NOT CONFORM."""
+    rc = _main("conform", "lstm_spec.conformance.examples:correct", "--quick", *args)
+    out, err = capfd.readouterr()
+    assert rc == 2 and out == "", out + err
+    assert err.strip().splitlines() == [err.strip()] and what in err, err
