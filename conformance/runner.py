@@ -361,7 +361,7 @@ class Worker:
 
     def __init__(self, target: Target, timeout: float, startup_timeout: float | None = None):
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"timeout: expected a positive number of seconds (finite), got {timeout!r}")
+            raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r} (finite, > 0)")
         self.target = target
         self.timeout = float(timeout)
         self.startup_timeout = float(startup_timeout or max(120.0, self.timeout))
