@@ -14,6 +14,7 @@ reader can check it line by line. Layout of the arrays in the generated code:
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 from dataclasses import dataclass
@@ -69,27 +70,16 @@ class _Plan:
         self.shapes = {fe.lhs: fe.shape for fe in d.forward}
         for n, q in list(cell.inputs.items()) + list(cell.states.items()):
             self.shapes[n] = q.shape
-        taken = set(values) | set(cell.inputs) | set(cell.parameters) | set(cell.dimensions)
-        for s in self.terms:
-            name = self.term_name(s)
-            if name in taken:
-                raise CodegenError(f"{cell.path}: the generated name {name!r} for {info[s].name} collides with a "
-                                   "name of the spec; rename that quantity")
+        self.ns = d.namespace.copy()  # the stacks' and buffers' names are added to a copy
 
     def term_name(self, s):
-        i = self.info[s]
-        return f"{i.matrix}_{i.operand}" + ("_prev" if i.prev else "")
+        return self.d.code_names[s]
 
     def adjoint_name(self, s):
-        i = self.info[s]
-        if i.kind == "cse":
-            return "_" + i.name
-        of = self.info[i.of]
-        if of.kind == "prev":
-            return f"d_{of.name}_prev"
-        if of.kind == "term":
-            return "d_" + self.term_name(i.of)
-        return f"d_{of.name}"
+        return self.d.code_names[s]
+
+    def next_name(self, state):
+        return self.d.code_names[self.d.symbols.next(state)]
 
     def adjoint_dims(self, a):
         of = self.info[self.info[a].of]
@@ -118,7 +108,7 @@ class _Plan:
                 stored = s in self.precomputed or s in self.cached_terms
                 out[s] = self.term_name(s) + ("[t]" if loop and stored else "")
             elif i.kind == "next":
-                out[s] = f"d_{i.name}_next"
+                out[s] = self.d.code_names[s]
             elif i.kind == "cot":
                 out[s] = "dy[t]" if loop else "dy"
             else:
@@ -134,20 +124,14 @@ class _Stack:
     terms: list  # the term symbols, in stacking order
     matrices: list  # their matrices' names, same order
     sizes: list  # their matrices' row dimensions (dimension names), same order
-    name: str  # "x", "h_prev", ...: the stacked matrix is S_<name>, the product P_<name>
+    matrix: str  # the stacked matrix's name in the generated code, S_x (S_<operand>)
+    product: str  # the product's, P_x
+    gradient: str  # the stacked matrix's gradient's, d_S_x
     adjoints: list | None = None  # the terms' adjoints (stored side by side in one buffer), or None
     buffer: int | None = None  # which adjoint buffer holds them
     offset: list | None = None  # their columns in that buffer: the dimension names before them
     width: list | None = None  # and their own
     params: bool = False  # the matrices' gradients come from one contraction (each has no other use)
-
-    @property
-    def matrix(self):
-        return f"S_{self.name}"
-
-    @property
-    def product(self):
-        return f"P_{self.name}"
 
 
 def _find_stacks(d: Derivation, plan) -> tuple[list, list]:
@@ -180,8 +164,11 @@ def _find_stacks(d: Derivation, plan) -> tuple[list, list]:
             continue
         oi = info[operand]
         name = oi.name + ("_prev" if oi.kind == "prev" else "")
+        what = f"the matrices that multiply {oi.name}" + ("[t-1]" if oi.kind == "prev" else "")
+        names = [plan.ns.fresh(f"{prefix}_{name}", f"{role} {what}")
+                 for prefix, role in (("S", "the stack of"), ("P", "the product of"), ("d_S", "the gradient of"))]
         stacks.append(_Stack(operand, terms, [info[t].matrix for t in terms],
-                             [cell.parameters[info[t].matrix].shape[0] for t in terms], name))
+                             [cell.parameters[info[t].matrix].shape[0] for t in terms], *names))
     # the adjoint each term sends on (the d_operand statement's (M, dL) pairs)
     by_target = {st.target: st for st in d.statements}
     for st in stacks:
@@ -215,7 +202,7 @@ def _find_stacks(d: Derivation, plan) -> tuple[list, list]:
         components.append(merged)
     buffers = []
     for comp in components:
-        layout = sorted(comp, key=lambda a: (-uses[a], -first.get(a, 0)))
+        layout = sorted(comp, key=lambda a: (-uses[a], -first.get(a, 0), a.name))  # a.name: not set order
         buffers.append(layout)
     for st in with_adj:
         b = next(k for k, lay in enumerate(buffers) if st.adjoints[0] in lay)
@@ -238,6 +225,64 @@ def _find_stacks(d: Derivation, plan) -> tuple[list, list]:
     return stacks, buffers
 
 
+# ----------------------------------------------------------------------------------------- the module's shape
+_GLOBALS = ("SIGNATURE", "STOP_GRADIENT", "MASKS", "KINKS")  # module-level constants besides the imports
+_RUNTIME_MODULE = "lstm_spec.reference._runtime"
+
+
+def check_module(text: str, names: set) -> None:
+    """The written module has exactly the expected top level and binds only names of its namespace. A second
+    line of defence behind the loader: no spec text can add a statement (a title that ended the docstring
+    would), and no invented name can bypass the namespace. Raises CodegenError."""
+    tree = ast.parse(text)
+    for k, node in enumerate(tree.body):
+        if not _expected_top_level(k, node):
+            raise CodegenError(f"the generated module has an unexpected top level statement at line {node.lineno}: "
+                               f"{ast.unparse(node)[:80]!r}")
+    check_module_names(text, names, tree)
+
+
+def _expected_top_level(k: int, node) -> bool:
+    if k == 0:
+        return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+    if isinstance(node, ast.Import):
+        return [(a.name, a.asname) for a in node.names] == [("numpy", "np")]
+    if isinstance(node, ast.ImportFrom):
+        return node.module == _RUNTIME_MODULE and node.level == 0
+    if isinstance(node, ast.FunctionDef):
+        return node.name in ("forward", "backward")
+    if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id in _GLOBALS):
+        return False
+    value = node.value
+    if node.targets[0].id == "SIGNATURE":
+        if not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "Signature"
+                and not value.args):
+            return False
+        return all(_literal(kw.value) for kw in value.keywords)
+    return _literal(value)
+
+
+def _literal(node) -> bool:
+    try:
+        ast.literal_eval(node)
+    except ValueError:
+        return False
+    return True
+
+
+def check_module_names(text: str, names: set, tree=None) -> None:
+    """Every name the module's functions bind (arguments and assignments) is one of ``names``."""
+    tree = tree or ast.parse(text)
+    for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+        bound = [a.arg for a in fn.args.args + fn.args.kwonlyargs]
+        bound += [n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
+        stray = sorted(set(bound) - names)
+        if stray:
+            raise CodegenError(f"{fn.name}() binds {stray[0]!r}, a name outside the generated module's namespace "
+                               "(a generator bug: every name it invents must be allocated there)")
+
+
 def _digest(cell) -> str:
     return hashlib.sha256(cell.source.encode("utf-8")).hexdigest()[:16]
 
@@ -248,13 +293,8 @@ def generate_module(d: Derivation) -> str:
     stacks, buffers = _find_stacks(d, plan)
     stacked_terms = {t: st for st in stacks for t in st.terms}
     used_buffers = sorted({st.buffer for st in stacks if st.buffer is not None})
-    buffer_name = {k: f"d_Z{n}" for n, k in enumerate(used_buffers)}
+    buffer_name = {k: plan.ns.fresh(f"d_Z{n}", f"adjoint buffer {n}") for n, k in enumerate(used_buffers)}
     in_buffer = {a: k for k in used_buffers for a in buffers[k]}
-    taken = {fe.lhs for fe in d.forward} | set(cell.inputs) | set(cell.parameters) | set(cell.dimensions)
-    for name in [x for st in stacks for x in (st.matrix, st.product, "d_" + st.matrix)] + list(buffer_name.values()):
-        if name in taken:
-            raise CodegenError(f"{cell.path}: the generated name {name!r} collides with a name of the spec; "
-                               "rename that quantity")
 
     def dims_sum(dims):
         return str(sum((sympy.Symbol(x) for x in dims), sympy.S.Zero))
@@ -487,7 +527,7 @@ def generate_module(d: Derivation) -> str:
     emit("")
     emit("    # adjoints arriving at the final states (boundary condition at t = T)")
     for s in states:
-        emit(f"    d_{s}_next = d_final[{s!r}]")
+        emit(f"    {plan.next_name(s)} = d_final[{s!r}]")
     stored = [st.target for st in d.loop if st.target in plan.stored_adjoints]
     if stored:
         emit("    # adjoints kept for every step: the parameter and input gradients are computed from them after the loop")
@@ -561,11 +601,11 @@ def generate_module(d: Derivation) -> str:
     for st in d.loop:
         target = loop_names[st.target]
         i = info[st.target]
-        ref = "d_" + states[0] + "_next"
+        ref = plan.next_name(states[0])
         if i.kind == "adj":
-            ref = loop_names[i.of] if info[i.of].kind != "term" else f"d_{states[0]}_next"
+            ref = loop_names[i.of] if info[i.of].kind != "term" else plan.next_name(states[0])
         emit(f"        {target} = {rhs_of(st, printer_loop, loop_names, ref)}")
-    emit("        " + ", ".join(f"d_{s}_next" for s in states) + " = " +
+    emit("        " + ", ".join(plan.next_name(s) for s in states) + " = " +
          ", ".join(plan.adjoint_name(d.symbols.adj(d.symbols.prev(s))) for s in states))
     emit("")
     emit("    # inputs and parameters: from the stored adjoints of all steps at once")
@@ -576,10 +616,10 @@ def generate_module(d: Derivation) -> str:
             continue
         stack = next((x for x in stacks if x.params and i.name in x.matrices), None)
         if st.kind == "param_matrix" and stack is not None:
-            emit(f"    d_{stack.matrix} = " + MATVEC_VJP_MATRIX.format(dL=buffer_slice(stack, ""),
-                                                                  v=all_names[stack.operand]))
-            emit(f"    {', '.join('d_' + M for M in stack.matrices)} = "
-                 + SPLIT_ROWS.format(a="d_" + stack.matrix, sizes=", ".join(stack.sizes)))
+            emit(f"    {stack.gradient} = " + MATVEC_VJP_MATRIX.format(dL=buffer_slice(stack, ""),
+                                                                   v=all_names[stack.operand]))
+            emit(f"    {', '.join(plan.adjoint_name(d.adjoint_of[d.symbols.param(M)]) for M in stack.matrices)} = "
+                 + SPLIT_ROWS.format(a=stack.gradient, sizes=", ".join(stack.sizes)))
             params_done.update(stack.matrices)
         elif st.kind == "param_matrix":
             parts = [MATVEC_VJP_MATRIX.format(dL=all_names[dl], v=all_names[v]) for dl, v in st.outer]
@@ -599,7 +639,7 @@ def generate_module(d: Derivation) -> str:
     emit("")
     grads = [f"{n!r}: {plan.adjoint_name(d.adjoint_of[d.symbols.param(n)])}" for n in cell.parameters]
     grads += [f"{n!r}: {plan.adjoint_name(d.adjoint_of[d.symbols.value(n)])}" for n in inputs]
-    grads += [f"'{s}0': d_{s}_next" for s in states]
+    grads += [f"'{s}0': {plan.next_name(s)}" for s in states]
     return_at = len(L)
     emit("    grads = {")
     for g in grads:
@@ -617,4 +657,6 @@ def generate_module(d: Derivation) -> str:
     L[import_at:import_at + 1] = ["from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, "
                                   "prepare, prepare_cotangents,",
                                   "                                           " + ", ".join(runtime) + ")"]
-    return "\n".join(L) + "\n"
+    text = "\n".join(L) + "\n"
+    check_module(text, plan.ns.names())
+    return text

@@ -35,6 +35,7 @@ from lstm_spec.spec.language import BinOp, Call, Name, Neg, Num, Pow, SpecError
 from lstm_spec.spec.language import children as _children_of
 
 from .functions import FUNCTIONS, UnitSum, kind_of
+from .names import Namespace, spec_namespace
 
 
 # ----------------------------------------------------------------------------------------- symbols
@@ -58,6 +59,8 @@ class Symbols:
     def _make(self, key, name, info):
         if key not in self._by_key:
             sym = sympy.Symbol(name, real=True)
+            while sym in self.info:  # one SymPy symbol per key: a spec quantity may be called tmp0 too
+                sym = sympy.Symbol(sym.name + "′", real=True)
             self._by_key[key] = sym
             self.info[sym] = info
         return self._by_key[key]
@@ -125,6 +128,8 @@ class Derivation:
     loop: list[Statement]  # backward statements inside the time loop, in order
     after: list[Statement]  # input and parameter adjoints, computed once after the loop
     adjoint_of: dict  # symbol -> its adjoint symbol (or alias) for every differentiated symbol
+    namespace: Namespace | None = None  # every name of the generated module so far (names.py)
+    code_names: dict = field(default_factory=dict)  # symbol -> its name in the generated code
 
     @property
     def statements(self):
@@ -132,19 +137,22 @@ class Derivation:
 
 
 # ----------------------------------------------------------------------------------------- sympy
-def equations_to_sympy(cell: Cell, symbols: Symbols) -> list[ForwardEquation]:
+def equations_to_sympy(cell: Cell, symbols: Symbols, ns: Namespace | None = None) -> list[ForwardEquation]:
     """The cell's equations as per-unit SymPy expressions. A function applied inside a larger
-    expression is hoisted into an auxiliary equation of its own (the same application once)."""
+    expression is hoisted into an auxiliary equation of its own (the same application once), named in
+    the namespace ``ns`` (the spec's own by default)."""
     out: list[ForwardEquation] = []
-    taken = set(cell.shapes) | set(cell.inputs) | set(cell.states) | set(cell.parameters) | set(cell.functions)
+    ns = ns or spec_namespace(cell)
+    products = {_product_form(mm.left.name, mm.right.name, mm.right.prev)
+                for eq in cell.equations for mm in _matmuls(eq.rhs)}
     hoisted: dict[Call, str] = {}
 
     def fresh(base):
-        name, k = base, 2
-        while name in taken:
-            name, k = f"{base}{k}", k + 1
-        taken.add(name)
-        return name
+        """An auxiliary's name never looks like an adjoint or a product (a function called d applied to c
+        would be d_c, the name of c's adjoint)."""
+        if base.startswith("d_") or base.endswith(("_prev", "_next", "_all")) or base in products:
+            base = "aux_" + base
+        return ns.fresh(base, f"the auxiliary {base} the derivation hoists")
 
     def hoist(node, lhs, top=False):
         """A copy of the AST with every non-top-level call replaced by the name of its auxiliary."""
@@ -223,17 +231,8 @@ def equations_to_sympy(cell: Cell, symbols: Symbols) -> list[ForwardEquation]:
             return FUNCTIONS[cell.functions[node.func]].sympy_function(conv(node.arg), *extra)
         raise TypeError(node)  # pragma: no cover
 
-    def matmuls(node):
-        if isinstance(node, BinOp):
-            yield from ([node] if node.op == "@" else [])
-            yield from matmuls(node.left)
-            yield from matmuls(node.right)
-        elif isinstance(node, (Neg, Pow, Call)):
-            yield from matmuls(node.operand if isinstance(node, Neg) else node.base if isinstance(node, Pow)
-                               else node.arg)
-
     for eq in cell.equations:
-        for mm in matmuls(eq.rhs):
+        for mm in _matmuls(eq.rhs):
             if isinstance(mm.right, Name) and mm.right.name in cell.parameters:
                 raise SpecError(f"{cell.path}, line {eq.line}, equation '{eq.text}': {mm.left.name} @ "
                                 f"{mm.right.name}: the right operand of @ is the parameter {mm.right.name}; a matrix "
@@ -242,6 +241,22 @@ def equations_to_sympy(cell: Cell, symbols: Symbols) -> list[ForwardEquation]:
         rhs = hoist(eq.rhs, eq.lhs, top=True)
         out.append(ForwardEquation(eq.lhs, conv(rhs), False, eq.text, rhs, cell.shapes[eq.lhs]))
     return out
+
+
+def _matmuls(node):
+    """The matrix products of an expression tree, left to right."""
+    if isinstance(node, BinOp):
+        yield from ([node] if node.op == "@" else [])
+        yield from _matmuls(node.left)
+        yield from _matmuls(node.right)
+    elif isinstance(node, (Neg, Pow, Call)):
+        yield from _matmuls(node.operand if isinstance(node, Neg) else node.base if isinstance(node, Pow)
+                            else node.arg)
+
+
+def _product_form(matrix: str, operand: str, prev: bool) -> str:
+    """The readable name of the product matrix @ operand in generated code: W_f_x, U_f_h_prev."""
+    return f"{matrix}_{operand}" + ("_prev" if prev else "")
 
 
 def _name_function_values(expr, forward: list[ForwardEquation], symbols: Symbols):
@@ -274,7 +289,8 @@ def _differentiable(expr, symbols: Symbols):
 # ----------------------------------------------------------------------------------------- reverse
 def derive(cell: Cell, simplify: bool = True) -> Derivation:
     symbols = Symbols()
-    forward = equations_to_sympy(cell, symbols)
+    ns = spec_namespace(cell)
+    forward = equations_to_sympy(cell, symbols, ns)
     for idx, fe in enumerate(forward):
         _check_defined(fe.expr, cell, forward, idx, f"the value of {fe.lhs}")
     defined = {fe.lhs for fe in forward}
@@ -307,7 +323,7 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
     # first (in forward order) equation consuming each linear term: its adjoint is final after it
     first_use: dict[sympy.Symbol, int] = {}
     for idx, fe in enumerate(forward):
-        for s in fe.expr.free_symbols:
+        for s in sorted(fe.expr.free_symbols, key=lambda s: s.name):  # not set order: PYTHONHASHSEED
             if symbols.info[s].kind == "term":
                 first_use.setdefault(s, idx)
 
@@ -382,7 +398,36 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
     dead = {st.target for st in loop} - {st.target for st in live}
     adjoint_of = {sym: adj for sym, adj in adjoint_of.items() if adj not in dead}  # nobody reads those
     loop = _cse(live, symbols) if simplify else live
-    return Derivation(cell, symbols, forward, loop, after, adjoint_of)
+    return Derivation(cell, symbols, forward, loop, after, adjoint_of, ns, _code_names(ns, symbols, forward))
+
+
+def _code_names(ns: Namespace, symbols: Symbols, forward: list[ForwardEquation]) -> dict:
+    """The name of every symbol in the generated code, allocated in the namespace: products in the order the
+    equations use them, then what arrives at the states from step t+1, the adjoints, the temporaries.
+    Values, parameters and states keep their own names (a previous state value is its state's array)."""
+    info = symbols.info
+    out = {s: i.name for s, i in info.items() if i.kind in ("value", "param", "prev")}
+    out.update({s: "dy" for s, i in info.items() if i.kind == "cot"})
+    for fe in forward:
+        for s in sorted(fe.expr.free_symbols, key=lambda s: s.name):
+            i = info[s]
+            if i.kind == "term" and s not in out:
+                out[s] = ns.fresh(_product_form(i.matrix, i.operand, i.prev), f"the product {i.name}")
+    for s, i in info.items():
+        if i.kind == "term" and s not in out:  # pragma: no cover - every product appears in an equation
+            out[s] = ns.fresh(_product_form(i.matrix, i.operand, i.prev), f"the product {i.name}")
+    for s, i in info.items():
+        if i.kind == "next":
+            out[s] = ns.fresh(f"d_{i.name}_next", f"the adjoint step t+1 sends to state {i.name}")
+    for s, i in info.items():
+        if i.kind == "adj":
+            of = info[i.of]
+            base = f"{of.name}_prev" if of.kind == "prev" else out[i.of]
+            out[s] = ns.fresh(f"d_{base}", f"the adjoint of {of.name}" + ("[t-1]" if of.kind == "prev" else ""))
+    for s, i in info.items():
+        if i.kind == "cse":
+            out[s] = ns.fresh(f"_{i.name}", f"the common subexpression {i.name}")
+    return out
 
 
 def _drop_dead(loop: list[Statement], after: list[Statement]) -> list[Statement]:

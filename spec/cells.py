@@ -35,7 +35,6 @@ from .language import (
     Pow,
     SpecError,
     parse_equation,
-    walk,
 )
 
 SPEC_DIR = Path(__file__).resolve().parent
@@ -61,13 +60,30 @@ GENERATED_NAMES = frozenset({
 
 @functools.cache
 def reserved_names() -> frozenset:
-    """GENERATED_NAMES, every public name of the runtime module (read from the module itself, so the list
-    cannot drift from what a generated module may import), and Python's keywords and builtins."""
-    from lstm_spec.reference import _runtime
-
-    runtime = {n for n in vars(_runtime) if not n.startswith("_")}
+    """GENERATED_NAMES, every public name of the runtime module (read from its source, so the list cannot
+    drift from what a generated module may import), and Python's keywords and builtins."""
+    runtime = {n for n in _module_bindings("lstm_spec.reference._runtime") if not n.startswith("_")}
     python = set(keyword.kwlist) | {n for n in dir(builtins) if not n.startswith("_")}
     return frozenset(GENERATED_NAMES | runtime | python)
+
+
+def _module_bindings(module: str) -> set[str]:
+    """The names a module's top level binds (defs, classes, assignments, imports), read from its source
+    without importing or running it."""
+    import ast
+    import importlib.util
+
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8"))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
 
 
 TOP_KEYS = {"name", "title", "summary", "description", "output", "equations", "dimensions", "inputs",
@@ -497,7 +513,6 @@ def _build(data: dict, source: str, path: Path) -> Cell:
     for k in latex:
         if k not in declared and k not in shapes and k not in functions:
             raise SpecError(f"{at('latex', k)}: {k!r:.80} is not a quantity or function of this cell")
-    _check_generated_names(equations, declared, shapes, dims, where)
 
     return Cell(
         name=name,
@@ -518,23 +533,6 @@ def _build(data: dict, source: str, path: Path) -> Cell:
         function_args=function_args,
         masks=masks,
     )
-
-
-def _check_generated_names(equations, declared, shapes, dims, where):
-    """The generated code names each matrix product M @ v as M_v (M_v_prev for v[t-1]) and the stacked
-    products of one operand S_v, P_v: none of those may be a name of the spec."""
-    taken = {**{n: f"declared in [{q.role}s]" for n, q in declared.items()},
-             **{d: "a dimension" for d in dims},
-             **{n: "defined by an equation" for n in shapes}}
-    for eq in equations:
-        for node in walk(eq.rhs):
-            if isinstance(node, BinOp) and node.op == "@":
-                operand = node.right.name + ("_prev" if node.right.prev else "")
-                for generated in (f"{node.left.name}_{operand}", f"S_{operand}", f"P_{operand}"):
-                    if generated in taken:
-                        raise SpecError(f"{_loc(where, eq)}: the generated code names a product of this "
-                                        f"equation {generated!r}, but {generated!r} is {taken[generated]}; "
-                                        "rename that quantity")
 
 
 def _shown(text: str) -> str:
