@@ -217,10 +217,10 @@ def invoke_here(target: Target, problem: Problem) -> Outcome:
 class _Opaque:
     """Stands, in conform's process, for a returned value that is not a plain array (see _plain_value)."""
 
-    dtype = None
+    kind = None  # the dtype it had in the worker, None: it did not convert to an array
 
     def __array__(self, dtype=None, copy=None):
-        if self.dtype is None:
+        if self.kind is None:
             raise TypeError(f"{type(self).__name__} is not an array")
         return np.empty((), dtype=object)
 
@@ -244,7 +244,7 @@ def _from_plain(item) -> object:
             raise ValueError(f"unexpected dtype {dt}")
         return np.frombuffer(data, dtype=np.dtype(dt)).reshape(shape).copy()
     _, name, dt = item
-    return type(str(name), (_Opaque,), {"dtype": dt})()
+    return type(str(name), (_Opaque,), {"kind": dt})()
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -383,9 +383,10 @@ class Worker:
         os.close(fd)
         self.conn, child = ctx.Pipe()
         try:
-            self.proc = ctx.Process(target=_worker_main, args=(child, self._ref(), self.output), daemon=False,
-                                    name="lstm-spec-conform-worker")
-            self.proc.start()
+            with watching_interrupts():  # pickling a target runs its code
+                self.proc = ctx.Process(target=_worker_main, args=(child, self._ref(), self.output), daemon=False,
+                                        name="lstm-spec-conform-worker")
+                self.proc.start()
         except BaseException as exc:  # e.g. a target that cannot be pickled (its __reduce__ is target code)
             self.stop()
             if users_interrupt(exc):

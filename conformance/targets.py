@@ -68,7 +68,8 @@ def watching_interrupts():
 
 def users_interrupt(exc: BaseException) -> bool:
     """``exc`` is the user's Ctrl-C or a SIGTERM (:func:`terminating_cleanly`): re-raise it; not an
-    exception of the target's code."""
+    exception of the target's code. Asked right after a :func:`watching_interrupts` block (the
+    outermost one forgets earlier signals)."""
     return isinstance(exc, (KeyboardInterrupt, SystemExit)) and _SIGINT["seen"]
 
 
