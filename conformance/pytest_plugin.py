@@ -11,6 +11,7 @@ With no target configured the plugin does nothing.
 
 from __future__ import annotations
 
+import math
 import os
 
 
@@ -47,8 +48,8 @@ def configured_timeout(config) -> float:
             value = float(text) if text else DEFAULT_TIMEOUT
         except ValueError:
             raise pytest.UsageError(f"LSTM_SPEC_TIMEOUT: expected seconds >= 0, got {text!r}") from None
-    if value < 0:
-        raise pytest.UsageError(f"--lstm-spec-timeout / LSTM_SPEC_TIMEOUT: expected seconds >= 0, got {value:g}")
+    if not (math.isfinite(value) and value >= 0):
+        raise pytest.UsageError(f"--lstm-spec-timeout / LSTM_SPEC_TIMEOUT: expected finite seconds >= 0, got {value:g}")
     return value
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from lstm_spec.checks.tolerances import TOLERANCES
 
 from .compare import Row, compare
-from .problem import Case, Problem, expected, make_problem
+from .localise import localise
+from .problem import Case, Problem, expected, make_problem, reference_module
 from .signatures import Diagnosis, diagnose
 from .targets import Target, TargetError, describe, users_interrupt, watching_interrupts
 
@@ -54,6 +55,7 @@ class CaseResult:
     status: str  # "pass", "FAIL", "skip", "error"
     rows: list = field(default_factory=list)
     diagnoses: list = field(default_factory=list)
+    localisation: object = None  # a failing case's localise.Localisation
     detail: str = ""
     tolerance: float = 0.0
     seconds: float = 0.0
@@ -144,12 +146,29 @@ def run_case(target: Target, case: Case, diagnose_failures: bool = True, worker=
     res = CaseResult(case, "pass" if ok else "FAIL", rows, detail=mutated, tolerance=tol,
                      output="" if ok else outcome.output)
     if res.status == "FAIL" and diagnose_failures and any(not r.within for r in rows):
+        res.localisation = _localise(target, problem, outcome.got, tol, worker, biases)
         try:
             res.diagnoses = diagnose(problem, target, outcome.got, [r.quantity for r in res.failing], tol)
         except Exception:  # noqa: BLE001 - no diagnosis is still a report
             res.diagnoses = []
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _localise(target: Target, problem: Problem, got: dict, tol: float, worker, biases: int):
+    """A failing case's localisation (conformance/localise.py), or None. With a worker, the localiser's
+    probes run in it (under its timeout), like the case itself."""
+    run = None
+    if worker is not None:
+        def run(p: Problem) -> dict:
+            out = worker.run(p.case, biases, p)
+            if out.error:
+                raise TargetError(out.error)
+            return out.got
+    try:
+        return localise(problem, target, tol, got=got, run=run)
+    except Exception:  # noqa: BLE001 - no localisation is still a report
+        return None
 
 
 # ------------------------------------------------------------------------------ what a target prints
@@ -311,10 +330,14 @@ def _worker_main(conn, ref, output: str) -> None:
     _send(conn, ("ready", ""))
     while True:
         try:
-            case, biases = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return
-        problem = make_problem(case)
+        case, biases = message[:2]
+        if len(message) > 2:  # a problem derived from the case (the localiser's probes), sent without its module
+            problem = message[2].with_(module=reference_module(case.cell))
+        else:
+            problem = make_problem(case)
         problem.extra["biases"] = biases
         out = invoke(target, problem)
         _flush_output()
@@ -416,7 +439,7 @@ class Worker:
             self.stop()
         return why
 
-    def run(self, case: Case, biases: int) -> Outcome:
+    def run(self, case: Case, biases: int, problem: Problem | None = None) -> Outcome:
         if self.proc is None and not self.broken:
             self._start()
         if self.broken:
@@ -425,7 +448,7 @@ class Worker:
             os.truncate(self.output, 0)  # the worker appends: this case's output only
         ended = True  # the process cannot go on: timed out, died, or sent what conform cannot read
         try:
-            self.conn.send((case, biases))
+            self.conn.send((case, biases) if problem is None else (case, biases, problem.with_(module=None)))
             if not self.conn.poll(self.timeout):
                 out = Outcome(None, f"timed out: no result within {self.timeout:g} s (--timeout); the target's "
                                     "process was killed")
@@ -594,6 +617,8 @@ def format_report(report: Report, verbose: bool = True, timings: bool = False) -
             out += [f"    {head}"] + [f"      | {x}" for x in lines]
         if r.status == "error":
             continue
+        if r.localisation is not None:
+            out += [f"    {x}" for x in r.localisation.lines()]
         rows = r.rows if (verbose or r.status != "pass") else []
         if rows:
             head = ("quantity", "max abs", "rel", "worst element", "tolerance", "result")
