@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import sympy
 
 from .functions import FUNCTIONS, kind_of
-from .printing import CodePrinter, print_ast, reorder
+from .printing import CodePrinter, print_ast, reads, reorder
 from .render import backward_equations, forward_equations
 from lstm_spec.spec.language import Call
 
@@ -51,9 +51,9 @@ class _Plan:
         self.info = info
         refs_loop, refs_after = set(), set()
         for st in d.loop:
-            refs_loop |= st.elementwise.free_symbols | {dl for _, dl in st.matvec}
+            refs_loop |= reads(st.elementwise) | {dl for _, dl in st.matvec}
         for st in d.after:
-            refs_after |= st.elementwise.free_symbols | {dl for _, dl in st.matvec}
+            refs_after |= reads(st.elementwise) | {dl for _, dl in st.matvec}
             for dl, v in st.outer:
                 refs_after |= {dl, v}
         refs = refs_loop | refs_after
@@ -228,6 +228,7 @@ def _find_stacks(d: Derivation, plan) -> tuple[list, list]:
 # ----------------------------------------------------------------------------------------- the module's shape
 _GLOBALS = ("SIGNATURE", "STOP_GRADIENT", "MASKS", "KINKS")  # module-level constants besides the imports
 _RUNTIME_MODULE = "lstm_spec.reference._runtime"
+_RUNTIME_HELPERS = ("seq_matmul", "split_first", "split_last", "stack_rows")
 
 
 def check_module(text: str, names: set) -> None:
@@ -307,7 +308,7 @@ def generate_module(d: Derivation) -> str:
         a, b = dims_sum(st.offset), dims_sum(st.offset + st.width)
         return f"{name}[..., {'' if a == '0' else a}:{b}]"
     loop_names, all_names = plan.names("loop"), plan.names("all")
-    printer_loop, printer_all = CodePrinter(loop_names), CodePrinter(all_names)
+    printer_loop, printer_all = CodePrinter(loop_names, d.shape), CodePrinter(all_names, d.shape)
     info = d.symbols.info
     L: list[str] = []
     emit = L.append
@@ -349,11 +350,6 @@ def generate_module(d: Derivation) -> str:
     emit("")
     emit("import numpy as np")
     emit("")
-    applied = set()
-    for e in [fe.expr for fe in d.forward] + [st.elementwise for st in d.statements]:
-        applied |= {a.func for a in e.atoms(sympy.Function)}
-    runtime = sorted({FUNCTIONS[k].runtime_name for k in cell.functions.values()} |
-                     {kind_of(f).runtime_name for f in applied})
     import_at = len(L)  # the runtime import, written at the end with the helpers the code uses
     emit("")
     emit("")
@@ -576,9 +572,9 @@ def generate_module(d: Derivation) -> str:
         e = st.elementwise
         if e != 0:
             text = printer.doprint(reorder(e, d.symbols))
-            if not (e.free_symbols - {s for s in e.free_symbols if info[s].kind == "param"}):
+            if not (reads(e) - {s for s in reads(e) if info[s].kind == "param"}):
                 text = f"np.full_like({ref_for_zero}, {text})"
-            elif not st.matvec and target_is_vector(st) and all(per_sample(x) for x in e.free_symbols):
+            elif not st.matvec and target_is_vector(st) and all(per_sample(x) for x in reads(e)):
                 # a per-sample value (B, 1) sent to every unit of a vector: made explicit for the products after
                 dims = plan.adjoint_dims(st.target)
                 lead = "B" if names is loop_names else "T, B"
@@ -652,8 +648,8 @@ def generate_module(d: Derivation) -> str:
     L[dims_at:dims_at] = [f"    {dim} = dims[{dim!r}]" for dim in cell.dimensions if used(dim)]
     L[unpack_at:unpack_at] = [f"    {n} = cache[{n!r}]" for n in cache_items if used(n)]
     code = "\n".join(L[import_at:])
-    runtime = sorted(set(runtime) | {h for h in ("seq_matmul", "split_first", "split_last", "stack_rows")
-                                     if re.search(rf"\b{h}\(", code)})
+    runtime = sorted(h for h in {fk.runtime_name for fk in FUNCTIONS.values()} | set(_RUNTIME_HELPERS)
+                     if re.search(rf"\b{h}\(", code))  # what the code calls, nothing else
     L[import_at:import_at + 1] = ["from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, "
                                   "prepare, prepare_cotangents,",
                                   "                                           " + ", ".join(runtime) + ")"]

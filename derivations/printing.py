@@ -11,9 +11,31 @@ import sympy
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
-from .functions import Identity, Sigmoid
+from .functions import FUNCTIONS, Identity, Sigmoid, UnitCount, kind_of
 
 ADJOINT_KINDS = ("adj", "next", "cot")
+
+
+def unit_count_dimension(e, shape_of) -> str:
+    """The number of units N of a mean's argument, as the name of the axis it reduces: the dimension of its
+    symbols that are vectors ("H"), "1" when all are one value per sample. ``shape_of(symbol)`` gives a
+    symbol's dims. (The generated code divides by H, read from the call's dims: no array is read for it.)"""
+    named = sorted({shape[0] for shape in map(shape_of, e.args) if shape and shape[0] != "1"})
+    if len(named) > 1:  # pragma: no cover - the loader makes an elementwise expression's vectors agree
+        raise ValueError(f"a unit count over vectors of different dimensions {named}")
+    return named[0] if named else "1"
+
+
+def reads(expr):
+    """The symbols printed code for ``expr`` reads: those of a unit count are not read (it prints as a
+    dimension)."""
+    counts = expr.atoms(UnitCount)
+    if not counts:
+        return expr.free_symbols
+    return expr.xreplace({u: _UNITS for u in counts}).free_symbols - {_UNITS}
+
+
+_UNITS = sympy.Symbol("ℕ")  # a placeholder for a unit count, only inside reads()
 
 
 def reorder(expr, symbols):
@@ -54,17 +76,21 @@ def _is_incoming(term, symbols):
 class CodePrinter(StrPrinter):
     """NumPy code. Functions print as the runtime's names (sigmoid, tanh)."""
 
-    def __init__(self, names: dict):
+    def __init__(self, names: dict, shape_of=None):
         super().__init__({"order": "none"})
         self.names = names
+        self.shape_of = shape_of  # symbol -> its dims, for a unit count (required when one is printed)
 
     def _print_Symbol(self, s):
         return self.names[s]
 
     def _print_Function(self, e):
-        from .functions import kind_of
+        if isinstance(e, UnitCount):
+            return unit_count_dimension(e, self.shape_of)
+        return f"{self._function_name(e)}({self._args(e)})"
 
-        return f"{kind_of(e.func).runtime_name}({self._args(e)})"
+    def _function_name(self, e):
+        return kind_of(e.func).runtime_name
 
     def _args(self, e):
         """The argument, then any constant parameters (e.g. a clip's bound) as plain numbers."""
@@ -100,35 +126,36 @@ class CodePrinter(StrPrinter):
 class PlainPrinter(CodePrinter):
     """Plain text for people: the spec's function names, '*' for the elementwise product."""
 
-    def __init__(self, names: dict, functions: dict):
-        super().__init__(names)
+    def __init__(self, names: dict, functions: dict, shape_of=None):
+        super().__init__(names, shape_of)
         self.functions = functions  # sympy function class -> spec name
 
-    def _print_Function(self, e):
-        from .functions import kind_of
-
-        name = self.functions.get(e.func) or kind_of(e.func).runtime_name
-        return f"{name}({self._args(e)})"
+    def _function_name(self, e):
+        return self.functions.get(e.func) or kind_of(e.func).runtime_name
 
 
     def _print_Rational(self, e):
         return f"{e.p}/{e.q}"
 
 
-# SymPy dispatches on the class name first: route every function of the spec language to _print_Function
-_FUNCTION_CLASSES = ("Sigmoid", "tanh", "Clip", "ClipMask", "Exp", "UnitSum", "LogSumExp", "StopGradient",
-                     "UnitMean", "UnitCount", "Rsqrt")
-for _cls in (CodePrinter, PlainPrinter):
-    for _name in _FUNCTION_CLASSES:
-        setattr(_cls, f"_print_{_name}", _cls._print_Function)
+# SymPy dispatches on the class name first: route every function kind (functions.FUNCTIONS) to
+# _print_Function (PlainPrinter inherits the routing and names functions its own way)
+for _name in sorted({fk.sympy_function.__name__ for fk in FUNCTIONS.values()}):
+    setattr(CodePrinter, f"_print_{_name}", CodePrinter._print_Function)
 
 
 class MathPrinter(LatexPrinter):
     """LaTeX with ⊙ for the elementwise product of vectors."""
 
-    def __init__(self, names: dict):
+    def __init__(self, names: dict, shape_of=None):
         super().__init__({"order": "none", "mul_symbol": None})
         self.names = names
+        self.shape_of = shape_of
+
+    def _print_UnitCount(self, e, exp=None):
+        dim = unit_count_dimension(e, self.shape_of)
+        base = dim if len(dim) == 1 else r"\mathrm{%s}" % dim
+        return base if exp is None else "%s^{%s}" % (base, exp)
 
     def _print_Symbol(self, s, style="plain"):
         return self.names[s]

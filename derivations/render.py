@@ -49,17 +49,22 @@ def latex_name(derivation: Derivation, name: str, time: str | None) -> str:
 
 
 def plain_names(d: Derivation) -> dict:
+    """Plain-text names: adjoints as the generated code names them (d_c, d_h_prev, d_h_next), products as
+    ``W @ x``, the rest as in the spec."""
     names = {}
     for sym, info in d.symbols.info.items():
-        names[sym] = {
-            "value": info.name, "param": info.name, "prev": f"{info.name}[t-1]",
-            "term": info.name.replace("@", " @ "), "next": f"d_{info.name}_next", "cot": "dy",
-            "cse": info.name,
-        }.get(info.kind) or _plain_adjoint(d, info)
+        if info.kind in ("adj", "next"):
+            names[sym] = d.code_names.get(sym) or _plain_adjoint(d, info)
+        else:
+            names[sym] = {"value": info.name, "param": info.name, "prev": f"{info.name}[t-1]",
+                          "term": info.name.replace("@", " @ "), "cot": "dy", "cse": info.name}[info.kind]
     return names
 
 
 def _plain_adjoint(d, info):
+    """For a derivation without code names (one built by hand)."""
+    if info.kind == "next":
+        return f"d_{info.name}_next"
     of = d.symbols.info[info.of]
     if of.kind == "prev":
         return f"d_{of.name}_prev"
@@ -134,7 +139,7 @@ def forward_equations(d: Derivation, latex: bool = False) -> list[Rendered]:
 def backward_equations(d: Derivation, latex: bool = False) -> list[Rendered]:
     names = latex_names(d) if latex else plain_names(d)
     fn_names = {FUNCTIONS[k].sympy_function: n for n, k in d.cell.functions.items()}
-    printer = MathPrinter(names) if latex else PlainPrinter(names, fn_names)
+    printer = MathPrinter(names, d.shape) if latex else PlainPrinter(names, fn_names, d.shape)
     return [Rendered(names[st.target], _statement(st, d, printer, names, latex), st.kind) for st in d.statements]
 
 

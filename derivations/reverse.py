@@ -135,6 +135,22 @@ class Derivation:
     def statements(self):
         return self.loop + self.after
 
+    def shape(self, sym) -> tuple | None:
+        """The dims of what a symbol stands for, e.g. ("H",); ("1",) for one value per sample; None for a
+        temporary."""
+        info = self.symbols.info[sym]
+        if info.kind == "adj":
+            return self.shape(info.of)
+        if info.kind == "term":
+            return (self.cell.parameters[info.matrix].shape[0],)
+        name = self.cell.output if info.kind == "cot" else info.name
+        if info.kind == "cse":
+            return None
+        for table in (self.cell.inputs, self.cell.states, self.cell.parameters):
+            if name in table:
+                return table[name].shape
+        return next(fe.shape for fe in self.forward if fe.lhs == name)
+
 
 # ----------------------------------------------------------------------------------------- sympy
 def equations_to_sympy(cell: Cell, symbols: Symbols, ns: Namespace | None = None) -> list[ForwardEquation]:

@@ -59,9 +59,9 @@ the output y_t = h_t; parameter sums run over time and batch):
     tmp0 = d_tanh_h * g_n * (1 - tanh_h**2)
     d_sc = unit_sum(ec * tmp0)
     d_mean_sc = (-1/2) * d_sc * sc**3
-    d_ec = 2 * d_mean_sc * ec / unit_count(ec) + sc * tmp0
+    d_ec = 2 * d_mean_sc * ec / H + sc * tmp0
     d_mc = unit_sum(-d_ec)
-    d_c = d_c_next + d_ec + d_mc / unit_count(c)
+    d_c = d_c_next + d_ec + d_mc / H
     d_o = d_h * tanh_h
     d_z_o = d_o * o * (1 - o)
     d_c_tilde = d_c * i
@@ -81,20 +81,20 @@ the output y_t = h_t; parameter sums run over time and batch):
     d_mean_vh3 = tmp5
     d_mean_vh2 = tmp5
     d_mean_vh = tmp5
-    d_eh_o = 2 * d_mean_vh4 * eh_o / unit_count(eh_o) + sh * tmp4
-    d_eh_c = 2 * d_mean_vh3 * eh_c / unit_count(eh_c) + sh * tmp1
-    d_eh_i = 2 * d_mean_vh2 * eh_i / unit_count(eh_i) + sh * tmp3
-    d_eh_f = 2 * d_mean_vh * eh_f / unit_count(eh_f) + sh * tmp2
+    d_eh_o = 2 * d_mean_vh4 * eh_o / H + sh * tmp4
+    d_eh_c = 2 * d_mean_vh3 * eh_c / H + sh * tmp1
+    d_eh_i = 2 * d_mean_vh2 * eh_i / H + sh * tmp3
+    d_eh_f = 2 * d_mean_vh * eh_f / H + sh * tmp2
     d_mh = unit_sum(-d_eh_c) + unit_sum(-d_eh_f) + unit_sum(-d_eh_i) + unit_sum(-d_eh_o)
     tmp6 = (1/4) * d_mh
     d_mean_mh4 = tmp6
-    d_U_o_h_prev = d_eh_o + d_mean_mh4 / unit_count(U_o @ h[t-1])
+    d_U_o_h_prev = d_eh_o + d_mean_mh4 / H
     d_mean_mh3 = tmp6
-    d_U_c_h_prev = d_eh_c + d_mean_mh3 / unit_count(U_c @ h[t-1])
+    d_U_c_h_prev = d_eh_c + d_mean_mh3 / H
     d_mean_mh2 = tmp6
-    d_U_i_h_prev = d_eh_i + d_mean_mh2 / unit_count(U_i @ h[t-1])
+    d_U_i_h_prev = d_eh_i + d_mean_mh2 / H
     d_mean_mh = tmp6
-    d_U_f_h_prev = d_eh_f + d_mean_mh / unit_count(U_f @ h[t-1])
+    d_U_f_h_prev = d_eh_f + d_mean_mh / H
     tmp7 = d_z_c * gx_c
     tmp8 = d_z_f * gx_f
     tmp9 = d_z_i * gx_i
@@ -106,20 +106,20 @@ the output y_t = h_t; parameter sums run over time and batch):
     d_mean_vx3 = tmp11
     d_mean_vx2 = tmp11
     d_mean_vx = tmp11
-    d_ex_o = 2 * d_mean_vx4 * ex_o / unit_count(ex_o) + sx * tmp10
-    d_ex_c = 2 * d_mean_vx3 * ex_c / unit_count(ex_c) + sx * tmp7
-    d_ex_i = 2 * d_mean_vx2 * ex_i / unit_count(ex_i) + sx * tmp9
-    d_ex_f = 2 * d_mean_vx * ex_f / unit_count(ex_f) + sx * tmp8
+    d_ex_o = 2 * d_mean_vx4 * ex_o / H + sx * tmp10
+    d_ex_c = 2 * d_mean_vx3 * ex_c / H + sx * tmp7
+    d_ex_i = 2 * d_mean_vx2 * ex_i / H + sx * tmp9
+    d_ex_f = 2 * d_mean_vx * ex_f / H + sx * tmp8
     d_mx = unit_sum(-d_ex_c) + unit_sum(-d_ex_f) + unit_sum(-d_ex_i) + unit_sum(-d_ex_o)
     tmp12 = (1/4) * d_mx
     d_mean_mx4 = tmp12
-    d_W_o_x = d_ex_o + d_mean_mx4 / unit_count(W_o @ x)
+    d_W_o_x = d_ex_o + d_mean_mx4 / H
     d_mean_mx3 = tmp12
-    d_W_c_x = d_ex_c + d_mean_mx3 / unit_count(W_c @ x)
+    d_W_c_x = d_ex_c + d_mean_mx3 / H
     d_mean_mx2 = tmp12
-    d_W_i_x = d_ex_i + d_mean_mx2 / unit_count(W_i @ x)
+    d_W_i_x = d_ex_i + d_mean_mx2 / H
     d_mean_mx = tmp12
-    d_W_f_x = d_ex_f + d_mean_mx / unit_count(W_f @ x)
+    d_W_f_x = d_ex_f + d_mean_mx / H
     d_h_prev = U_f^T d_U_f_h_prev + U_i^T d_U_i_h_prev + U_c^T d_U_c_h_prev + U_o^T d_U_o_h_prev
     d_c_prev = d_c * f
     d_x = W_f^T d_W_f_x + W_i^T d_W_i_x + W_c^T d_W_c_x + W_o^T d_W_o_x
@@ -151,14 +151,17 @@ initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of th
 
 Stacked products (one GEMM for the terms that share an operand; rules.py, confirmed by SymPy):
     S_x = [W_f; W_i; W_c; W_o]; P_x = x @ S_x.T holds W_f x, W_i x, W_c x, W_o x side by side
+    S_h_prev = [U_f; U_i; U_c; U_o]; P_h_prev = h[t-1] @ S_h_prev.T holds U_f h[t-1], U_i h[t-1], U_c h[t-1], U_o h[t-1] side by side
     d_Z0 holds d_W_f_x, d_W_i_x, d_W_c_x, d_W_o_x side by side; for each stack S the operand's adjoint sum_j M_j^T d_j
     is d_Z0 @ S (its columns of d_Z0) and d_S = tensordot of those columns with the operand: S_x
+    d_Z1 holds d_U_f_h_prev, d_U_i_h_prev, d_U_c_h_prev, d_U_o_h_prev side by side; for each stack S the operand's adjoint sum_j M_j^T d_j
+    is d_Z1 @ S (its columns of d_Z1) and d_S = tensordot of those columns with the operand: S_h_prev
 """
 
 import numpy as np
 
 from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
-                                           rsqrt, seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh, unit_count, unit_mean, unit_sum)
+                                           rsqrt, seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh, unit_mean, unit_sum)
 
 SIGNATURE = Signature(
     cell='lstm_layer_norm',
@@ -238,6 +241,7 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
 
     # matrices that multiply the same vector, stacked by rows: one GEMM for all of their products
     S_x = stack_rows(W_f, W_i, W_c, W_o)
+    S_h_prev = stack_rows(U_f, U_i, U_c, U_o)
 
     # matrix products with the inputs, for every time step at once
     P_x = seq_matmul(x, S_x.T)
@@ -265,10 +269,6 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
     ec = np.empty((T, B, H), dtype)
     sc = np.empty((T, B, 1), dtype)
     tanh_h = np.empty((T, B, H), dtype)
-    U_c_h_prev = np.empty((T, B, H), dtype)
-    U_f_h_prev = np.empty((T, B, H), dtype)
-    U_i_h_prev = np.empty((T, B, H), dtype)
-    U_o_h_prev = np.empty((T, B, H), dtype)
 
     for t in range(T):
         mean_mx = unit_mean(W_f_x[t])
@@ -286,19 +286,17 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
         mean_vx4 = unit_mean(ex_o[t]**2)
         vx = (mean_vx + mean_vx2 + mean_vx3 + mean_vx4) / 4
         sx[t] = rsqrt(vx + (1/100000))
-        U_f_h_prev[t] = h[t] @ U_f.T
-        mean_mh = unit_mean(U_f_h_prev[t])
-        U_i_h_prev[t] = h[t] @ U_i.T
-        mean_mh2 = unit_mean(U_i_h_prev[t])
-        U_c_h_prev[t] = h[t] @ U_c.T
-        mean_mh3 = unit_mean(U_c_h_prev[t])
-        U_o_h_prev[t] = h[t] @ U_o.T
-        mean_mh4 = unit_mean(U_o_h_prev[t])
+        P_h_prev = h[t] @ S_h_prev.T
+        U_f_h_prev, U_i_h_prev, U_c_h_prev, U_o_h_prev = split_last(P_h_prev, (H, H, H, H))
+        mean_mh = unit_mean(U_f_h_prev)
+        mean_mh2 = unit_mean(U_i_h_prev)
+        mean_mh3 = unit_mean(U_c_h_prev)
+        mean_mh4 = unit_mean(U_o_h_prev)
         mh = (mean_mh + mean_mh2 + mean_mh3 + mean_mh4) / 4
-        eh_f[t] = U_f_h_prev[t] - mh
-        eh_i[t] = U_i_h_prev[t] - mh
-        eh_c[t] = U_c_h_prev[t] - mh
-        eh_o[t] = U_o_h_prev[t] - mh
+        eh_f[t] = U_f_h_prev - mh
+        eh_i[t] = U_i_h_prev - mh
+        eh_c[t] = U_c_h_prev - mh
+        eh_o[t] = U_o_h_prev - mh
         mean_vh = unit_mean(eh_f[t]**2)
         mean_vh2 = unit_mean(eh_i[t]**2)
         mean_vh3 = unit_mean(eh_c[t]**2)
@@ -321,7 +319,7 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
         tanh(g_n * ec[t] * sc[t] + b_n, out=tanh_h[t])
         h[t + 1] = o[t] * tanh_h[t]
 
-    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'c': c, 'ex_f': ex_f, 'ex_i': ex_i, 'ex_c': ex_c, 'ex_o': ex_o, 'sx': sx, 'eh_f': eh_f, 'eh_i': eh_i, 'eh_c': eh_c, 'eh_o': eh_o, 'sh': sh, 'f': f, 'i': i, 'c_tilde': c_tilde, 'o': o, 'ec': ec, 'sc': sc, 'tanh_h': tanh_h, 'U_c_h_prev': U_c_h_prev, 'U_f_h_prev': U_f_h_prev, 'U_i_h_prev': U_i_h_prev, 'U_o_h_prev': U_o_h_prev, 'W_c_x': W_c_x, 'W_f_x': W_f_x, 'W_i_x': W_i_x, 'W_o_x': W_o_x, 'S_x': S_x, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'gx_f': gx_f, 'gx_i': gx_i, 'gx_c': gx_c, 'gx_o': gx_o, 'gh_f': gh_f, 'gh_i': gh_i, 'gh_c': gh_c, 'gh_o': gh_o, 'g_n': g_n, 'b_n': b_n}
+    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'c': c, 'ex_f': ex_f, 'ex_i': ex_i, 'ex_c': ex_c, 'ex_o': ex_o, 'sx': sx, 'eh_f': eh_f, 'eh_i': eh_i, 'eh_c': eh_c, 'eh_o': eh_o, 'sh': sh, 'f': f, 'i': i, 'c_tilde': c_tilde, 'o': o, 'ec': ec, 'sc': sc, 'tanh_h': tanh_h, 'S_x': S_x, 'S_h_prev': S_h_prev, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'gx_f': gx_f, 'gx_i': gx_i, 'gx_c': gx_c, 'gx_o': gx_o, 'gh_f': gh_f, 'gh_i': gh_i, 'gh_c': gh_c, 'gh_o': gh_o, 'g_n': g_n, 'b_n': b_n}
     final = {'h': h[T], 'c': c[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
     return h[1:], final, cache
@@ -357,19 +355,8 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     ec = cache['ec']
     sc = cache['sc']
     tanh_h = cache['tanh_h']
-    U_c_h_prev = cache['U_c_h_prev']
-    U_f_h_prev = cache['U_f_h_prev']
-    U_i_h_prev = cache['U_i_h_prev']
-    U_o_h_prev = cache['U_o_h_prev']
-    W_c_x = cache['W_c_x']
-    W_f_x = cache['W_f_x']
-    W_i_x = cache['W_i_x']
-    W_o_x = cache['W_o_x']
     S_x = cache['S_x']
-    U_f = cache['U_f']
-    U_i = cache['U_i']
-    U_c = cache['U_c']
-    U_o = cache['U_o']
+    S_h_prev = cache['S_h_prev']
     gx_f = cache['gx_f']
     gx_i = cache['gx_i']
     gx_c = cache['gx_c']
@@ -389,15 +376,13 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     # adjoints kept for every step: the parameter and input gradients are computed from them after the loop
     d_Z0 = np.empty((T, B, 4*H), dtype)
     d_W_f_x, d_W_i_x, d_W_c_x, d_W_o_x = split_last(d_Z0, (H, H, H, H))
+    d_Z1 = np.empty((T, B, 4*H), dtype)
+    d_U_f_h_prev, d_U_i_h_prev, d_U_c_h_prev, d_U_o_h_prev = split_last(d_Z1, (H, H, H, H))
     d_tanh_h = np.empty((T, B, H), dtype)
     d_z_o = np.empty((T, B, H), dtype)
     d_z_c = np.empty((T, B, H), dtype)
     d_z_i = np.empty((T, B, H), dtype)
     d_z_f = np.empty((T, B, H), dtype)
-    d_U_o_h_prev = np.empty((T, B, H), dtype)
-    d_U_c_h_prev = np.empty((T, B, H), dtype)
-    d_U_i_h_prev = np.empty((T, B, H), dtype)
-    d_U_f_h_prev = np.empty((T, B, H), dtype)
 
     for t in reversed(range(T)):
         d_h = d_h_next + dy[t]
@@ -405,9 +390,9 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
         _tmp0 = d_tanh_h[t] * g_n * (1 - tanh_h[t]**2)
         d_sc = unit_sum(ec[t] * _tmp0)
         d_mean_sc = ((-1/2)) * d_sc * sc[t]**3
-        d_ec = 2 * d_mean_sc * ec[t] / unit_count(ec[t]) + sc[t] * _tmp0
+        d_ec = 2 * d_mean_sc * ec[t] / H + sc[t] * _tmp0
         d_mc = unit_sum(-d_ec)
-        d_c = d_c_next + d_ec + d_mc / unit_count(c[t + 1])
+        d_c = d_c_next + d_ec + d_mc / H
         d_o = d_h * tanh_h[t]
         d_z_o[t] = d_o * o[t] * (1 - o[t])
         d_c_tilde = d_c * i[t]
@@ -427,20 +412,20 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
         d_mean_vh3 = _tmp5
         d_mean_vh2 = _tmp5
         d_mean_vh = _tmp5
-        d_eh_o = 2 * d_mean_vh4 * eh_o[t] / unit_count(eh_o[t]) + sh[t] * _tmp4
-        d_eh_c = 2 * d_mean_vh3 * eh_c[t] / unit_count(eh_c[t]) + sh[t] * _tmp1
-        d_eh_i = 2 * d_mean_vh2 * eh_i[t] / unit_count(eh_i[t]) + sh[t] * _tmp3
-        d_eh_f = 2 * d_mean_vh * eh_f[t] / unit_count(eh_f[t]) + sh[t] * _tmp2
+        d_eh_o = 2 * d_mean_vh4 * eh_o[t] / H + sh[t] * _tmp4
+        d_eh_c = 2 * d_mean_vh3 * eh_c[t] / H + sh[t] * _tmp1
+        d_eh_i = 2 * d_mean_vh2 * eh_i[t] / H + sh[t] * _tmp3
+        d_eh_f = 2 * d_mean_vh * eh_f[t] / H + sh[t] * _tmp2
         d_mh = unit_sum(-d_eh_c) + unit_sum(-d_eh_f) + unit_sum(-d_eh_i) + unit_sum(-d_eh_o)
         _tmp6 = ((1/4)) * d_mh
         d_mean_mh4 = _tmp6
-        d_U_o_h_prev[t] = d_eh_o + d_mean_mh4 / unit_count(U_o_h_prev[t])
+        d_U_o_h_prev[t] = d_eh_o + d_mean_mh4 / H
         d_mean_mh3 = _tmp6
-        d_U_c_h_prev[t] = d_eh_c + d_mean_mh3 / unit_count(U_c_h_prev[t])
+        d_U_c_h_prev[t] = d_eh_c + d_mean_mh3 / H
         d_mean_mh2 = _tmp6
-        d_U_i_h_prev[t] = d_eh_i + d_mean_mh2 / unit_count(U_i_h_prev[t])
+        d_U_i_h_prev[t] = d_eh_i + d_mean_mh2 / H
         d_mean_mh = _tmp6
-        d_U_f_h_prev[t] = d_eh_f + d_mean_mh / unit_count(U_f_h_prev[t])
+        d_U_f_h_prev[t] = d_eh_f + d_mean_mh / H
         _tmp7 = d_z_c[t] * gx_c
         _tmp8 = d_z_f[t] * gx_f
         _tmp9 = d_z_i[t] * gx_i
@@ -452,21 +437,21 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
         d_mean_vx3 = _tmp11
         d_mean_vx2 = _tmp11
         d_mean_vx = _tmp11
-        d_ex_o = 2 * d_mean_vx4 * ex_o[t] / unit_count(ex_o[t]) + sx[t] * _tmp10
-        d_ex_c = 2 * d_mean_vx3 * ex_c[t] / unit_count(ex_c[t]) + sx[t] * _tmp7
-        d_ex_i = 2 * d_mean_vx2 * ex_i[t] / unit_count(ex_i[t]) + sx[t] * _tmp9
-        d_ex_f = 2 * d_mean_vx * ex_f[t] / unit_count(ex_f[t]) + sx[t] * _tmp8
+        d_ex_o = 2 * d_mean_vx4 * ex_o[t] / H + sx[t] * _tmp10
+        d_ex_c = 2 * d_mean_vx3 * ex_c[t] / H + sx[t] * _tmp7
+        d_ex_i = 2 * d_mean_vx2 * ex_i[t] / H + sx[t] * _tmp9
+        d_ex_f = 2 * d_mean_vx * ex_f[t] / H + sx[t] * _tmp8
         d_mx = unit_sum(-d_ex_c) + unit_sum(-d_ex_f) + unit_sum(-d_ex_i) + unit_sum(-d_ex_o)
         _tmp12 = ((1/4)) * d_mx
         d_mean_mx4 = _tmp12
-        d_W_o_x[t] = d_ex_o + d_mean_mx4 / unit_count(W_o_x[t])
+        d_W_o_x[t] = d_ex_o + d_mean_mx4 / H
         d_mean_mx3 = _tmp12
-        d_W_c_x[t] = d_ex_c + d_mean_mx3 / unit_count(W_c_x[t])
+        d_W_c_x[t] = d_ex_c + d_mean_mx3 / H
         d_mean_mx2 = _tmp12
-        d_W_i_x[t] = d_ex_i + d_mean_mx2 / unit_count(W_i_x[t])
+        d_W_i_x[t] = d_ex_i + d_mean_mx2 / H
         d_mean_mx = _tmp12
-        d_W_f_x[t] = d_ex_f + d_mean_mx / unit_count(W_f_x[t])
-        d_h_prev = d_U_f_h_prev[t] @ U_f + d_U_i_h_prev[t] @ U_i + d_U_c_h_prev[t] @ U_c + d_U_o_h_prev[t] @ U_o
+        d_W_f_x[t] = d_ex_f + d_mean_mx / H
+        d_h_prev = d_Z1[t] @ S_h_prev
         d_c_prev = d_c * f[t]
         d_h_next, d_c_next = d_h_prev, d_c_prev
 
@@ -474,13 +459,11 @@ def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     d_x = seq_matmul(d_Z0, S_x)
     d_S_x = np.tensordot(d_Z0, x, axes=([0, 1], [0, 1]))
     d_W_f, d_W_i, d_W_c, d_W_o = split_first(d_S_x, (H, H, H, H))
-    d_U_f = np.tensordot(d_U_f_h_prev, h[:-1], axes=([0, 1], [0, 1]))
+    d_S_h_prev = np.tensordot(d_Z1, h[:-1], axes=([0, 1], [0, 1]))
+    d_U_f, d_U_i, d_U_c, d_U_o = split_first(d_S_h_prev, (H, H, H, H))
     d_b_f = d_z_f.sum(axis=(0, 1))
-    d_U_i = np.tensordot(d_U_i_h_prev, h[:-1], axes=([0, 1], [0, 1]))
     d_b_i = d_z_i.sum(axis=(0, 1))
-    d_U_c = np.tensordot(d_U_c_h_prev, h[:-1], axes=([0, 1], [0, 1]))
     d_b_c = d_z_c.sum(axis=(0, 1))
-    d_U_o = np.tensordot(d_U_o_h_prev, h[:-1], axes=([0, 1], [0, 1]))
     d_b_o = d_z_o.sum(axis=(0, 1))
     d_gx_f = np.broadcast_to(d_z_f * ex_f * sx, (T, B) + gx_f.shape).sum(axis=(0, 1))
     d_gx_i = np.broadcast_to(d_z_i * ex_i * sx, (T, B) + gx_i.shape).sum(axis=(0, 1))
