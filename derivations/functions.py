@@ -149,6 +149,8 @@ class UnitCount(sympy.Function):
         return sympy.S.Zero
 
     def _latex(self, printer, exp=None):
+        if hasattr(printer, "_print_UnitCount"):  # the derivation's printer: the dimension's name, H
+            return printer._print_UnitCount(self, exp)
         base = r"N_{%s}" % ",".join(printer._print(a) for a in self.args)
         return base if exp is None else r"%s^{%s}" % (base, exp)
 

@@ -161,20 +161,25 @@ class MathPrinter(LatexPrinter):
         return self.names[s]
 
     def _print_Mul(self, e):
-        factors = list(e.args)
+        """Factors joined by ⊙; factors with a negative integer power form a denominator, \\frac{...}{...}
+        (LatexPrinter also hands a lone negative power, x^-1, here)."""
+        factors = list(e.args) if isinstance(e, sympy.Mul) else [e]
         sign = ""
         if factors and factors[0] == -1:
             sign, factors = "-", factors[1:]
         coeff = ""
         if factors and factors[0].is_Number:
             coeff, factors = self._print(factors[0]) + " ", factors[1:]
-        parts = []
-        for f in factors:
-            text = self._print(f)
-            if isinstance(f, sympy.Add):
-                text = r"\left(%s\right)" % text
-            parts.append(text)
-        return sign + coeff + r" \odot ".join(parts)
+        num = [f for f in factors if not (f.is_Pow and f.exp.is_Integer and f.exp < 0)]
+        den = [sympy.Pow(f.base, -f.exp) for f in factors if f.is_Pow and f.exp.is_Integer and f.exp < 0]
+        text = r" \odot ".join(self._factor(f) for f in num) or "1"
+        if den:
+            text = r"\frac{%s}{%s}" % (text, r" \odot ".join(self._factor(f) for f in den))
+        return sign + coeff + text
+
+    def _factor(self, f):
+        text = self._print(f)
+        return r"\left(%s\right)" % text if isinstance(f, sympy.Add) else text
 
     def _print_Sigmoid(self, e, exp=None):
         return r"\sigma\left(%s\right)" % self._print(e.args[0])

@@ -161,6 +161,16 @@ def test_the_unit_count_is_the_dimension():
     assert re.search(r"P_h_prev = h\[t\] @ S_h_prev\.T", forward)
 
 
+def test_the_unit_count_reads_as_the_dimension_in_text_and_latex():
+    """derive printed unit_count(U_o @ h[t-1]) where the math has 1/H, and LaTeX 'x \\odot N \\odot -1'."""
+    from lstm_spec.derivations.render import describe
+
+    d = derive(load("lstm_layer_norm"))
+    assert "d_c = d_c_next + d_ec + d_mc / H" in describe(d)
+    latex = describe(d, latex=True)
+    assert r"\frac{\delta \mathrm{mc}_{t}}{H}" in latex and r"\odot -1" not in latex and "N_{" not in latex
+
+
 # ----------------------------------------------------------------------------------------- item 5
 USER_SPECS = {
     "plain.toml": spec("h = tanh(W @ x + U @ h[t-1] + b)"),
