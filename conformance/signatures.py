@@ -22,6 +22,7 @@ import numpy as np
 from lstm_spec.checks.mutants import load_module
 from lstm_spec.checks.tolerances import TOLERANCES
 
+from . import explain
 from .compare import compare
 from .problem import Problem, expected, run_sequence
 
@@ -351,20 +352,76 @@ class Diagnosis:
     detail: str
 
 
-def diagnose(problem: Problem, target, got: dict, failing: list[str], tolerance: float) -> list[Diagnosis]:
-    """Every signature that reproduces the target's results on this problem."""
-    found = []
+SHOWN_GROUPS = 3  # full explanations reported per case (each a group of indistinguishable candidates)
+
+
+def _catalogue(problem: Problem, target, got: dict) -> list:
+    """(source, prediction, tolerance or None) of every catalogue entry that applies."""
+    out = []
     for sig in SIGNATURES:
         try:
             for detail, pred, tol in sig.candidates(problem, target, got):
-                keys = [k for k in pred if k in got]
-                if not any(k in pred for k in failing):
-                    continue
-                rows = compare(problem, got, pred, tol or tolerance, keys)
-                if rows and all(r.passed for r in rows):
-                    found.append((sig.fitted, Diagnosis(sig.key, sig.title, detail)))
-                    break
+                out.append(((sig, detail), pred, tol))
         except Exception:  # noqa: BLE001 - a signature that cannot apply is just not a match
             continue
-    exact = [d for fitted, d in found if not fitted]
-    return exact or [d for _, d in found]
+    return out
+
+
+def diagnose(problem: Problem, target, got: dict, failing: list[str], tolerance: float) -> list[Diagnosis]:
+    """What reproduces the target's results on this problem: catalogue entries and single-point (or, for
+    compound bugs, paired) mutations of the generated reference (:mod:`.explain`), matched quantity by
+    quantity. Quantities the target did not return are not provided and never used. Full explanations
+    (every failing quantity reproduced, no passing one broken), grouped when indistinguishable here; else
+    the best partial one, said to be partial."""
+    want = _ref(problem, target)
+    provided = [q for q in want if got.get(q) is not None]  # a quantity not returned is never evidence
+    try:
+        within = {r.quantity: r.within for r in compare(problem, got, want, tolerance, provided)}
+    except Exception:  # noqa: BLE001 - results that cannot be compared cannot be explained
+        return []
+    failing = [q for q in provided if q in failing and not within[q]]  # the numbers, not e.g. a wrong dtype
+    passing = [q for q in provided if within[q]]
+    if not failing:
+        return []
+    extra = _catalogue(problem, target, got)
+    if problem.case.single:
+        groups = explain.explain(problem, got, failing, passing, tolerance, _nb(problem, target),
+                                 target.has_gradients, extra)
+    else:  # mutations run on one layer and one direction: the catalogue alone
+        groups = explain.explain_catalogue(problem, got, failing, passing, tolerance, extra)
+    return _diagnoses(groups, failing, problem)
+
+
+def _fitted(m) -> bool:
+    return isinstance(m.source, tuple) and m.source[0].fitted
+
+
+def _diagnoses(groups, failing, problem) -> list[Diagnosis]:
+    if not groups:
+        return []
+    full = groups[0][0].full(failing)
+    if full:
+        exact = [g for g in groups if not all(_fitted(m) for m in g)]
+        return [_one(g, problem) for g in (exact or groups)[:SHOWN_GROUPS]]
+    d = _one(groups[0], problem)
+    best = groups[0][0]
+    rest = [q for q in failing if q not in best.explained]
+    broken = f"; it breaks {', '.join(best.broken)}" if best.broken else ""
+    return [Diagnosis(d.key, f"partly explained ({len(best.explained)} of {len(failing)} failing quantities) by "
+                      f"{d.title}", f"{d.detail}; not explained: {', '.join(rest)}{broken}")]
+
+
+def _one(group, problem) -> Diagnosis:
+    head = group[0].source
+    if isinstance(head, tuple):
+        sig, detail = head
+        d = Diagnosis(sig.key, sig.title, detail)
+    else:
+        d = Diagnosis("mutation", f"{head.where} statement, {head.kind}",
+                      head.text(explain.source(problem.module).path))
+    if len(group) > 1:
+        others = [m.source for m in group[1:]]
+        named = [f"{o[0].title}: {o[1]}" if isinstance(o, tuple) else f"{o.kind} in {o.statement}" for o in others]
+        more = f" and {len(named) - 2} more" if len(named) > 2 else ""
+        d.detail += f" (indistinguishable on this case: {'; '.join(named[:2])}{more})"
+    return d
