@@ -7,8 +7,10 @@ mapped by setuptools' package-dir, which griffe's finder does not follow. Import
 
 from __future__ import annotations
 
+import html
 import importlib
 import inspect
+import re
 
 MODULES = [
     ("lstm_spec.spec", ["load", "builtin_cells", "load_all", "Cell"]),
@@ -20,16 +22,26 @@ MODULES = [
     ("lstm_spec.checks.tolerances", ["tolerance", "TOLERANCES"]),
     ("lstm_spec.checks.numeric", ["check_derivatives", "check_float32"]),
     ("lstm_spec.checks.runner", ["verify_cell", "verify_rules", "all_passed"]),
+    ("lstm_spec.conformance", ["load_target", "conform", "default_cases", "format_report",
+                               "ProtocolTarget"]),
 ]
+ROLE = re.compile(r":(?:func|mod|class|meth|attr|data|exc):`[.~]?([^`]+)`")
+
+
+def docstring_html(doc: str) -> str:
+    """A docstring as preformatted text that wraps (class lstm-docstring), its reST roles and double
+    backquotes read as plain names (``:func:`.load``` -> ``load``)."""
+    text = ROLE.sub(r"\1", doc).replace("``", "")
+    return f'<pre class="lstm-docstring">{html.escape(text, quote=False)}</pre>'
 
 
 def _doc(obj) -> str:
     doc = inspect.getdoc(obj)
-    return f"```text\n{doc}\n```\n" if doc else "*(no docstring)*\n"
+    return docstring_html(doc) + "\n" if doc else "*(no docstring)*\n"
 
 
 def page() -> str:
-    out = ["<!-- GENERATED at build time by docs/hooks/lstm_spec_docs/api.py from the modules' docstrings. -->",
+    out = ["<!-- generated at build time from the modules' docstrings -->",
            "# API reference", "",
            "Generated at build time from the docstrings and signatures of the installed package. "
            "Every generated reference module (`lstm_spec.reference.<cell>`) has the same `forward`, "

@@ -1,10 +1,12 @@
-"""The course slides' LSTM backward pseudocode (shared/notes/003_*), implemented literally, and run
+"""The course slides' LSTM backward pseudocode (slides on RNN stability and LSTMs), implemented literally, and run
 through lstm-spec's own numeric checks (``lstm_spec.checks.numeric.check_derivatives``, complex step).
 
 This is documentation code, not reference code: it exists to show, with numbers, where the slides agree
 with the derivation and where they do not. Each departure from the printed pseudocode is a named switch
 (``fix_*``); with every switch off the module does what the slides print, line for line (vectors are row
 vectors as in the slides: ``dzo Woh`` is ``dzo @ Woh``, ``Co dzo`` is the outer product Co dzo).
+``fix_transpose`` is not a correction: in the slides' row-vector convention ``h dzo`` is the gradient laid
+out as W transposed, and the switch reads it that way; off, it is taken for W's gradient as it stands.
 
 The slides' cell has full-matrix peepholes from the old cell into f, i and the candidate (Wfc, Wic, Wcc)
 and from the new cell into o (Woc). Their network puts a softmax output layer on top (their Wo, bo; named
@@ -178,19 +180,20 @@ def make_module(name, *, output_layer: bool, fix_transpose=True, fix_softmax=Tru
 
 
 # ------------------------------------------------------------------------------------------ the report
-VARIANTS = [
-    ("cell backward as printed (weight gradients h dz)",
+VARIANTS = [  # (label, options); "as printed" marks the slides' own text, run as they print it
+    ("cell backward as printed, its weight gradients h dz read in the slides' row-vector layout "
+     "(transposed to the shape of W)", dict(output_layer=False)),
+    ("cell backward, h dz taken for W's gradient as it stands (the row-vector layout misread)",
      dict(output_layer=False, fix_transpose=False)),
-    ("cell backward as printed, D = H so that every shape fits",
+    ("the same misreading with D = H, so that every shape fits",
      dict(output_layer=False, fix_transpose=False, shapes=[(2, 1, 3, 3), (4, 2, 3, 3)])),
-    ("cell backward, weight gradients written dz h^T", dict(output_layer=False)),
     ("network as printed: softmax output differentiated as a sigmoid",
      dict(output_layer=True, fix_softmax=False)),
     ("network as printed: cell called with C(t), h(t) as its previous state",
      dict(output_layer=True, fix_prev_state=False)),
     ("network as printed: output gradient dh(t,L) never reaches the top cell",
      dict(output_layer=True, fix_output_routing=False)),
-    ("network with all four corrections", dict(output_layer=True)),
+    ("network with the three corrections", dict(output_layer=True)),
 ]
 
 

@@ -15,18 +15,84 @@ statements (``latex_name``, ``backward_equations``); they carry ``data-section="
 from __future__ import annotations
 
 import functools
+import hashlib
 import html
+import os
+import pickle
+import sys
+import tempfile
+from pathlib import Path
 
 from lstm_spec.derivations import derive
 from lstm_spec.derivations.render import backward_equations, forward_equations, latex_name
 from lstm_spec.spec import builtin_cells, load
 
 CANONICAL = "lstm"
+CACHE_ENV = "LSTM_SPEC_DOCS_CACHE"  # a folder for the derivation cache, or "off"
+
+
+# ------------------------------------------------------------------------------------------ derivations
+def cache_dir() -> Path | None:
+    """Where derivations are kept between builds: $LSTM_SPEC_DOCS_CACHE, else the user's cache folder."""
+    where = os.environ.get(CACHE_ENV, "")
+    if where == "off":
+        return None
+    if where:
+        return Path(where)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lstm-spec" / "docs-derivations"
+
+
+@functools.cache
+def code_key() -> str:
+    """A digest of everything a derivation depends on besides its spec file: the code of the spec reader
+    and of the derivation, SymPy's version and Python's. Any change there makes every cached one stale."""
+    import sympy
+
+    import lstm_spec.derivations
+    import lstm_spec.spec
+
+    h = hashlib.sha256(f"{sympy.__version__} {sys.version}".encode())
+    for pkg in (lstm_spec.spec, lstm_spec.derivations):
+        for f in sorted(Path(pkg.__file__).parent.glob("*.py")):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _cached(path: Path):
+    try:
+        return pickle.loads(path.read_bytes())  # written by _store below, in the user's own cache folder
+    except Exception:  # missing, partly written, or from an incompatible version: derive again
+        return None
+
+
+def _store(path: Path, d) -> None:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
+            f.write(pickle.dumps(d, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(f.name, path)  # atomic: a concurrent build reads the old file or the new one
+        for old in path.parent.glob(path.name.rsplit("-", 1)[0] + "-*.pickle"):
+            if old != path:
+                old.unlink(missing_ok=True)  # the same cell's derivation under an older key
+    except OSError:
+        pass  # a read-only or full disk only costs the next build the time to derive again
 
 
 @functools.cache
 def derivation(cell: str):
-    return derive(load(cell))
+    """The derivation of a built-in cell, once per build, and kept between builds keyed by the digest of
+    its spec file and of :func:`code_key` (deriving every cell is most of a build's time otherwise)."""
+    spec = load(cell)
+    folder = cache_dir()
+    if folder is None:
+        return derive(spec)
+    key = hashlib.sha256((code_key() + "\0" + spec.source).encode()).hexdigest()[:24]
+    path = folder / f"{cell}-{key}.pickle"
+    d = _cached(path)
+    if d is None or getattr(getattr(d, "cell", None), "source", None) != spec.source:
+        d = derive(spec)
+        _store(path, d)
+    return d
 
 
 def cells() -> list[str]:

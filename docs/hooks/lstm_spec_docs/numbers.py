@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 
 import numpy as np
 
 from lstm_spec.reference import lstm, rnn_tanh
+
+from .text import spec_html
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -31,9 +34,20 @@ def mat(v, digits=3) -> str:
     return "[" + "; ".join(", ".join(f"{a:.{digits}g}" for a in row) for row in v) + "]"
 
 
+def cell_md(value) -> str:
+    """One table cell: a "|" outside a code span would end the cell, so it is written as an entity."""
+    parts = re.split(r"(`[^`]*`)", str(value).replace("\n", " "))
+    return "".join(p if p.startswith("`") else p.replace("|", "&#124;") for p in parts)
+
+
+def labels(*texts: str) -> list[str]:
+    """Row or column labels written in the spec's notation (``c~_t``, ``δh_{t-1}``), as HTML."""
+    return [spec_html(t) for t in texts]
+
+
 def table(header, rows) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    out = ["| " + " | ".join(cell_md(h) for h in header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(cell_md(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
 
 
@@ -95,15 +109,17 @@ def worked_example_md(part: str) -> str:
     p, cache, steps = w["params"], w["cache"], w["steps"]
     if part == "parameters":
         rows = [(g, mat(p[f"W_{g}"]), mat(p[f"U_{g}"]), mat(p[f"b_{g}"])) for g in ("f", "i", "c", "o")]
+        x_t, v_t = labels("x_t", "v_t (= dL/dy_t)")
         return (table(["gate", "W (2 x 2)", "U (2 x 2)", "b"], rows) + "\n\n"
-                + table(["", "t = 1", "t = 2"], [("x_t", fmt(w["x"][0]), fmt(w["x"][1])),
-                                                 ("v_t (= dL/dy_t)", fmt(w["dy"][0]), fmt(w["dy"][1]))]))
+                + table(["", "t = 1", "t = 2"], [(x_t, fmt(w["x"][0]), fmt(w["x"][1])),
+                                                 (v_t, fmt(w["dy"][0]), fmt(w["dy"][1]))]))
     if part == "forward":
         names = [("f_t", "f"), ("i_t", "i"), ("c~_t", "c_tilde"), ("o_t", "o")]
-        rows = [(lbl, fmt(cache[k][0]), fmt(cache[k][1])) for lbl, k in names]
-        rows += [("c_t", fmt(cache["c"][1]), fmt(cache["c"][2])), ("h_t", fmt(cache["h"][1]), fmt(cache["h"][2]))]
+        rows = [(spec_html(lbl), fmt(cache[k][0]), fmt(cache[k][1])) for lbl, k in names]
+        rows += [(spec_html("c_t"), fmt(cache["c"][1]), fmt(cache["c"][2])),
+                 (spec_html("h_t"), fmt(cache["h"][1]), fmt(cache["h"][2]))]
         return (table(["quantity", "t = 1", "t = 2"], rows)
-                + f"\n\nThe loss is L = ⟨v_1, h_1⟩ + ⟨v_2, h_2⟩ = **{w['L']:.6f}**.")
+                + f"\n\nThe loss is L = {spec_html('⟨v_1, h_1⟩ + ⟨v_2, h_2⟩')} = **{w['L']:.6f}**.")
     if part == "backward":
         rows = []
         for t in (2, 1):
@@ -112,20 +128,22 @@ def worked_example_md(part: str) -> str:
             rows.append((f"t = {t}", fmt(s["next"]["h"]), fmt(s["next"]["c"]),
                          fmt(g["b_f"]), fmt(g["b_i"]), fmt(g["b_c"]), fmt(g["b_o"]),
                          fmt(g["h0"]), fmt(g["c0"])))
-        return table(["step", "δh_t^(t+1) (carried in)", "δc_t^(t+1) (carried in)", "δz_f,t", "δz_i,t",
-                      "δz_c,t", "δz_o,t", "δh_t-1 (sent back)", "δc_t-1 (sent back)"], rows)
+        return table(["step", *labels("δh_t^{(t+1)} (carried in)", "δc_t^{(t+1)} (carried in)", "δz_{f,t}",
+                                      "δz_{i,t}", "δz_{c,t}", "δz_{o,t}", "δh_{t-1} (sent back)",
+                                      "δc_{t-1} (sent back)")], rows)
     if part == "params":
         rows = []
         for name in ("W_f", "U_f", "b_f"):
             c1, c2 = steps[1]["grads"][name], steps[2]["grads"][name]
-            rows.append((name, mat(c1, 4), mat(c2, 4), mat(c1 + c2, 4), mat(w["grads"][name], 4),
+            rows.append((spec_html(name), mat(c1, 4), mat(c2, 4), mat(c1 + c2, 4), mat(w["grads"][name], 4),
                          f"{np.max(np.abs(c1 + c2 - w['grads'][name])):.1e}"))
         return table(["parameter", "step 1 contribution", "step 2 contribution", "sum over t",
                       "full backward()", "max difference"], rows)
     if part == "check":
         g = w["grads"]["W_f"][0, 0]
-        return (f"| dL/dW_f[0,0] | value |\n|---|---|\n| reference `backward()` | {g:.15f} |\n"
-                f"| complex step, h = 1e-30 | {w['cs']:.15f} |\n| difference | {abs(g - w['cs']):.1e} |")
+        return table([spec_html("dL/dW_f[0,0]"), "value"],
+                     [("reference `backward()`", f"{g:.15f}"), ("complex step, h = 1e-30", f"{w['cs']:.15f}"),
+                      ("difference", f"{abs(g - w['cs']):.1e}")])
     raise KeyError(part)
 
 
@@ -174,18 +192,19 @@ def ten_step_md(part: str) -> str:
     if part == "trace":
         rows = [(t + 1, f"{e['f'][t]:.4f}", f"{e['i'][t]:.2e}" if e["i"][t] < 0.5 else f"{e['i'][t]:.6f}",
                  f"{e['c'][t]:.4f}") for t in range(10)]
-        return table(["t", "f_t", "i_t", "c_t"], rows)
+        return table(["t", *labels("f_t", "i_t", "c_t")], rows)
     if part == "table":
         e1 = ten_step(1.0 - 1e-12)
         rows = [
-            ("LSTM, f_t = 0.95 (arithmetic)", "0.95^8", f"{0.95 ** 8:.4g}"),
-            ("LSTM, f_t = 0.95 (measured: reference dL/dc_2 over the local factor at t = 10)",
-             "∏ f_t, t = 3..10", f"{e['ratio']:.4g}"),
-            ("LSTM, f_t = 1 (measured)", "∏ f_t", f"{e1['ratio']:.4g}"),
-            ("sigmoid RNN, best case σ'(z) = 0.25 with unit weight (arithmetic)", "0.25^8", f"{0.25 ** 8:.3g}"),
+            (*labels("LSTM, f_t = 0.95 (arithmetic)", "0.95^8"), f"{0.95 ** 8:.4g}"),
+            (*labels("LSTM, f_t = 0.95 (measured: reference dL/dc_2 over the local factor at t = 10)",
+                     "∏ f_t, t = 3..10"), f"{e['ratio']:.4g}"),
+            (*labels("LSTM, f_t = 1 (measured)", "∏ f_t"), f"{e1['ratio']:.4g}"),
+            (*labels("sigmoid RNN, best case σ'(z) = 0.25 with unit weight (arithmetic)", "0.25^8"),
+             f"{0.25 ** 8:.3g}"),
         ]
         for u in (0.5, 0.9, 1.0):
-            rows.append((f"tanh RNN, U = {u} (measured: reference dL_10/dh_2)", "∏ U (1 - h_t^2)",
+            rows.append((*labels(f"tanh RNN, U = {u} (measured: reference dL_10/dh_2)", "∏ U (1 - h_t^2)"),
                          f"{rnn_ten_step(u):.3g}"))
         return table(["cell", "factor from step 10 back to step 2", "value"], rows)
     raise KeyError(part)
@@ -243,8 +262,6 @@ def _svg(fig) -> bytes:
     plt.close(fig)
     text = buf.getvalue()
     # matplotlib stamps a creation date into the SVG; drop it so the build is reproducible
-    import re
-
     text = re.sub(r"<dc:date>.*?</dc:date>", "", text)
     return text.encode()
 
@@ -276,7 +293,7 @@ def flow_table() -> str:
     for label, (dist, norms) in flow_measurements().items():
         for s in norms:
             v = norms[s]
-            rows.append((label, f"∂L_T/∂{s}_t", *(f"{v[list(dist).index(k)]:.2e}" for k in (1, 5, 10, 20, 40))))
+            rows.append((label, spec_html(f"∂L_T/∂{s}_t"), *(f"{v[list(dist).index(k)]:.2e}" for k in (1, 5, 10, 20, 40))))
     return table(["cell", "gradient", "T - t = 1", "5", "10", "20", "40"], rows)
 
 
@@ -336,8 +353,8 @@ def eigen_table() -> str:
         lin = linear_response(U)
         rows.append((f"{r:g}", f"{np.max(np.abs(ev)):.3f}", f"{np.sum(np.abs(ev.imag) > 1e-12)}",
                      f"{lin[20]:.2e}", f"{norms['h'][list(dist).index(20)]:.2e}"))
-    return table(["target ρ(U)", "measured ρ(U)", "complex eigenvalues", "linear ‖h_20‖ (‖h_0‖ = 1)",
-                  "tanh RNN ‖∂L_T/∂h_{T-20}‖"], rows)
+    return table(["target ρ(U)", "measured ρ(U)", "complex eigenvalues",
+                  *labels("linear ‖h_20‖ (‖h_0‖ = 1)", "tanh RNN ‖∂L_T/∂h_{T-20}‖")], rows)
 
 
 # ------------------------------------------------------------------------------------------ truncation
@@ -370,7 +387,8 @@ def truncation(T=40, H=8, D=4, seed=11):
             g = lstm.backward(c, dy[s:s + k], {})
             for n in acc:
                 acc[n] += g[n]
-        out.append((f"truncated BPTT, k1 = k2 = {k}" + (" (= full)" if k == T else ""), *compare(acc)))
+        out.append((f"chunked, k = {k} steps per chunk" + (" (one chunk: full BPTT)" if k == T else ""),
+                    *compare(acc)))
     # cell-only truncation: step by step, the h path cut
     acc = {n: np.zeros_like(v) for n, v in params.items()}
     dc = np.zeros((1, H))
@@ -380,7 +398,7 @@ def truncation(T=40, H=8, D=4, seed=11):
         dc = g["c0"]
         for n in acc:
             acc[n] += g[n]
-    out.append(("cell-only truncation (gradient through h_{t-1} dropped)", *compare(acc)))
+    out.append((spec_html("cell-only truncation (gradient through h_{t-1} dropped at every step)"), *compare(acc)))
     return out
 
 

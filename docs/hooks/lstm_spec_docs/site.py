@@ -13,17 +13,18 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
 
-from . import api, errata, formulas, numbers
+from . import api, catalogue, errata, formulas, numbers, quickstart
+from .text import spec_html
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
 DIRECTIVE = re.compile(r"<!-- lstm-spec: (.+?) -->")
 BENCH_JSON = ROOT / "docs" / "data" / "bench.json"  # written by `lstm-spec bench --json`, committed
-GENERATED_NOTE = ("<!-- GENERATED at build time by docs/hooks/lstm_spec_docs from {src}; "
-                  "edit that, not the built page. -->\n")
+GENERATED_NOTE = "<!-- generated at build time from {src}; edit that, not the built page -->\n"
 
 
 # ------------------------------------------------------------------------------------------ MathJax
@@ -39,16 +40,13 @@ def mathjax_file() -> str:
 
 
 # ------------------------------------------------------------------------------------------ pages
-def cell_title(name: str) -> str:
-    return formulas.derivation(name).cell.title
-
-
 def cell_page(name: str) -> str:
     d = formulas.derivation(name)
     cell = d.cell
     canon = formulas.derivation(formulas.CANONICAL)
-    lines = [GENERATED_NOTE.format(src=f"spec/{name}.toml"), f"# {cell.title} (`{name}`)", "",
-             f"*{cell.summary}*", "", " ".join(cell.description.split()), ""]
+    lines = ["---", f"title: {json.dumps(catalogue.title_plain(name))}", "---",  # the browser tab's title
+             GENERATED_NOTE.format(src=f"spec/{name}.toml"), f"# {catalogue.title_html(name)} (`{name}`)", "",
+             f"*{spec_html(cell.summary)}*", "", spec_html(cell.description), ""]
     dims = lambda q: " x ".join(q.shape)  # noqa: E731
     rows = [(f"`{q.name}`", q.role, dims(q)) for q in list(cell.inputs.values()) + list(cell.states.values())
             + list(cell.parameters.values())]
@@ -120,12 +118,10 @@ def diff_md(a, b) -> str:
 
 
 def cells_index() -> str:
-    rows = [(f"[{cell_title(n)}]({n}.md)", f"`{n}`", formulas.derivation(n).cell.summary,
-             ", ".join(formulas.derivation(n).cell.states)) for n in formulas.cells()]
     return (GENERATED_NOTE.format(src="spec/*.toml") + "# Cells\n\nOne page per cell of the spec "
             "(`lstm_spec.spec.builtin_cells()`), generated at build time from its spec file and its "
-            "derivation. A new spec file gets its page on the next build.\n\n"
-            + numbers.table(["cell", "name", "summary", "states"], rows) + "\n")
+            "derivation, grouped by family (the family follows from what the spec declares). A new spec "
+            "file gets its page on the next build.\n\n" + catalogue.index_md())
 
 
 # ------------------------------------------------------------------------------------------ directives
@@ -195,15 +191,15 @@ def expand(args: list[str]) -> str:
         import importlib
 
         doc = importlib.import_module(rest[0]).__doc__ or ""
-        if what == "layout-table":
-            return "\n".join(line for line in doc.splitlines() if line.startswith("|"))
+        if what == "layout-table":  # the gate order, what conversions get wrong first, as the second column
+            return column_first(doc, "gate order")
         notes = doc.split("Differences that matter when converting", 1)
-        return "Differences that matter when converting" + notes[1] if len(notes) == 2 else ""
+        return without_internal_paths("Differences that matter when converting" + notes[1]) if len(notes) == 2 else ""
     if what == "bug-signatures":
         from lstm_spec.conformance import SIGNATURES
 
         return numbers.table(["key", "bug", "what it means (and where it was reported)"],
-                             [(f"`{s.key}`", s.title, s.explain) for s in SIGNATURES])
+                             [(f"`{s.key}`", spec_html(s.title), spec_html(s.explain)) for s in SIGNATURES])
     if what == "include-code":  # include-code PATH LANG: a file of the repository, verbatim, as a code block
         return f"```{rest[1]}\n" + (ROOT / rest[0]).read_text(encoding="utf-8").rstrip() + "\n```"
     if what == "include":  # include PATH: a markdown file of the repository (it must exist)
@@ -220,15 +216,39 @@ def expand(args: list[str]) -> str:
     if what == "cell-link":  # cell-link NAME [PREFIX]: a link to a cell's page if the cell exists, else its name
         prefix = rest[1] if len(rest) > 1 else ""
         if rest[0] in formulas.cells():
-            return f"[{cell_title(rest[0])}]({prefix}cells/{rest[0]}.md) (`{rest[0]}`)"
+            return f"[{catalogue.title_html(rest[0])}]({prefix}cells/{rest[0]}.md) (`{rest[0]}`)"
         return f"`{rest[0]}` (not in this build)"
     if what.startswith("bench-"):  # bench-table|bench-targets|bench-tools|bench-meta JSON: lstm-spec bench results
         from lstm_spec.bench import report as bench_report
 
         return bench_report.directive(what, ROOT / rest[0])
     if what == "cells":
-        return "\n".join(f"- [{cell_title(n)}](cells/{n}.md) (`{n}`)" for n in formulas.cells())
+        return catalogue.families_md()
+    if what == "quickstart":
+        return quickstart.md()
+    if what == "usage":
+        return quickstart.usage_md()
     raise ValueError(f"unknown directive {what!r}")
+
+
+def column_first(doc: str, name: str) -> str:
+    """The Markdown table of a docstring with the column ``name`` moved next to the first column."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in doc.splitlines()
+            if line.startswith("|")]
+    if not rows or name not in rows[0]:
+        raise ValueError(f"no table with a column {name!r}")
+    k = rows[0].index(name)
+    rows = [r[:1] + [r[k]] + r[1:k] + r[k + 1:] for r in rows]
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+INTERNAL_PATH = re.compile(r"\s*\((?:see (?:also )?)?\.\./shared/[^()]*\)")
+
+
+def without_internal_paths(text: str) -> str:
+    """A docstring shown on a page drops its references to the developers' notes (../shared/...), which
+    are not part of the site and not available to its readers."""
+    return INTERNAL_PATH.sub("", text)
 
 
 def expand_page(markdown: str, where: str = "") -> str:
@@ -243,10 +263,9 @@ def expand_page(markdown: str, where: str = "") -> str:
 
 # ------------------------------------------------------------------------------------------ MkDocs events
 def on_config(config):
-    cells_nav = [{"Overview": "cells/index.md"}] + [{cell_title(n): f"cells/{n}.md"} for n in formulas.cells()]
     for entry in config["nav"] or []:
         if isinstance(entry, dict) and "Cells" in entry:
-            entry["Cells"] = cells_nav
+            entry["Cells"] = catalogue.nav()
     return config
 
 

@@ -21,6 +21,16 @@ DERIVED = re.compile(
 
 
 @functools.cache
+def fresh_derivation(cell: str):
+    """The derivation of a cell computed now, never read from the build's cache (formulas.derivation):
+    what the built pages are compared with, so that a stale cached derivation would show as a mismatch."""
+    from lstm_spec.derivations import derive
+    from lstm_spec.spec import load
+
+    return derive(load(cell))
+
+
+@functools.cache
 def built_site() -> Path:
     """``mkdocs build --strict`` into a temporary folder (once per process); raises with the log on failure."""
     out = Path(tempfile.mkdtemp(prefix="lstm_spec_site_"))

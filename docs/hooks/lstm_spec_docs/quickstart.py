@@ -1,0 +1,68 @@
+"""The quickstart of the Home page and of the conformance guide (one text, shown on both): install, a
+minimal target class (docs/examples/my_lstm.py, included verbatim and run by tests/test_docs_pages.py),
+the command, and a failing report produced while the site is built, by running the command on a
+deliberately broken example of ``lstm_spec.conformance.examples``."""
+
+from __future__ import annotations
+
+import functools
+import shlex
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE = "docs/examples/my_lstm.py"
+USAGE = "docs/examples/usage.py"
+SAMPLE = ["lstm-spec", "conform", "lstm_spec.conformance.examples:broken_gate_order",
+          "--case", "T=1 B=1 D=3 H=2 float64"]
+
+
+@functools.cache
+def sample_report() -> str:
+    """What SAMPLE prints on stdout, produced here through the functions the command calls (its report
+    depends only on the target and the seed). The example is broken on purpose: a report that conforms
+    would no longer show what the page says, and fails the build."""
+    from lstm_spec.conformance.runner import conform, default_cases, expand_variants, format_report
+    from lstm_spec.conformance.targets import load_target
+
+    target = load_target(SAMPLE[2])
+    cases = [c for c in expand_variants(target, default_cases(list(target.cells))) if SAMPLE[4] in c.name]
+    report = conform(target, cases)
+    text = format_report(report)
+    if len(cases) != 1 or report.passed or "DOES NOT CONFORM" not in text:
+        raise RuntimeError(f"quickstart sample: {shlex.join(SAMPLE)} ran {len(cases)} cases and "
+                           f"{'conforms' if report.passed else 'fails'}; expected one failing case")
+    return text
+
+
+def _code(path: str, lang: str, indent: str = "") -> str:
+    text = (ROOT / path).read_text(encoding="utf-8").rstrip()
+    return "\n".join(indent + line if line else "" for line in [f"```{lang}", *text.splitlines(), "```"])
+
+
+def md() -> str:
+    report = "\n".join("    " + line if line else "" for line in sample_report().splitlines())
+    return "\n".join([
+        "1. **Install** (Python 3.11 or later, in a checkout of lstm-spec): `pip install .`",
+        "2. **Describe your LSTM** by a class with a `conformance` dict and a `forward` method; add a "
+        "`backward` and every gradient is compared too ([the protocol](conformance.md#protocol-for-your-own-"
+        "implementation-and-golden-vectors)). The smallest target, [`my_lstm.py`](examples/my_lstm.py):",
+        "",
+        _code(EXAMPLE, "python", "    "),
+        "",
+        "3. **Run** `lstm-spec conform my_lstm.py:MyLSTM`. It runs the same random cases on your code and on "
+        "the reference, compares every output, and ends with `CONFORMS` (exit status 0) or `DOES NOT "
+        "CONFORM` (exit status 1) with the name of the bug that reproduces your numbers.",
+        "",
+        '??? failure "A failing report: one case of an LSTM that swaps two gate blocks"',
+        f"    Produced while this page was built, by `{shlex.join(SAMPLE)}` (a hand-written NumPy LSTM of "
+        "`lstm_spec.conformance.examples` that reads the c and o blocks of its stacked weights swapped). "
+        "Each row compares one quantity with the reference; the diagnosis names the bug.",
+        "",
+        "    ```text",
+        report,
+        "    ```",
+    ])
+
+
+def usage_md() -> str:
+    return _code(USAGE, "python")
