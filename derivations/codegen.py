@@ -413,10 +413,11 @@ def generate_module(d: Derivation) -> str:
     emit('    """')
     emit(f"    p, seq, init, dims = prepare(SIGNATURE, params, {{{', '.join(f'{n!r}: {n}' for n in inputs)}}}, "
          f"{{{', '.join(f'{s!r}: {s}0' for s in states)}}})")
+    emit("    # copies: the cache never holds an array of the caller's, which could change before backward()")
     for n in inputs:
-        emit(f"    {n} = seq[{n!r}]")
+        emit(f"    {n} = seq[{n!r}].copy()")
     for n in cell.parameters:
-        emit(f"    {n} = p[{n!r}]")
+        emit(f"    {n} = p[{n!r}].copy()")
     emit('    T, B = dims["T"], dims["B"]')
     for dim in cell.dimensions:
         emit(f"    {dim} = dims[{dim!r}]")
@@ -498,9 +499,10 @@ def generate_module(d: Derivation) -> str:
         (plan.term_name(s) for s in plan.precomputed | plan.cached_terms if s in plan.refs)) + [
         st.matrix for st in stacks if st.adjoints] + list(cell.parameters)
     emit("    cache = {'dims': dims, 'dtype': dtype, " + ", ".join(f"{n!r}: {n}" for n in cache_items) + "}")
-    emit(f"    final = {{{', '.join(f'{s!r}: {s}[T]' for s in states)}}}")
     emit("    finish_forward(SIGNATURE, cache, nonfinite)")
-    emit(f"    return {out_expr}, final, cache")
+    emit("    # copies: what the caller gets never aliases the cache that backward() reads")
+    emit(f"    final = {{{', '.join(f'{s!r}: {s}[T].copy()' for s in states)}}}")
+    emit(f"    return {out_expr}.copy(), final, cache")
     emit("")
     emit("")
 

@@ -133,31 +133,32 @@ def forward(params, x, h0=None, c0=None, i0=None, f0=None, o0=None, *, nonfinite
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0, 'c': c0, 'i': i0, 'f': f0, 'o': o0})
-    x = seq['x']
-    W_f = p['W_f']
-    U_f = p['U_f']
-    b_f = p['b_f']
-    W_i = p['W_i']
-    U_i = p['U_i']
-    b_i = p['b_i']
-    W_c = p['W_c']
-    U_c = p['U_c']
-    b_c = p['b_c']
-    W_o = p['W_o']
-    U_o = p['U_o']
-    b_o = p['b_o']
-    p_f = p['p_f']
-    p_i = p['p_i']
-    p_o = p['p_o']
-    R_ii = p['R_ii']
-    R_if = p['R_if']
-    R_io = p['R_io']
-    R_fi = p['R_fi']
-    R_ff = p['R_ff']
-    R_fo = p['R_fo']
-    R_oi = p['R_oi']
-    R_of = p['R_of']
-    R_oo = p['R_oo']
+    # copies: the cache never holds an array of the caller's, which could change before backward()
+    x = seq['x'].copy()
+    W_f = p['W_f'].copy()
+    U_f = p['U_f'].copy()
+    b_f = p['b_f'].copy()
+    W_i = p['W_i'].copy()
+    U_i = p['U_i'].copy()
+    b_i = p['b_i'].copy()
+    W_c = p['W_c'].copy()
+    U_c = p['U_c'].copy()
+    b_c = p['b_c'].copy()
+    W_o = p['W_o'].copy()
+    U_o = p['U_o'].copy()
+    b_o = p['b_o'].copy()
+    p_f = p['p_f'].copy()
+    p_i = p['p_i'].copy()
+    p_o = p['p_o'].copy()
+    R_ii = p['R_ii'].copy()
+    R_if = p['R_if'].copy()
+    R_io = p['R_io'].copy()
+    R_fi = p['R_fi'].copy()
+    R_ff = p['R_ff'].copy()
+    R_fo = p['R_fo'].copy()
+    R_oi = p['R_oi'].copy()
+    R_of = p['R_of'].copy()
+    R_oo = p['R_oo'].copy()
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -210,9 +211,10 @@ def forward(params, x, h0=None, c0=None, i0=None, f0=None, o0=None, *, nonfinite
         h[t + 1] = o[t + 1] * tanh_c[t]
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'c': c, 'i': i, 'f': f, 'o': o, 'c_tilde': c_tilde, 'tanh_c': tanh_c, 'S_f_prev': S_f_prev, 'S_i_prev': S_i_prev, 'S_o_prev': S_o_prev, 'S_h_prev': S_h_prev, 'S_x': S_x, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'p_f': p_f, 'p_i': p_i, 'p_o': p_o, 'R_ii': R_ii, 'R_if': R_if, 'R_io': R_io, 'R_fi': R_fi, 'R_ff': R_ff, 'R_fo': R_fo, 'R_oi': R_oi, 'R_of': R_of, 'R_oo': R_oo}
-    final = {'h': h[T], 'c': c[T], 'i': i[T], 'f': f[T], 'o': o[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
-    return h[1:], final, cache
+    # copies: what the caller gets never aliases the cache that backward() reads
+    final = {'h': h[T].copy(), 'c': c[T].copy(), 'i': i[T].copy(), 'f': f[T].copy(), 'o': o[T].copy()}
+    return h[1:].copy(), final, cache
 
 
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):

@@ -87,16 +87,17 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0})
-    x = seq['x']
-    W_r = p['W_r']
-    U_r = p['U_r']
-    b_r = p['b_r']
-    W_z = p['W_z']
-    U_z = p['U_z']
-    b_z = p['b_z']
-    W_n = p['W_n']
-    U_n = p['U_n']
-    b_n = p['b_n']
+    # copies: the cache never holds an array of the caller's, which could change before backward()
+    x = seq['x'].copy()
+    W_r = p['W_r'].copy()
+    U_r = p['U_r'].copy()
+    b_r = p['b_r'].copy()
+    W_z = p['W_z'].copy()
+    U_z = p['U_z'].copy()
+    b_z = p['b_z'].copy()
+    W_n = p['W_n'].copy()
+    U_n = p['U_n'].copy()
+    b_n = p['b_n'].copy()
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -131,9 +132,10 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
         h[t + 1] = (1 - z[t]) * n[t] + z[t] * h[t]
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'r': r, 'z': z, 'rh': rh, 'n': n, 'S_h_prev': S_h_prev, 'S_x': S_x, 'W_r': W_r, 'U_r': U_r, 'b_r': b_r, 'W_z': W_z, 'U_z': U_z, 'b_z': b_z, 'W_n': W_n, 'U_n': U_n, 'b_n': b_n}
-    final = {'h': h[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
-    return h[1:], final, cache
+    # copies: what the caller gets never aliases the cache that backward() reads
+    final = {'h': h[T].copy()}
+    return h[1:].copy(), final, cache
 
 
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):

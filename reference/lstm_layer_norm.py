@@ -211,29 +211,30 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0, 'c': c0})
-    x = seq['x']
-    W_f = p['W_f']
-    U_f = p['U_f']
-    b_f = p['b_f']
-    W_i = p['W_i']
-    U_i = p['U_i']
-    b_i = p['b_i']
-    W_c = p['W_c']
-    U_c = p['U_c']
-    b_c = p['b_c']
-    W_o = p['W_o']
-    U_o = p['U_o']
-    b_o = p['b_o']
-    gx_f = p['gx_f']
-    gx_i = p['gx_i']
-    gx_c = p['gx_c']
-    gx_o = p['gx_o']
-    gh_f = p['gh_f']
-    gh_i = p['gh_i']
-    gh_c = p['gh_c']
-    gh_o = p['gh_o']
-    g_n = p['g_n']
-    b_n = p['b_n']
+    # copies: the cache never holds an array of the caller's, which could change before backward()
+    x = seq['x'].copy()
+    W_f = p['W_f'].copy()
+    U_f = p['U_f'].copy()
+    b_f = p['b_f'].copy()
+    W_i = p['W_i'].copy()
+    U_i = p['U_i'].copy()
+    b_i = p['b_i'].copy()
+    W_c = p['W_c'].copy()
+    U_c = p['U_c'].copy()
+    b_c = p['b_c'].copy()
+    W_o = p['W_o'].copy()
+    U_o = p['U_o'].copy()
+    b_o = p['b_o'].copy()
+    gx_f = p['gx_f'].copy()
+    gx_i = p['gx_i'].copy()
+    gx_c = p['gx_c'].copy()
+    gx_o = p['gx_o'].copy()
+    gh_f = p['gh_f'].copy()
+    gh_i = p['gh_i'].copy()
+    gh_c = p['gh_c'].copy()
+    gh_o = p['gh_o'].copy()
+    g_n = p['g_n'].copy()
+    b_n = p['b_n'].copy()
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -320,9 +321,10 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
         h[t + 1] = o[t] * tanh_h[t]
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'c': c, 'ex_f': ex_f, 'ex_i': ex_i, 'ex_c': ex_c, 'ex_o': ex_o, 'sx': sx, 'eh_f': eh_f, 'eh_i': eh_i, 'eh_c': eh_c, 'eh_o': eh_o, 'sh': sh, 'f': f, 'i': i, 'c_tilde': c_tilde, 'o': o, 'ec': ec, 'sc': sc, 'tanh_h': tanh_h, 'S_x': S_x, 'S_h_prev': S_h_prev, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'gx_f': gx_f, 'gx_i': gx_i, 'gx_c': gx_c, 'gx_o': gx_o, 'gh_f': gh_f, 'gh_i': gh_i, 'gh_c': gh_c, 'gh_o': gh_o, 'g_n': g_n, 'b_n': b_n}
-    final = {'h': h[T], 'c': c[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
-    return h[1:], final, cache
+    # copies: what the caller gets never aliases the cache that backward() reads
+    final = {'h': h[T].copy(), 'c': c[T].copy()}
+    return h[1:].copy(), final, cache
 
 
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):

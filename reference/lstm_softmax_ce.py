@@ -116,22 +116,23 @@ def forward(params, x, target, h0=None, c0=None, *, nonfinite="propagate"):
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x, 'target': target}, {'h': h0, 'c': c0})
-    x = seq['x']
-    target = seq['target']
-    W_f = p['W_f']
-    U_f = p['U_f']
-    b_f = p['b_f']
-    W_i = p['W_i']
-    U_i = p['U_i']
-    b_i = p['b_i']
-    W_c = p['W_c']
-    U_c = p['U_c']
-    b_c = p['b_c']
-    W_o = p['W_o']
-    U_o = p['U_o']
-    b_o = p['b_o']
-    W_hy = p['W_hy']
-    b_y = p['b_y']
+    # copies: the cache never holds an array of the caller's, which could change before backward()
+    x = seq['x'].copy()
+    target = seq['target'].copy()
+    W_f = p['W_f'].copy()
+    U_f = p['U_f'].copy()
+    b_f = p['b_f'].copy()
+    W_i = p['W_i'].copy()
+    U_i = p['U_i'].copy()
+    b_i = p['b_i'].copy()
+    W_c = p['W_c'].copy()
+    U_c = p['U_c'].copy()
+    b_c = p['b_c'].copy()
+    W_o = p['W_o'].copy()
+    U_o = p['U_o'].copy()
+    b_o = p['b_o'].copy()
+    W_hy = p['W_hy'].copy()
+    b_y = p['b_y'].copy()
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -182,9 +183,10 @@ def forward(params, x, target, h0=None, c0=None, *, nonfinite="propagate"):
         loss[t] = -sum_loss
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'target': target, 'h': h, 'c': c, 'f': f, 'i': i, 'c_tilde': c_tilde, 'o': o, 'tanh_c': tanh_c, 'a': a, 'logsumexp_a': logsumexp_a, 'log_p': log_p, 'loss': loss, 'S_h_prev': S_h_prev, 'S_x': S_x, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'W_hy': W_hy, 'b_y': b_y}
-    final = {'h': h[T], 'c': c[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
-    return loss, final, cache
+    # copies: what the caller gets never aliases the cache that backward() reads
+    final = {'h': h[T].copy(), 'c': c[T].copy()}
+    return loss.copy(), final, cache
 
 
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):

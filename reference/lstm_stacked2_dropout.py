@@ -166,33 +166,34 @@ def forward(params, x, m_x, m_1, h10=None, c10=None, h20=None, c20=None, *, nonf
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x, 'm_x': m_x, 'm_1': m_1}, {'h1': h10, 'c1': c10, 'h2': h20, 'c2': c20})
-    x = seq['x']
-    m_x = seq['m_x']
-    m_1 = seq['m_1']
-    W1_f = p['W1_f']
-    U1_f = p['U1_f']
-    b1_f = p['b1_f']
-    W1_i = p['W1_i']
-    U1_i = p['U1_i']
-    b1_i = p['b1_i']
-    W1_c = p['W1_c']
-    U1_c = p['U1_c']
-    b1_c = p['b1_c']
-    W1_o = p['W1_o']
-    U1_o = p['U1_o']
-    b1_o = p['b1_o']
-    W2_f = p['W2_f']
-    U2_f = p['U2_f']
-    b2_f = p['b2_f']
-    W2_i = p['W2_i']
-    U2_i = p['U2_i']
-    b2_i = p['b2_i']
-    W2_c = p['W2_c']
-    U2_c = p['U2_c']
-    b2_c = p['b2_c']
-    W2_o = p['W2_o']
-    U2_o = p['U2_o']
-    b2_o = p['b2_o']
+    # copies: the cache never holds an array of the caller's, which could change before backward()
+    x = seq['x'].copy()
+    m_x = seq['m_x'].copy()
+    m_1 = seq['m_1'].copy()
+    W1_f = p['W1_f'].copy()
+    U1_f = p['U1_f'].copy()
+    b1_f = p['b1_f'].copy()
+    W1_i = p['W1_i'].copy()
+    U1_i = p['U1_i'].copy()
+    b1_i = p['b1_i'].copy()
+    W1_c = p['W1_c'].copy()
+    U1_c = p['U1_c'].copy()
+    b1_c = p['b1_c'].copy()
+    W1_o = p['W1_o'].copy()
+    U1_o = p['U1_o'].copy()
+    b1_o = p['b1_o'].copy()
+    W2_f = p['W2_f'].copy()
+    U2_f = p['U2_f'].copy()
+    b2_f = p['b2_f'].copy()
+    W2_i = p['W2_i'].copy()
+    U2_i = p['U2_i'].copy()
+    b2_i = p['b2_i'].copy()
+    W2_c = p['W2_c'].copy()
+    U2_c = p['U2_c'].copy()
+    b2_c = p['b2_c'].copy()
+    W2_o = p['W2_o'].copy()
+    U2_o = p['U2_o'].copy()
+    b2_o = p['b2_o'].copy()
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -261,9 +262,10 @@ def forward(params, x, m_x, m_1, h10=None, c10=None, h20=None, c20=None, *, nonf
         h2[t + 1] = o2[t] * tanh_c2[t]
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'm_x': m_x, 'm_1': m_1, 'h1': h1, 'c1': c1, 'h2': h2, 'c2': c2, 'x_d': x_d, 'f1': f1, 'i1': i1, 'c1_tilde': c1_tilde, 'o1': o1, 'tanh_c1': tanh_c1, 'h1_d': h1_d, 'f2': f2, 'i2': i2, 'c2_tilde': c2_tilde, 'o2': o2, 'tanh_c2': tanh_c2, 'S_h1_prev': S_h1_prev, 'S_x_d': S_x_d, 'S_h2_prev': S_h2_prev, 'S_h1_d': S_h1_d, 'W1_f': W1_f, 'U1_f': U1_f, 'b1_f': b1_f, 'W1_i': W1_i, 'U1_i': U1_i, 'b1_i': b1_i, 'W1_c': W1_c, 'U1_c': U1_c, 'b1_c': b1_c, 'W1_o': W1_o, 'U1_o': U1_o, 'b1_o': b1_o, 'W2_f': W2_f, 'U2_f': U2_f, 'b2_f': b2_f, 'W2_i': W2_i, 'U2_i': U2_i, 'b2_i': b2_i, 'W2_c': W2_c, 'U2_c': U2_c, 'b2_c': b2_c, 'W2_o': W2_o, 'U2_o': U2_o, 'b2_o': b2_o}
-    final = {'h1': h1[T], 'c1': c1[T], 'h2': h2[T], 'c2': c2[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
-    return h2[1:], final, cache
+    # copies: what the caller gets never aliases the cache that backward() reads
+    final = {'h1': h1[T].copy(), 'c1': c1[T].copy(), 'h2': h2[T].copy(), 'c2': c2[T].copy()}
+    return h2[1:].copy(), final, cache
 
 
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):

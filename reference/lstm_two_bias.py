@@ -108,23 +108,24 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0, 'c': c0})
-    x = seq['x']
-    W_f = p['W_f']
-    U_f = p['U_f']
-    bW_f = p['bW_f']
-    bU_f = p['bU_f']
-    W_i = p['W_i']
-    U_i = p['U_i']
-    bW_i = p['bW_i']
-    bU_i = p['bU_i']
-    W_c = p['W_c']
-    U_c = p['U_c']
-    bW_c = p['bW_c']
-    bU_c = p['bU_c']
-    W_o = p['W_o']
-    U_o = p['U_o']
-    bW_o = p['bW_o']
-    bU_o = p['bU_o']
+    # copies: the cache never holds an array of the caller's, which could change before backward()
+    x = seq['x'].copy()
+    W_f = p['W_f'].copy()
+    U_f = p['U_f'].copy()
+    bW_f = p['bW_f'].copy()
+    bU_f = p['bU_f'].copy()
+    W_i = p['W_i'].copy()
+    U_i = p['U_i'].copy()
+    bW_i = p['bW_i'].copy()
+    bU_i = p['bU_i'].copy()
+    W_c = p['W_c'].copy()
+    U_c = p['U_c'].copy()
+    bW_c = p['bW_c'].copy()
+    bU_c = p['bU_c'].copy()
+    W_o = p['W_o'].copy()
+    U_o = p['U_o'].copy()
+    bW_o = p['bW_o'].copy()
+    bU_o = p['bU_o'].copy()
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -165,9 +166,10 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
         h[t + 1] = o[t] * tanh_c[t]
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'c': c, 'f': f, 'i': i, 'c_tilde': c_tilde, 'o': o, 'tanh_c': tanh_c, 'S_h_prev': S_h_prev, 'S_x': S_x, 'W_f': W_f, 'U_f': U_f, 'bW_f': bW_f, 'bU_f': bU_f, 'W_i': W_i, 'U_i': U_i, 'bW_i': bW_i, 'bU_i': bU_i, 'W_c': W_c, 'U_c': U_c, 'bW_c': bW_c, 'bU_c': bU_c, 'W_o': W_o, 'U_o': U_o, 'bW_o': bW_o, 'bU_o': bU_o}
-    final = {'h': h[T], 'c': c[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
-    return h[1:], final, cache
+    # copies: what the caller gets never aliases the cache that backward() reads
+    final = {'h': h[T].copy(), 'c': c[T].copy()}
+    return h[1:].copy(), final, cache
 
 
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):

@@ -112,21 +112,22 @@ def forward(params, x, m_x, m_h, h0=None, c0=None, *, nonfinite="propagate"):
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x, 'm_x': m_x, 'm_h': m_h}, {'h': h0, 'c': c0})
-    x = seq['x']
-    m_x = seq['m_x']
-    m_h = seq['m_h']
-    W_f = p['W_f']
-    U_f = p['U_f']
-    b_f = p['b_f']
-    W_i = p['W_i']
-    U_i = p['U_i']
-    b_i = p['b_i']
-    W_c = p['W_c']
-    U_c = p['U_c']
-    b_c = p['b_c']
-    W_o = p['W_o']
-    U_o = p['U_o']
-    b_o = p['b_o']
+    # copies: the cache never holds an array of the caller's, which could change before backward()
+    x = seq['x'].copy()
+    m_x = seq['m_x'].copy()
+    m_h = seq['m_h'].copy()
+    W_f = p['W_f'].copy()
+    U_f = p['U_f'].copy()
+    b_f = p['b_f'].copy()
+    W_i = p['W_i'].copy()
+    U_i = p['U_i'].copy()
+    b_i = p['b_i'].copy()
+    W_c = p['W_c'].copy()
+    U_c = p['U_c'].copy()
+    b_c = p['b_c'].copy()
+    W_o = p['W_o'].copy()
+    U_o = p['U_o'].copy()
+    b_o = p['b_o'].copy()
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -169,9 +170,10 @@ def forward(params, x, m_x, m_h, h0=None, c0=None, *, nonfinite="propagate"):
         h[t + 1] = o[t] * tanh_c[t]
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'm_x': m_x, 'm_h': m_h, 'h': h, 'c': c, 'x_d': x_d, 'h_d': h_d, 'f': f, 'i': i, 'c_tilde': c_tilde, 'o': o, 'tanh_c': tanh_c, 'S_h_d': S_h_d, 'S_x_d': S_x_d, 'W_f': W_f, 'U_f': U_f, 'b_f': b_f, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o}
-    final = {'h': h[T], 'c': c[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
-    return h[1:], final, cache
+    # copies: what the caller gets never aliases the cache that backward() reads
+    final = {'h': h[T].copy(), 'c': c[T].copy()}
+    return h[1:].copy(), final, cache
 
 
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):

@@ -56,10 +56,11 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0})
-    x = seq['x']
-    W = p['W']
-    U = p['U']
-    b = p['b']
+    # copies: the cache never holds an array of the caller's, which could change before backward()
+    x = seq['x'].copy()
+    W = p['W'].copy()
+    U = p['U'].copy()
+    b = p['b'].copy()
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -77,9 +78,10 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
         tanh(z, out=h[t + 1])
 
     cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'W': W, 'U': U, 'b': b}
-    final = {'h': h[T]}
     finish_forward(SIGNATURE, cache, nonfinite)
-    return h[1:], final, cache
+    # copies: what the caller gets never aliases the cache that backward() reads
+    final = {'h': h[T].copy()}
+    return h[1:].copy(), final, cache
 
 
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
