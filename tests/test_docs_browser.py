@@ -75,6 +75,7 @@ return out;
 # the inside of a typeset formula (its size is checked as a whole).
 LAYOUT_STATE = r"""
 const out = {tiny: [], clipped: [], page: null};
+document.querySelectorAll('details').forEach(d => { d.open = true; });  // what a reader may unfold
 for (const el of document.querySelectorAll('.arithmatex')) {
   const c = el.querySelector('mjx-container');
   if (!c) continue;
