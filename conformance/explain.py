@@ -436,6 +436,16 @@ def _carries(src: Source, add):
                     fixed = (ret, src.lines[ret].replace(n, v))
                     add(kind + ", the step-0 gradient still returned", "backward", k, [carry, fixed])
             _ = st
+        if len(lhs) > 1:  # every carry at once (one loop forgets them all)
+            for what, rep in (("kept at the final-state cotangents", lambda n, v: f"d_final['{n[2:-5]}']"),
+                              ("zero", lambda n, v: f"0 * {v}")):
+                carry = (k, f"{m.group(1)}{m.group(2)} = {', '.join(rep(n, v) for n, v in zip(lhs, rhs))}")
+                kind = f"no carry passed on ({what})"
+                add(kind, "backward", k, [carry])
+                rets = [(r, src.lines[r].replace(n, v)) for n, v in zip(lhs, rhs) for r in src.returned
+                        if re.search(rf"'{n[2:-5]}0': {n},", src.lines[r])]
+                if rets:
+                    add(kind + ", the step-0 gradients still returned", "backward", k, [carry] + rets)
 
 
 def _returned(src: Source, add):
@@ -627,7 +637,9 @@ def _pairs(problem, got, failing, passing, tol, biases, with_grads, matches) -> 
             top.append(x)
         if len(top) == TOP_SINGLES:
             break
-    out = []
+    out = _forward_with_backward(problem, got, failing, passing, tol, biases, with_grads, top)
+    if out:
+        return out
     for a_i, a in enumerate(top):
         for b in top[a_i + 1:]:
             if not set(a.explained) - set(b.explained) or not set(b.explained) - set(a.explained):
@@ -661,3 +673,25 @@ def explain_catalogue(problem: Problem, got: dict, failing: list, passing: list,
         _add(matches, problem, got, failing, passing, pred, tol_ or tol, src_)
     full = [x for x in matches if x.full(failing)]
     return _group(problem, full, failing + passing, tol)
+
+
+FORWARD_PAIRED = 2  # forward mutations that reproduce the outputs, paired with every backward one
+
+
+def _forward_with_backward(problem, got, failing, passing, tol, biases, with_grads, top) -> list:
+    """A forward change that reproduces every failing output, with the backward changed to match (the
+    backward of the changed forward, written by hand): the forward mutation paired with each backward one."""
+    outs = [q for q in failing if _is_output(q)]
+    fwd = [x for x in top if x.source.where == "forward" and outs and all(q in x.explained for q in outs)]
+    if not fwd or not with_grads:
+        return []
+    back = [m for m in mutations(problem.module) if m.where == "backward"]
+    out = []
+    for a in fwd[:FORWARD_PAIRED]:
+        for b in back:
+            m = combine(a.source, b)
+            pred = predict(problem, m, biases, with_grads) if m else None
+            s = score(problem, got, failing, passing, pred, tol) if pred is not None else None
+            if s and len(s[0]) == len(failing) and not s[1]:
+                out.append(Match(m.key, s[0], s[1], pred, m))
+    return out
