@@ -628,7 +628,7 @@ def generate_module(d: Derivation) -> str:
                 emit(f"    {name} = np.zeros_like({i.name})")
             else:
                 text = printer_all.doprint(reorder(e, d.symbols))
-                if isinstance(e, sympy.Symbol):
+                if isinstance(e, sympy.Symbol) and d.shape(e) == cell.parameters[i.name].shape:
                     emit(f"    {name} = " + SUM_VJP.format(e=text))
                 else:
                     emit(f"    {name} = " + SUM_VJP.format(e=f"np.broadcast_to({text}, (T, B) + {i.name}.shape)"))

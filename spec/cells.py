@@ -151,10 +151,17 @@ class Cell:
         return f"the spec of cell {self.name!r}"
 
 
-def _parse_shape(text, where) -> tuple[str, ...]:
+def _parse_shape(text, where, dims=()) -> tuple[str, ...]:
+    """"H" or "H x D" (or "H×D"); "HxD" too when H and D are declared dimensions. A dimension whose name holds
+    an x (q_x, x0) is one dimension: only an x between spaces (or ×) separates two."""
     if not isinstance(text, str) or len(text) > 2 * MAX_NAME_LENGTH + 10:
         raise SpecError(f"{where}: a shape is a string such as \"H\" or \"H x D\", got {text!r}")
-    parts = [p.strip() for p in re.split(r"\s*[x×]\s*", text.strip())] if text.strip() else []
+    text = text.strip()
+    parts = [p.strip() for p in re.split(r"\s+x\s+|\s*×\s*", text)] if text else []
+    if len(parts) == 1 and parts[0] not in dims:
+        compact = re.split(r"x", parts[0])
+        if len(compact) == 2 and all(p in dims for p in compact):
+            parts = compact
     if not 1 <= len(parts) <= 2 or not all(IDENTIFIER.match(p) or p == SCALAR for p in parts):
         raise SpecError(f"{where}: bad shape {text!r}; write \"H\" for a vector or \"H x D\" for a matrix")
     return tuple(parts)
@@ -374,7 +381,7 @@ def _build(data: dict, source: str, path: Path) -> Cell:
             _check_name(qname, loc, role)
             if qname in declared:
                 raise SpecError(f"{loc}: {qname!r} is declared twice")
-            shape = _parse_shape(shape_text, loc)
+            shape = _parse_shape(shape_text, loc, dims)
             for d in shape:
                 if d not in dims and d != SCALAR:
                     raise SpecError(f"{loc}: dimension {d!r} is not declared in [dimensions]")

@@ -127,6 +127,25 @@ def test_a_renamed_cell_computes_what_the_original_does(tmp_path, cell, old, new
         assert np.allclose(g1[k], g0[k], rtol=1e-11, atol=1e-12), k
 
 
+def test_a_dimension_whose_name_holds_an_x_is_one_dimension(tmp_path):
+    """Found by the grown fuzzer: "H x q_x" was split at every x ('bad shape'), so a dimension called q_x
+    or x0 could be declared but never used."""
+    text = spec("h = tanh(W @ x + U @ h[t-1] + b)").replace('D = "in"', 'q_x = "in"').replace(
+        'x = "D"', 'x = "q_x"').replace('W = "H x D"', 'W = "H x q_x"')
+    assert load(write_spec(tmp_path, text)).parameters["W"].shape == ("H", "q_x")
+    compact = spec("h = tanh(W @ x + U @ h[t-1] + b)").replace('W = "H x D"', 'W = "HxD"')
+    assert load(write_spec(tmp_path, compact, "compact.toml")).parameters["W"].shape == ("H", "D")
+
+
+def test_a_bias_read_only_inside_a_reduction_gets_a_gradient_of_its_shape(tmp_path):
+    """Found by the grown fuzzer's complex-step property: in total(b2 + W @ x) the bias' adjoint is one value
+    per sample, and its gradient came back with shape (1,) instead of (H,)."""
+    funcs = 'tanh = "tanh"\ntotal = "sum"'
+    params = PARAMS + '\nb2 = "H"'
+    module = module_of(tmp_path, spec("h = tanh(total(b2 + W @ x) * b + U @ h[t-1])", params, funcs))
+    assert complex_step_error(module) < CS_TOL
+
+
 # ----------------------------------------------------------------------------------------- item 9
 def test_every_name_the_runtime_exports_is_reserved(tmp_path):
     """The reserved names come from the runtime module itself (they missed unit_mean, unit_count, rsqrt)."""
