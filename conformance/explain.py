@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from lstm_spec.checks.mutants import load_module
 
 from .compare import compare
@@ -294,7 +293,7 @@ def _index_edits(src: Source, node, in_loop: bool):
     if idx == "t":
         opts = ["t + 1", "t + (t > 0)", "max(t - 1, 0)", f"min(t + 1, len({base}) - 1)"]
     elif idx == "t + 1":
-        opts = ["t", "t + 1 - (t + 1 < len({b}))".format(b=base), "min(t + 2, len({b}) - 1)".format(b=base)]
+        opts = ["t", f"t + 1 - (t + 1 < len({base}))", f"min(t + 2, len({base}) - 1)"]
     else:
         return
     for o in opts:
@@ -368,9 +367,9 @@ def _param_lines(src: Source) -> list:
     out = []
     for k in src.after_loop:
         lhs = _lhs(src.lines[k])
-        if (lhs.startswith("d_S_") and lhs[2:] in src.stacks) or lhs[2:] in params:
-            if "split_" not in src.lines[k]:
-                out.append(k)
+        grad = (lhs.startswith("d_S_") and lhs[2:] in src.stacks) or lhs[2:] in params
+        if grad and "split_" not in src.lines[k]:
+            out.append(k)
     return out
 
 
@@ -649,7 +648,7 @@ def _pairs(problem, got, failing, passing, tol, biases, with_grads, matches) -> 
             if pred is None:
                 continue
             s = score(problem, got, failing, passing, pred, tol)
-            if s and len(s[0]) == len(failing) and not s[1]:  # noqa: SIM102
+            if s and len(s[0]) == len(failing) and not s[1]:
                 out.append(Match(m.key, s[0], s[1], pred, m))
     return out
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import inspect
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
-
 from lstm_spec.checks.mutants import load_module
 from lstm_spec.checks.tolerances import TOLERANCES
 
@@ -53,8 +52,9 @@ def _nb(problem, target) -> int:
     return problem.extra.get("biases", target.biases)
 
 
-def _ref(problem, target, module=None, dtype="float64", direction=None):
-    return expected(problem, module=module, dtype=dtype, biases=_nb(problem, target), with_grads=target.has_gradients,
+def _ref(problem, target, module=None, dtype="float64", direction=None, with_grads=None):
+    grads = target.has_gradients if with_grads is None else with_grads
+    return expected(problem, module=module, dtype=dtype, biases=_nb(problem, target), with_grads=grads,
                     direction=direction)
 
 
@@ -127,11 +127,47 @@ def _permuted(problem, target, got):
 
 
 def _forget_bias(problem, target, got):
-    if "b_f" not in problem.params[0]:
+    """A constant k added to z_f at every step, k fitted to the target's outputs; with the gradient of that
+    forward, and with the reference's gradients (a backward that recomputes the gates without k)."""
+    if "b_f" not in problem.params[0] or got.get("y") is None:
         return
-    for fb in (1.0,):
-        yield f"forget_bias = {fb} added to z_f at every step", _ref(
-            _with_params(problem, lambda p: p.__setitem__("b_f", p["b_f"] + fb)), target), None
+    shifted = lambda k: _with_params(problem, lambda p: p.__setitem__("b_f", p["b_f"] + k))
+    k = _fit(lambda k: _ref(shifted(k), target, with_grads=False)["y"], np.asarray(got["y"], np.float64))
+    if k is None or abs(k) < 1e-9:
+        return
+    res = _ref(shifted(k), target)
+    yield f"forget_bias = {k:.4g} added to z_f at every step", res, None
+    if target.has_gradients:
+        base = _ref(problem, target)
+        detail = f"forget_bias = {k:.4g} added to z_f in the forward only (the backward recomputes the gates without it)"
+        yield (detail, {q: (base[q] if q.startswith("d ") else v) for q, v in res.items()}, None)
+
+
+def _fit(model, target: np.ndarray, starts=(-2.0, -1.0, -0.5, 0.5, 1.0, 2.0), steps: int = 8):
+    """The constant k for which model(k) is closest to ``target`` (least squares, Gauss-Newton from the
+    best of a few starts); None when the shapes differ."""
+    if model(0.0).shape != target.shape:
+        return None
+    err = lambda k: float(np.sum((model(k) - target) ** 2))
+    k = min(starts, key=err)
+    for _ in range(steps):
+        r, h = model(k) - target, 1e-6
+        J = (model(k + h) - model(k - h)) / (2 * h)
+        jj = float(np.sum(J * J))
+        if jj == 0:
+            break
+        dk = float(np.sum(J * r)) / jj
+        k -= dk
+        if abs(dk) < 1e-13 * max(1.0, abs(k)):
+            break
+    return k
+
+
+def _lengths_ignored(problem, target, got):
+    if problem.lengths is None or not problem.case.single or problem.case.direction != "forward":
+        return
+    detail = "sequence lengths ignored for the final states (the state runs through the padded steps: the states after step T)"
+    yield (detail, _ref(problem.with_(lengths=None), target), None)
 
 
 def _bias_twice(problem, target, got):
@@ -171,7 +207,7 @@ def _bias_dropped(problem, target, got):
 def _reversed(problem, target, got):
     if not problem.case.single:
         return
-    flip = lambda r: {k: (v[::-1] if k == "y" else v) for k, v in r.items()}  # noqa: E731
+    flip = lambda r: {k: (v[::-1] if k == "y" else v) for k, v in r.items()}
     res = flip(_ref(problem.with_(dy=problem.dy[::-1].copy()), target))
     yield "outputs returned in reversed time order", res, None
     other = "forward" if problem.case.direction == "reverse" else "reverse"
@@ -187,7 +223,7 @@ def _final_off_by_one(problem, target, got):
         return
     mod = problem.module
     st = problem.states
-    f64 = lambda d: {k: np.asarray(v, np.float64) for k, v in d.items()}  # noqa: E731
+    f64 = lambda d: {k: np.asarray(v, np.float64) for k, v in d.items()}
     params, init, x = f64(problem.params[0]), f64(problem.init[0]), problem.x.astype(np.float64)
     T = x.shape[0]
     dy = problem.dy.astype(np.float64)
@@ -310,8 +346,8 @@ SIGNATURES = [
               "the gate blocks of the weights and biases are read in a different order than declared "
               "(tensorflow #29308, coremltools #93, keras #8720)", _permuted),
     Signature("forget_bias_runtime", "forget bias added at run time",
-              "a constant forget bias (TF1 forget_bias) added to the forget gate's pre-activation at every "
-              "step on top of the stored bias", _forget_bias),
+              "a constant forget bias (TF1 forget_bias; its value fitted to the target's outputs) added to the "
+              "forget gate's pre-activation at every step on top of the stored bias", _forget_bias),
     Signature("bias_twice", "bias counted twice",
               "the bias is added twice (a single bias mapped to both sides of a two-bias layout)", _bias_twice),
     Signature("bias_dropped", "a bias dropped",
@@ -340,6 +376,9 @@ SIGNATURES = [
     Signature("grad_clipped", "silent gradient clipping",
               "parameter gradients clipped (elementwise or by global norm) before being returned", _clipped,
               fitted=True),
+    Signature("lengths_ignored", "sequence lengths ignored",
+              "the final states are those after step T, not after each sequence's last valid step (outputs at "
+              "padded steps zeroed, the state run through them)", _lengths_ignored),
     Signature("reduced_precision", "reduced internal precision",
               "a float64 interface computing in float32 inside", _precision),
 ]
@@ -362,7 +401,7 @@ def _catalogue(problem: Problem, target, got: dict) -> list:
         try:
             for detail, pred, tol in sig.candidates(problem, target, got):
                 out.append(((sig, detail), pred, tol))
-        except Exception:  # noqa: BLE001 - a signature that cannot apply is just not a match
+        except Exception:  # noqa: BLE001, S112 - a signature that cannot apply is just not a match
             continue
     return out
 

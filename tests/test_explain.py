@@ -5,7 +5,6 @@ get no diagnosis."""
 
 import numpy as np
 import pytest
-
 from lstm_spec.conformance import explain
 from lstm_spec.conformance.compare import compare
 from lstm_spec.conformance.problem import Case, expected, make_problem
@@ -50,14 +49,14 @@ def _round_trip(cell, shape, every=1):
 @pytest.mark.parametrize("cell", ["lstm", "gru_reset_after", "peephole"])
 def test_round_trip_sample(cell):
     """Every 40th generated mutation of the cell (a fast subset of the full round trip)."""
-    muts, missed = _round_trip(cell, (3, 2, 3, 2), every=40)
+    _muts, missed = _round_trip(cell, (3, 2, 3, 2), every=40)
     assert not missed, missed
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru_reset_after"])
 def test_round_trip_every_mutation(cell):
-    muts, missed = _round_trip(cell, (3, 2, 3, 2))
+    _muts, missed = _round_trip(cell, (3, 2, 3, 2))
     assert not missed, missed
 
 
