@@ -15,10 +15,10 @@ import builtins
 import functools
 import keyword
 import os
-import stat
-import unicodedata
 import re
+import stat
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path

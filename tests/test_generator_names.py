@@ -97,8 +97,9 @@ def _rename_keys(d, old, new):
 
 # (cell, quantity, new name): each one crashed or gave wrong numbers (issue 13 items 4 and 9)
 RENAMES = [
-    ("rnn_tanh", "z", "S_x"), ("rnn_tanh", "z", "W_x"), ("rnn_tanh", "z", "unit_count"), ("gru_reset_after", "n", "tmp0"),
-    ("gru_reset_after", "b_hn", "tmp0"), ("gru_reset_after", "a_r", "Z0"), ("gru_reset_after", "W_n", "S"),
+    ("rnn_tanh", "z", "S_x"), ("rnn_tanh", "z", "W_x"), ("rnn_tanh", "z", "unit_count"),
+    ("gru_reset_after", "n", "tmp0"), ("gru_reset_after", "b_hn", "tmp0"), ("gru_reset_after", "a_r", "Z0"),
+    ("gru_reset_after", "W_n", "S"),
     ("lstm", "f", "Z0"), ("lstm", "U_f", "S"), ("lstm", "c", "Z0"), ("lstm", "z_o", "tanh_c"),
     ("lstm_layer_norm", "sc", "unit_mean"),
 ]
