@@ -297,6 +297,24 @@ def _check_defined(expr, cell: Cell, forward: list[ForwardEquation], idx: int, w
                     "is something divided by zero?")
 
 
+_REDUCTIONS = tuple(fk.sympy_function for fk in FUNCTIONS.values() if fk.reduction)
+
+
+def _per_unit(expr, symbols: Symbols, shape_of) -> bool:
+    """Whether a per-unit expression varies over units: it reads a vector outside every reduction."""
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, _REDUCTIONS):
+            continue
+        if isinstance(e, sympy.Symbol):
+            if symbols.info[e].kind in ("value", "prev", "term", "param") and shape_of(e) != ("1",):
+                return True
+            continue
+        stack.extend(e.args)
+    return False
+
+
 def _differentiable(expr, symbols: Symbols):
     return sorted((s for s in expr.free_symbols if symbols.info[s].kind in ("value", "prev", "term", "param")),
                   key=lambda s: s.name)
@@ -363,8 +381,11 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
             _check_defined(partial, cell, forward, idx, f"the derivative of {fe.lhs} with respect to {a}")
             # a zero adjoint (e.g. under stop_gradient) sends nothing: its statement is then dead and dropped
             contribution = (sympy.S.Zero if d_lhs_expr == 0 and not mv else d_lhs) * partial
-            if shape_of(a) == ("1",) and fe.shape != ("1",) and contribution != 0:
-                contribution = UnitSum(contribution)  # a per-sample value used by every unit
+            if shape_of(a) == ("1",) and contribution != 0 and (
+                    fe.shape != ("1",) or _per_unit(partial, symbols, shape_of)):
+                # a per-sample value used by every unit (of the result, or of a reduction's argument:
+                # lse(s * v) sends sum_k softmax_k v_k to s)
+                contribution = UnitSum(contribution)
             add(a, contribution)
 
         for term, first in first_use.items():

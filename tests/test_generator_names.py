@@ -147,6 +147,16 @@ def test_a_bias_read_only_inside_a_reduction_gets_a_gradient_of_its_shape(tmp_pa
     assert complex_step_error(module) < CS_TOL
 
 
+def test_a_per_sample_value_inside_a_reduction_gets_the_sum_over_its_units(tmp_path):
+    """Found by the 10^4 run of the grown fuzzer: in lse(total(a) * v) the per-sample total(a) receives
+    sum_k softmax_k v_k, but the derivation sent it the per-unit softmax_k v_k (its result being one value
+    per sample too): gradients off by 0.8."""
+    funcs = 'tanh = "tanh"\ntotal = "sum"\nlse = "logsumexp"'
+    params = PARAMS + '\nM = "H x H"'
+    eqs = "a = M @ h[t-1]\nv = W @ x\nh = tanh(lse(total(a) * v) * b + U @ h[t-1])"
+    assert complex_step_error(module_of(tmp_path, spec(eqs, params, funcs))) < CS_TOL
+
+
 # ----------------------------------------------------------------------------------------- item 9
 def test_every_name_the_runtime_exports_is_reserved(tmp_path):
     """The reserved names come from the runtime module itself (they missed unit_mean, unit_count, rsqrt)."""
