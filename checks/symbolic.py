@@ -38,6 +38,7 @@ import numbers
 
 import numpy as np
 import sympy
+from sympy.core.parameters import evaluate as sympy_evaluate
 
 from lstm_spec.derivations.functions import (Clip, ClipMask, Exp, LogSumExp, LogSumExpN, Rsqrt, Sigmoid,
                                              StopGradient, UnitCount, UnitMean, UnitSum)
@@ -267,6 +268,7 @@ class PointTape:
         self._const_nodes: dict = {}
         self._symbols: dict = {}  # SymPy stand-in symbol -> node (for SymPy functions applied to nodes)
         self._symbol_of: dict = {}
+        self._converted: dict = {}  # id of a SymPy expression -> (its node, the expression, kept alive)
 
     # recording
     def _record(self, value, operands=(), partials=()) -> Node:
@@ -344,10 +346,6 @@ class PointTape:
 
     def apply(self, func, args) -> Node:
         args = [self.lift(a) for a in args]
-        if all(a.index in self.constants for a in args):  # SymPy may evaluate it (tanh(0), a Float)
-            built = func(*[self.constants[a.index] for a in args])
-            if not isinstance(built, func):
-                return self.from_sympy(built)
         values = tuple(a.value for a in args)
         partials = tuple(0 if a.index in self.constants else _rule_at(func, k, values, self.salt)
                          for k, a in enumerate(args))
@@ -362,33 +360,40 @@ class PointTape:
         return sym
 
     def from_sympy(self, expr) -> Node:
-        """A SymPy expression whose symbols are nodes' stand-ins (a SymPy function applied to nodes)."""
-        memo: dict = {}
+        """A SymPy expression whose symbols are nodes' stand-ins (a SymPy function applied to nodes), evaluated
+        (built or not) node by node: each subexpression once per tape, iteratively (any depth)."""
+        expr = sympy.sympify(expr)
+        stack = [expr]
+        while stack:
+            e = stack[-1]
+            if id(e) in self._converted:
+                stack.pop()
+                continue
+            todo = [a for a in _operands(e) if id(a) not in self._converted]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            self._converted[id(e)] = (self._convert(e, [self._converted[id(a)][0] for a in _operands(e)]), e)
+        return self._converted[id(expr)][0]
 
-        def go(e):
-            hit = memo.get(id(e))
-            if hit is not None:
-                return hit[0]
-            if e.is_Symbol:
-                if e not in self._symbols:
-                    raise TypeError(f"cannot evaluate the free symbol {e} at the point")
-                out = self._symbols[e]
-            elif e.is_Number:
-                out = self.const(e)
-            elif e.is_Add or e.is_Mul:
-                out = go(e.args[0])
-                for a in e.args[1:]:
-                    out = self.add(out, go(a)) if e.is_Add else self.mul(out, go(a))
-            elif e.is_Pow:
-                out = self.power(go(e.base), e.exp)
-            elif isinstance(e, ATOM_FUNCTIONS):
-                out = self.apply(e.func, [go(a) for a in e.args])
-            else:
-                raise TypeError(f"cannot evaluate {type(e).__name__} exactly")
-            memo[id(e)] = (out, e)
+    def _convert(self, e, args) -> Node:
+        if e.is_Symbol:
+            if e not in self._symbols:
+                raise TypeError(f"cannot evaluate the free symbol {e} at the point")
+            return self._symbols[e]
+        if e.is_Number:
+            return self.const(e)
+        if e.is_Add or e.is_Mul:
+            out = args[0]
+            for a in args[1:]:
+                out = self.add(out, a) if e.is_Add else self.mul(out, a)
             return out
-
-        return go(sympy.sympify(expr))
+        if e.is_Pow:
+            return self.power(args[0], e.exp)
+        if isinstance(e, ATOM_FUNCTIONS):
+            return self.apply(e.func, args)
+        raise TypeError(f"cannot evaluate {type(e).__name__} exactly")
 
     def value_of(self, x) -> int:
         return self.lift(x).value
@@ -406,6 +411,13 @@ class PointTape:
                 for j, d in zip(operands[i], partials[i]):
                     adj[j] = (adj[j] + a * d) % P
         return adj
+
+
+def _operands(e) -> tuple:
+    """The subexpressions from_sympy evaluates first: none for a symbol, a number, or a power's exponent."""
+    if e.is_Symbol or e.is_Number:
+        return ()
+    return (e.base,) if e.is_Pow else e.args
 
 
 _RULES: dict = {}
@@ -620,9 +632,17 @@ def explicit(expr, env, k, alg=SYMPY):
     """Unit k of a per-unit expression on explicit values: the expression evaluated with the algebra's
     operations (never substituted into and expanded). Reductions (sum, mean, logsumexp) range over the units
     of their argument, a unit count is the length of its longest argument, and a per-sample value
-    broadcasts to every unit."""
+    broadcasts to every unit. Each subexpression is evaluated once per unit and each reduction once (its value
+    is the same for every unit): nested reductions cost units x size, not units^depth."""
+    memo: dict = {}
 
     def ev(e, k):
+        key = (id(e), None if isinstance(e, REDUCTIONS) else k)
+        if key not in memo:
+            memo[key] = (_ev(e, k), e)
+        return memo[key][0]
+
+    def _ev(e, k):
         if e.is_Symbol:
             v = env[e]
             return v if _is_matrix(v) else (v[k] if len(v) > 1 else v[0])
@@ -883,8 +903,11 @@ def _unrolled_loss(d: Derivation, sizes: dict, a: dict, T: int, B: int, alg):
     return L
 
 
-def _run_module(module, a: dict) -> dict:
-    with symbolic():
+def _run_module(module, a: dict, build: bool = True) -> dict:
+    """forward and backward of the module on the leaves. build=False (on a tape): what the runtime's SymPy
+    functions return and any arithmetic among those is left unevaluated, so SymPy never simplifies (asks
+    assumptions of) a deep expression; the tape evaluates it node by node when it meets a node."""
+    with symbolic(), sympy_evaluate(build):
         _, _, cache = module.forward(a["params"], **a["seq"], **{f"{s}0": v for s, v in a["init"].items()})
         return module.backward(cache, a["dy"], a["d_final"])
 
@@ -914,7 +937,7 @@ def _unrolled_at_points(d: Derivation, module, T, B, sizes, stop_after) -> dict:
         a = _unrolled_arrays(module.SIGNATURE, sizes, T, B, tape)
         adj = tape.adjoints(_unrolled_loss(d, sizes, a, T, B, tape))
         try:
-            entries, failures = _entries(a, _run_module(module, a))
+            entries, failures = _entries(a, _run_module(module, a, build=False))
             differ |= {k for k, (_, leaf, g) in enumerate(entries) if adj[leaf.index] != tape.value_of(g)}
         except Exception as exc:
             return _broken(exc)
