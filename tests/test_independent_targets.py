@@ -156,7 +156,6 @@ PARTIAL = [e for e in MANIFEST if e.get("partial")]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 14: a quantity not returned still feeds the diagnosis")
 @pytest.mark.parametrize("entry", PARTIAL, ids=[e["file"][:-3] for e in PARTIAL])
 def test_conform_gives_no_diagnosis_to_a_correct_target_with_missing_gradients(entry, capfd):
     _, report = conform(entry, capfd)
