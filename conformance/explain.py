@@ -637,6 +637,14 @@ def _pairs(problem, got, failing, passing, tol, biases, with_grads, matches) -> 
         if len(top) == TOP_SINGLES:
             break
     out = _forward_with_backward(problem, got, failing, passing, tol, biases, with_grads, top)
+    if out or not top:
+        return out
+    for b in mutations(problem.module):  # the best partial one with every other change
+        m = combine(top[0].source, b) if b.where == top[0].source.where else None
+        pred = predict(problem, m, biases, with_grads) if m else None
+        s = score(problem, got, failing, passing, pred, tol) if pred is not None else None
+        if s and len(s[0]) == len(failing) and not s[1]:
+            out.append(Match(m.key, s[0], s[1], pred, m))
     if out:
         return out
     for a_i, a in enumerate(top):
