@@ -48,11 +48,12 @@ def cmd_conform(args) -> int:
             if not cases:
                 print(f"lstm-spec conform: no case name contains {args.case!r}", file=sys.stderr)
                 return 2
+        cases = expand_variants(target, cases)  # the count printed is the count run
         t0 = time.perf_counter()
         where = f"a worker process, timeout {args.timeout:g} s per case" if args.timeout else "this process, no timeout"
         print(f"lstm-spec conform: {target.name}, {len(cases)} cases, in {where}", file=sys.stderr)
         report = conform(target, cases, progress=None if args.quiet else stderr_progress, timeout=args.timeout or None)
-        print(format_report(report, verbose=not args.failures_only, timings=args.timings))
+        print(format_report(report, verbose=args.verbose, timings=args.timings))
         # the time goes to stderr: stdout, the report, is the same in every run with the same seed
         print(f"lstm-spec conform: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         return 0 if report.passed else 1
@@ -113,7 +114,10 @@ def add_subcommands(sub) -> None:
                    help="dtype(s) to test (default: both)")
     s.add_argument("--quick", action="store_true", help="forward-direction, full-length, one-layer cases only")
     s.add_argument("--case", help="run only the cases whose name contains this text (as printed in the report)")
-    s.add_argument("--failures-only", action="store_true", help="print the rows of failing cases only")
+    s.add_argument("--verbose", action="store_true",
+                   help="print every case with every row (default: a summary table and the failing cases in full)")
+    s.add_argument("--failures-only", action="store_true",
+                   help="the default since 0.1: a summary table, then the failing cases in full (kept for scripts)")
     s.add_argument("--allow-missing", action="store_true",
                    help="exit 0 (not 3) when the target's framework is not installed")
     s.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -600,45 +600,117 @@ def header(target: Target) -> list[str]:
     return lines
 
 
+# quantity classes of the summary table: what a target returns, grouped as a reader thinks of them
+_CLASSES = (("outputs", "y, final states"), ("params", "parameter gradients"), ("inputs", "d x, d initial states"))
+
+
+def _quantity_class(quantity: str) -> str:
+    base = quantity.split("[")[0].split("@")[0]
+    if not base.startswith("d "):
+        return "outputs"
+    name = base[2:]
+    return "inputs" if name == "x" or name.endswith("0") else "params"
+
+
+def _family(case: Case) -> str:
+    """A case's family for the summary: dtype, direction, and what else it exercises (not its shape)."""
+    parts = [case.dtype, case.direction]
+    if case.lengths is not None:
+        parts.append("lengths")
+    if case.layers > 1:
+        parts.append(f"{case.layers} layers")
+    if case.variant:
+        parts.append(case.variant)
+    return " ".join(parts)
+
+
+def summary_table(report: Report) -> list[str]:
+    """One line per case family and quantity class: pass, FAIL k/n (largest relative error), or - when not
+    run; skipped and erring cases counted on their own."""
+    families: dict = {}
+    for r in report.results:
+        families.setdefault(_family(r.case), []).append(r)
+    head = ("cases", "ran") + tuple(title for _, title in _CLASSES)
+    body = []
+    for fam, results in families.items():
+        ran = [r for r in results if r.status in ("pass", "FAIL")]
+        cells = []
+        for key, _ in _CLASSES:
+            rows = [(r, x) for r in ran for x in r.rows if _quantity_class(x.quantity) == key]
+            bad = {id(r) for r, x in rows if not x.passed}
+            with_rows = {id(r) for r, _ in rows}
+            worst = max((x.rel for _, x in rows if not x.passed), default=0.0)
+            cells.append("-" if not rows else "pass" if not bad else
+                         f"FAIL {len(bad)}/{len(with_rows)} (rel {_fmt(worst)})")
+        skipped = [r for r in results if r.status == "skip"]
+        why = sorted({r.detail for r in skipped})
+        extra = ([f"{len(skipped)} skipped: {'; '.join(why)}"] if skipped else []) + (
+            [f"{n} errors"] if (n := sum(r.status == "error" for r in results)) else [])
+        body.append((fam, f"{len(ran)}/{len(results)}" + (f" ({', '.join(extra)})" if extra else "")) + tuple(cells))
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
+    line = lambda cols: "  " + "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
+    return [line(head)] + [line(b) for b in body]
+
+
+def _case_block(r: CaseResult, title: str, verbose: bool) -> list[str]:
+    """A case in full: its error or output tail, localisation, the rows (failing ones unless verbose) and
+    the diagnosis."""
+    out = [title]
+    if r.status == "error" or r.detail:
+        out.append(f"    {r.detail}")
+    if r.output:
+        head, *lines = r.output.splitlines()
+        out += [f"    {head}"] + [f"      | {x}" for x in lines]
+    if r.status == "error":
+        return out
+    if r.localisation is not None:
+        out += [f"    {x}" for x in r.localisation.lines()]
+    rows = r.rows if verbose else [x for x in r.rows if not x.passed]
+    if rows:
+        head = ("quantity", "max abs", "rel", "worst element", "tolerance", "result")
+        body = [(x.quantity, _fmt(x.max_abs), _fmt(x.rel), x.worst, f"{x.tolerance:g}",
+                 "pass" if x.passed else "FAIL") for x in rows]
+        widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
+        fmt = lambda cols: "    " + "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
+        out.append(fmt(head))
+        out += [fmt(b) for b in body]
+        out += [f"    {x.quantity}: {x.detail}" for x in rows if x.detail and not x.passed]
+    if r.status == "FAIL" and any(not x.within for x in r.rows):
+        if r.diagnoses:
+            out += [f"    diagnosis: {d.title}: {d.detail} (reproduces the target's numbers)" for d in r.diagnoses]
+        elif r.case.single:
+            out.append("    diagnosis: no known bug signature reproduces these numbers")
+        else:
+            out.append("    diagnosis: signatures are tried on single-layer, single-direction cases")
+    return out
+
+
 def format_report(report: Report, verbose: bool = True, timings: bool = False) -> str:
     """The report as text. It depends only on the target and the cases (the same seed gives the same
-    text, byte for byte); ``timings`` adds each case's seconds, which vary from run to run."""
+    text, byte for byte); ``timings`` adds each case's seconds, which vary from run to run. ``verbose``:
+    every case with every row; otherwise a summary table (one line per case family and quantity class)
+    and the failing cases in full."""
     out = header(report.target) + [""]
+    if not verbose:
+        out += ["summary (cases ran/listed per family; largest relative error of a failing class):"]
+        out += summary_table(report)
+    shown: set = set()
     for k, r in enumerate(report.results, 1):
         title = f"[{k}/{len(report.results)}] {r.case.name}: {r.status}"
         if r.status == "skip":
-            out.append(f"{title} ({r.detail})")
+            if verbose:
+                out.append(f"{title} ({r.detail})")
             continue
-        out.append(f"{title} ({r.seconds:.2f} s)" if timings else title)
-        if r.status == "error" or r.detail:
-            out.append(f"    {r.detail}")
-        if r.output:
-            head, *lines = r.output.splitlines()
-            out += [f"    {head}"] + [f"      | {x}" for x in lines]
-        if r.status == "error":
+        if r.status == "pass" and not verbose:
             continue
-        if r.localisation is not None:
-            out += [f"    {x}" for x in r.localisation.lines()]
-        rows = r.rows if (verbose or r.status != "pass") else []
-        if rows:
-            head = ("quantity", "max abs", "rel", "worst element", "tolerance", "result")
-            body = [(x.quantity, _fmt(x.max_abs), _fmt(x.rel), x.worst, f"{x.tolerance:g}",
-                     "pass" if x.passed else "FAIL") for x in rows]
-            widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
-            fmt = lambda cols: "    " + "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
-            out.append(fmt(head))
-            out += [fmt(b) for b in body]
-            for x in rows:
-                if x.detail and not x.passed:
-                    out.append(f"    {x.quantity}: {x.detail}")
-        if r.status == "FAIL" and any(not x.within for x in r.rows):
-            if r.diagnoses:
-                for d in r.diagnoses:
-                    out.append(f"    diagnosis: {d.title}: {d.detail} (reproduces the target's numbers)")
-            elif r.case.single:
-                out.append("    diagnosis: no known bug signature reproduces these numbers")
-            else:
-                out.append("    diagnosis: signatures are tried on single-layer, single-direction cases")
+        title = f"{title} ({r.seconds:.2f} s)" if timings else title
+        if verbose or r.case.dtype not in shown:
+            shown.add(r.case.dtype)
+            out += ([""] if not verbose else []) + _case_block(r, title, verbose)
+        else:  # a dtype's first failure is shown in full; the others in a line (--verbose: all in full)
+            bad = ", ".join(x.quantity for x in r.rows if not x.passed)
+            why = f"; diagnosis: {r.diagnoses[0].title}" if r.diagnoses else ""
+            out.append(f"{title} ({r.detail if r.status == 'error' else 'failing: ' + bad}{why})")
     c = report.counts()
     out.append("")
     for dt, (err, where) in sorted(report.max_errors().items()):

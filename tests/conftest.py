@@ -40,6 +40,7 @@ _SLOW = {
     "test_cells.py": None,          # sympy.diff form of checks (a) and (b) for every cell
     "test_cli.py": ("test_verify",),  # runs the whole `lstm-spec verify`
     "test_docs.py": None,           # builds the site
+    "test_docs_pages.py": None,     # builds the site
 }
 # files whose tests name the framework they run (e.g. test_framework_adapter_conforms[keras-keras])
 _FRAMEWORK_FILES = {"test_conform.py", "test_torch.py", "test_regularisation.py", "test_bidirectional.py",

@@ -214,7 +214,9 @@ def test_cli_passing_file_target(tmp_path, capsys):
     rc = main(["conform", f"{f}:impl", "--quiet"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "CONFORMS" in out and "worst element" in out
+    assert "CONFORMS" in out and "summary" in out and "worst element" not in out  # passing rows: --verbose
+    assert main(["conform", f"{f}:impl", "--quiet", "--verbose"]) == 0
+    assert "worst element" in capsys.readouterr().out
 
 
 def test_cli_missing_framework_is_skipped(monkeypatch, capsys):

@@ -26,3 +26,28 @@ def test_verify_names_the_rows_that_failed(monkeypatch, capsys):
     assert cli.main(["verify", "rnn_tanh", "--quiet", "--no-torch"]) == 1
     out = capsys.readouterr().out
     assert "SOME CHECKS FAILED (1: rnn_tanh / " in out
+
+
+def test_conform_prints_a_summary_that_fits_and_the_count_it_runs(capsys):
+    """A passing run: one line per case family (not every row of every case); --verbose has them all.
+    The header's count is the number of cases run (variants included)."""
+    target = "lstm_spec.conformance.examples:correct"
+    assert cli.main(["conform", target, "--quiet", "--timeout", "0"]) == 0
+    cap = capsys.readouterr()
+    short = cap.out.splitlines()
+    n = int(cap.err.split(" cases,")[0].rsplit(" ", 1)[1])
+    assert n == 18 and "14 passed, 0 failed, 0 errors, 4 skipped" in cap.out
+    assert "float64 forward lengths   1/1" in cap.out and "summary" in short[6]
+    assert cli.main(["conform", target, "--quiet", "--timeout", "0", "--verbose"]) == 0
+    full = capsys.readouterr().out.splitlines()
+    assert len(short) < 40 < len(full)
+
+
+def test_conform_shows_a_dtypes_first_failure_in_full_and_the_rest_in_a_line(capsys):
+    target = "lstm_spec.conformance.examples:broken_gate_order"
+    assert cli.main(["conform", target, "--quiet", "--timeout", "0", "--dtype", "float64"]) == 1
+    out = capsys.readouterr().out
+    full = [x for x in out.splitlines() if x.startswith("[") and x.endswith(": FAIL")]
+    short = [x for x in out.splitlines() if x.startswith("[") and "(failing: " in x]
+    assert len(full) == 1 and len(short) >= 3, out
+    assert "FAIL" in out.split("summary")[1].split("\n[")[0]  # the table marks the failing classes
