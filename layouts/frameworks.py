@@ -18,7 +18,7 @@ gate; y = W_g x + U_g h + b_g.
 GRU cells: ``gru_reset_after`` (W_g, U_g, b_g for g = r, z, n, and b_hn inside r * (U_n h + b_hn)) and
 ``gru_reset_before`` (no b_hn; r scales h before U_n).
 
-Differences that matter when converting (see also ../shared/anchors.md sections 1 and 2):
+Differences that matter when converting:
 
 - Two-bias systems (PyTorch, ONNX, cuDNN) add both biases: any split b = b_ih + b_hh is the same
   model, and the gradient of *each* equals the gradient of our single b. A single-bias system given a
