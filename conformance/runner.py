@@ -677,7 +677,9 @@ def _case_block(r: CaseResult, title: str, verbose: bool) -> list[str]:
         out += [f"    {x.quantity}: {x.detail}" for x in rows if x.detail and not x.passed]
     if r.status == "FAIL" and any(not x.within for x in r.rows):
         if r.diagnoses:
-            out += [f"    diagnosis: {d.title}: {d.detail} (reproduces the target's numbers)" for d in r.diagnoses]
+            out += [f"    diagnosis: {d.title}: {d.detail}"
+                    + ("" if d.title.startswith("partly explained") else " (reproduces the target's numbers)")
+                    for d in r.diagnoses]
         elif r.case.single:
             out.append("    diagnosis: no known bug signature reproduces these numbers")
         else:
