@@ -53,7 +53,14 @@ def cmd_conform(args) -> int:
         where = f"a worker process, timeout {args.timeout:g} s per case" if args.timeout else "this process, no timeout"
         print(f"lstm-spec conform: {target.name}, {len(cases)} cases, in {where}", file=sys.stderr)
         report = conform(target, cases, progress=None if args.quiet else stderr_progress, timeout=args.timeout or None)
-        print(format_report(report, verbose=args.verbose, timings=args.timings))
+        if args.json:
+            import json
+
+            from .runner import report_dict
+
+            print(json.dumps(report_dict(report), indent=1, sort_keys=True, default=str))
+        else:
+            print(format_report(report, verbose=args.verbose, timings=args.timings))
         # the time goes to stderr: stdout, the report, is the same in every run with the same seed
         print(f"lstm-spec conform: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         return 0 if report.passed else 1
@@ -116,6 +123,8 @@ def add_subcommands(sub) -> None:
     s.add_argument("--case", help="run only the cases whose name contains this text (as printed in the report)")
     s.add_argument("--verbose", action="store_true",
                    help="print every case with every row (default: a summary table and the failing cases in full)")
+    s.add_argument("--json", action="store_true",
+                   help="print the report as JSON (cases, rows, localisation, diagnoses) instead of text")
     s.add_argument("--failures-only", action="store_true",
                    help="the default since 0.1: a summary table, then the failing cases in full (kept for scripts)")
     s.add_argument("--allow-missing", action="store_true",

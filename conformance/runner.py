@@ -730,6 +730,32 @@ def format_report(report: Report, verbose: bool = True, timings: bool = False) -
     return "\n".join(out)
 
 
+def _finite(v):
+    """JSON has no inf or nan: they are written as strings."""
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else str(v)
+
+
+def report_dict(report: Report) -> dict:
+    """The report as plain data for tools (``lstm-spec conform --json``): the same content as the text,
+    deterministic for a given target and seed (no timings)."""
+    import lstm_spec
+
+    cases = []
+    for r in report.results:
+        entry = {"name": r.case.name, "family": _family(r.case), "status": r.status, "detail": r.detail,
+                 "rows": [{"quantity": x.quantity, "class": _quantity_class(x.quantity), "max_abs": _finite(x.max_abs),
+                           "rel": _finite(x.rel), "worst": x.worst, "tolerance": x.tolerance, "passed": x.passed,
+                           "detail": x.detail or x.defect} for x in r.rows],
+                 "diagnoses": [{"key": d.key, "title": d.title, "detail": d.detail} for d in r.diagnoses]}
+        if r.localisation is not None:
+            entry["localisation"] = r.localisation.as_dict()
+        cases.append(entry)
+    return {"lstm_spec": lstm_spec.__version__, "target": report.target.name, "conforms": report.passed,
+            "counts": report.counts(),
+            "diagnosis_summary": [{"title": t, "detail": d, "cases": n} for t, d, n in report.diagnosis_summary()],
+            "cases": cases}
+
+
 def stderr_progress(k, n, r: CaseResult):
     print(f"  [{k}/{n}] {r.case.name}: {r.status}"
           + (f" ({r.detail})" if r.status == "skip" else f" ({r.seconds:.2f} s)"), file=sys.stderr, flush=True)

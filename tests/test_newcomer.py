@@ -51,3 +51,19 @@ def test_conform_shows_a_dtypes_first_failure_in_full_and_the_rest_in_a_line(cap
     short = [x for x in out.splitlines() if x.startswith("[") and "(failing: " in x]
     assert len(full) == 1 and len(short) >= 3, out
     assert "FAIL" in out.split("summary")[1].split("\n[")[0]  # the table marks the failing classes
+
+
+def test_conform_json_carries_rows_localisation_and_diagnosis_deterministically(capsys):
+    import json
+
+    argv = ["conform", "lstm_spec.conformance.examples:broken_no_cell_carry_grad", "--quiet", "--timeout", "0",
+            "--dtype", "float64", "--case", "T=2 B=1", "--json"]
+    assert cli.main(argv) == 1
+    first = capsys.readouterr().out
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().out == first
+    d = json.loads(first)
+    (case,) = d["cases"]
+    assert d["conforms"] is False and case["status"] == "FAIL"
+    assert {r["quantity"] for r in case["rows"] if not r["passed"]} >= {"d c0"}
+    assert "backward" in json.dumps(case["localisation"]) and case["diagnoses"]
