@@ -290,3 +290,14 @@ def test_a_cached_derivation_is_used_only_while_its_spec_and_code_are_unchanged(
     assert formulas.derivation.__wrapped__("rnn_tanh").cell.source == fresh.cell.source
     monkeypatch.setenv(formulas.CACHE_ENV, "off")
     assert formulas.cache_dir() is None
+
+
+def test_conformance_guide_explains_the_diagnosis_with_two_real_reports(site):
+    """Issue 14, deliverable 6: the guide says how a diagnosis is reached and shows two reports produced
+    at build time: a backward bug localised in the backward and a forward bug localised in the forward."""
+    html = (site / "conformance" / "index.html").read_text(encoding="utf-8")
+    assert "How a failure is localised and explained" in html
+    backward, forward = html.split("A bug in the forward", 1)
+    assert "your backward is not the gradient of your own forward" in backward.split("A bug in the backward", 1)[1]
+    assert "the difference is in the forward" in forward
+    assert "d_c_prev = d_c * f" in backward and "forget bias" in forward

@@ -18,6 +18,42 @@ SAMPLE = ["lstm-spec", "conform", "lstm_spec.conformance.examples:broken_gate_or
           "--case", "T=1 B=1 D=3 H=2 float64"]
 
 
+# two real reports on the conformance guide: a bug in the backward, and a bug in the forward
+DIAGNOSIS_EXAMPLES = (
+    ("A bug in the backward: the cell state's gradient is not carried back",
+     ["lstm-spec", "conform", "lstm_spec.conformance.examples:broken_no_cell_carry_grad",
+      "--case", "T=2 B=1 D=2 H=3 float64"]),
+    ("A bug in the forward: a forget bias of 1 added at run time (with its own, consistent backward)",
+     ["lstm-spec", "conform", "lstm_spec.conformance.examples:broken_forget_bias",
+      "--case", "T=2 B=1 D=2 H=3 float64"]),
+)
+
+
+@functools.cache
+def report_of(command: tuple) -> str:
+    """What ``command`` (an ``lstm-spec conform`` of a deliberately broken example) prints on stdout, run in
+    this process; the build fails if the example conforms (the page would no longer show what it says)."""
+    from lstm_spec.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*command[1:], "--timeout", "0", "--quiet"])
+    if code != 1 or "DOES NOT CONFORM" not in out.getvalue():
+        raise RuntimeError(f"docs sample: {shlex.join(command)} exited {code}, expected 1 and a failing "
+                           f"report; stderr: {err.getvalue().strip()[-300:]}")
+    return out.getvalue().rstrip()
+
+
+def diagnosis_examples_md() -> str:
+    """The two reports, each as the command and its output, produced while the page is built."""
+    parts = []
+    for title, command in DIAGNOSIS_EXAMPLES:
+        report = "\n".join("    " + line if line else "" for line in report_of(tuple(command)).splitlines())
+        parts += [f'??? example "{title}"', f"    `{shlex.join(command)}` prints (produced while this page was built):",
+                  "", "    ```text", report, "    ```", ""]
+    return "\n".join(parts)
+
+
 @functools.cache
 def sample_report() -> str:
     """What SAMPLE prints on stdout: the command itself, run in this process (``--timeout 0``: the target

@@ -228,6 +228,8 @@ def expand(args: list[str]) -> str:
         return quickstart.md()
     if what == "usage":
         return quickstart.usage_md()
+    if what == "diagnosis-examples":
+        return quickstart.diagnosis_examples_md()
     raise ValueError(f"unknown directive {what!r}")
 
 
