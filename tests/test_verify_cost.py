@@ -11,11 +11,15 @@ import time
 from contextlib import contextmanager
 
 import pytest
-
 from lstm_spec.checks import mutants
 from lstm_spec.checks.numeric import check_derivatives
 from lstm_spec.checks.runner import unrolled_sizes, verify_cell
-from lstm_spec.checks.symbolic import _proof_feasible, check_step, check_unrolled, expansion_bound
+from lstm_spec.checks.symbolic import (
+    _proof_feasible,
+    check_step,
+    check_unrolled,
+    expansion_bound,
+)
 from lstm_spec.checks.tolerances import tolerance
 from lstm_spec.derivations import derive
 from lstm_spec.derivations.build import generate
