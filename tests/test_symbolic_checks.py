@@ -1,7 +1,6 @@
 """(a) and (b): symbolic equality, each with its negative control."""
 
 import pytest
-
 from lstm_spec.checks import mutants
 from lstm_spec.checks.symbolic import check_step, check_unrolled
 from lstm_spec.reference import lstm
@@ -76,8 +75,15 @@ def test_tape_reverse_accumulation_equals_sympy_diff_on_every_function_kind():
     as sympy.diff evaluated there, for sums, products, integer powers (negative too), constants and every
     function the explicit forwards contain."""
     import sympy
-
-    from lstm_spec.derivations.functions import Clip, ClipMask, Exp, LogSumExpN, Rsqrt, Sigmoid, StopGradient
+    from lstm_spec.derivations.functions import (
+        Clip,
+        ClipMask,
+        Exp,
+        LogSumExpN,
+        Rsqrt,
+        Sigmoid,
+        StopGradient,
+    )
 
     x, y, z = sympy.symbols("x y z")
     exprs = [
@@ -96,7 +102,6 @@ def test_tape_reverse_accumulation_equals_sympy_diff_on_every_function_kind():
 
 def test_tape_negative_control_a_changed_expression_differs():
     import sympy
-
     from lstm_spec.derivations.functions import Sigmoid
 
     x, y = sympy.symbols("x y")
