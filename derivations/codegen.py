@@ -394,6 +394,7 @@ def generate_module(d: Derivation) -> str:
     inputs = list(cell.inputs)
     states = plan.states
     init_args = ", ".join(f"{s}0=None" for s in states)
+    emit("@guarded  # runs under the non-finite policy (_runtime.guard): with 'raise', a NaN or Inf is caught where it is made")
     emit(f"def forward(params, {', '.join(inputs)}, {init_args}, *, nonfinite=\"propagate\"):")
     emit(f'    """Run the {cell.name} cell over a sequence.')
     emit("")
@@ -413,11 +414,10 @@ def generate_module(d: Derivation) -> str:
     emit('    """')
     emit(f"    p, seq, init, dims = prepare(SIGNATURE, params, {{{', '.join(f'{n!r}: {n}' for n in inputs)}}}, "
          f"{{{', '.join(f'{s!r}: {s}0' for s in states)}}})")
-    emit("    # copies: the cache never holds an array of the caller's, which could change before backward()")
-    for n in inputs:
-        emit(f"    {n} = seq[{n!r}].copy()")
+    for n in inputs:  # prepare() copied them: the cache never holds an array of the caller's
+        emit(f"    {n} = seq[{n!r}]")
     for n in cell.parameters:
-        emit(f"    {n} = p[{n!r}].copy()")
+        emit(f"    {n} = p[{n!r}]")
     emit('    T, B = dims["T"], dims["B"]')
     for dim in cell.dimensions:
         emit(f"    {dim} = dims[{dim!r}]")
@@ -507,6 +507,7 @@ def generate_module(d: Derivation) -> str:
     emit("")
 
     # ------------------------------------------------------------------ backward
+    emit("@guarded")
     emit('def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):')
     emit(f'    """Backpropagation through time for the {cell.name} cell.')
     emit("")
@@ -653,7 +654,7 @@ def generate_module(d: Derivation) -> str:
     runtime = sorted(h for h in {fk.runtime_name for fk in FUNCTIONS.values()} | set(_RUNTIME_HELPERS)
                      if re.search(rf"\b{h}\(", code))  # what the code calls, nothing else
     L[import_at:import_at + 1] = ["from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, "
-                                  "prepare, prepare_cotangents,",
+                                  "guarded, prepare, prepare_cotangents,",
                                   "                                           " + ", ".join(runtime) + ")"]
     text = "\n".join(L) + "\n"
     check_module(text, plan.ns.names())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import contextvars
+import functools
 import linecache
 from dataclasses import dataclass
 
@@ -591,6 +592,17 @@ def finish_backward(sig: Signature, cache: dict, grads: dict, nonfinite, dy=None
 # ----------------------------------------------------------------------------------------- the guard
 _CALL = contextvars.ContextVar("lstm_spec_reference_call", default=None)
 _STATEMENT_CHARS = 120
+
+
+def guarded(fn):
+    """The decorator of every generated ``forward`` and ``backward``: the call runs in ``guard(nonfinite)``."""
+
+    @functools.wraps(fn)
+    def call(*args, nonfinite="propagate", **kwargs):
+        with guard(nonfinite):
+            return fn(*args, nonfinite=nonfinite, **kwargs)
+
+    return call
 
 
 def guard(nonfinite):

@@ -77,7 +77,7 @@ Stacked products (one GEMM for the terms that share an operand; rules.py, confir
 
 import numpy as np
 
-from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
+from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, guarded, prepare, prepare_cotangents,
                                            seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh)
 
 SIGNATURE = Signature(
@@ -115,6 +115,7 @@ SIGNATURE = Signature(
 )
 
 
+@guarded  # runs under the non-finite policy (_runtime.guard): with 'raise', a NaN or Inf is caught where it is made
 def forward(params, x, h0=None, c0=None, i0=None, f0=None, o0=None, *, nonfinite="propagate"):
     """Run the fgr cell over a sequence.
 
@@ -133,32 +134,31 @@ def forward(params, x, h0=None, c0=None, i0=None, f0=None, o0=None, *, nonfinite
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0, 'c': c0, 'i': i0, 'f': f0, 'o': o0})
-    # copies: the cache never holds an array of the caller's, which could change before backward()
-    x = seq['x'].copy()
-    W_f = p['W_f'].copy()
-    U_f = p['U_f'].copy()
-    b_f = p['b_f'].copy()
-    W_i = p['W_i'].copy()
-    U_i = p['U_i'].copy()
-    b_i = p['b_i'].copy()
-    W_c = p['W_c'].copy()
-    U_c = p['U_c'].copy()
-    b_c = p['b_c'].copy()
-    W_o = p['W_o'].copy()
-    U_o = p['U_o'].copy()
-    b_o = p['b_o'].copy()
-    p_f = p['p_f'].copy()
-    p_i = p['p_i'].copy()
-    p_o = p['p_o'].copy()
-    R_ii = p['R_ii'].copy()
-    R_if = p['R_if'].copy()
-    R_io = p['R_io'].copy()
-    R_fi = p['R_fi'].copy()
-    R_ff = p['R_ff'].copy()
-    R_fo = p['R_fo'].copy()
-    R_oi = p['R_oi'].copy()
-    R_of = p['R_of'].copy()
-    R_oo = p['R_oo'].copy()
+    x = seq['x']
+    W_f = p['W_f']
+    U_f = p['U_f']
+    b_f = p['b_f']
+    W_i = p['W_i']
+    U_i = p['U_i']
+    b_i = p['b_i']
+    W_c = p['W_c']
+    U_c = p['U_c']
+    b_c = p['b_c']
+    W_o = p['W_o']
+    U_o = p['U_o']
+    b_o = p['b_o']
+    p_f = p['p_f']
+    p_i = p['p_i']
+    p_o = p['p_o']
+    R_ii = p['R_ii']
+    R_if = p['R_if']
+    R_io = p['R_io']
+    R_fi = p['R_fi']
+    R_ff = p['R_ff']
+    R_fo = p['R_fo']
+    R_oi = p['R_oi']
+    R_of = p['R_of']
+    R_oo = p['R_oo']
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -217,6 +217,7 @@ def forward(params, x, h0=None, c0=None, i0=None, f0=None, o0=None, *, nonfinite
     return h[1:].copy(), final, cache
 
 
+@guarded
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     """Backpropagation through time for the fgr cell.
 

@@ -50,7 +50,7 @@ Stacked products (one GEMM for the terms that share an operand; rules.py, confir
 
 import numpy as np
 
-from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
+from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, guarded, prepare, prepare_cotangents,
                                            seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh)
 
 SIGNATURE = Signature(
@@ -73,6 +73,7 @@ SIGNATURE = Signature(
 )
 
 
+@guarded  # runs under the non-finite policy (_runtime.guard): with 'raise', a NaN or Inf is caught where it is made
 def forward(params, x, h0=None, *, nonfinite="propagate"):
     """Run the gru_reset_before cell over a sequence.
 
@@ -87,17 +88,16 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0})
-    # copies: the cache never holds an array of the caller's, which could change before backward()
-    x = seq['x'].copy()
-    W_r = p['W_r'].copy()
-    U_r = p['U_r'].copy()
-    b_r = p['b_r'].copy()
-    W_z = p['W_z'].copy()
-    U_z = p['U_z'].copy()
-    b_z = p['b_z'].copy()
-    W_n = p['W_n'].copy()
-    U_n = p['U_n'].copy()
-    b_n = p['b_n'].copy()
+    x = seq['x']
+    W_r = p['W_r']
+    U_r = p['U_r']
+    b_r = p['b_r']
+    W_z = p['W_z']
+    U_z = p['U_z']
+    b_z = p['b_z']
+    W_n = p['W_n']
+    U_n = p['U_n']
+    b_n = p['b_n']
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -138,6 +138,7 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
     return h[1:].copy(), final, cache
 
 
+@guarded
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     """Backpropagation through time for the gru_reset_before cell.
 

@@ -99,7 +99,7 @@ Stacked products (one GEMM for the terms that share an operand; rules.py, confir
 
 import numpy as np
 
-from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
+from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, guarded, prepare, prepare_cotangents,
                                            seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh)
 
 SIGNATURE = Signature(
@@ -137,6 +137,7 @@ SIGNATURE = Signature(
 )
 
 
+@guarded  # runs under the non-finite policy (_runtime.guard): with 'raise', a NaN or Inf is caught where it is made
 def forward(params, x, h10=None, c10=None, h20=None, c20=None, *, nonfinite="propagate"):
     """Run the lstm_stacked2 cell over a sequence.
 
@@ -154,32 +155,31 @@ def forward(params, x, h10=None, c10=None, h20=None, c20=None, *, nonfinite="pro
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h1': h10, 'c1': c10, 'h2': h20, 'c2': c20})
-    # copies: the cache never holds an array of the caller's, which could change before backward()
-    x = seq['x'].copy()
-    W1_f = p['W1_f'].copy()
-    U1_f = p['U1_f'].copy()
-    b1_f = p['b1_f'].copy()
-    W1_i = p['W1_i'].copy()
-    U1_i = p['U1_i'].copy()
-    b1_i = p['b1_i'].copy()
-    W1_c = p['W1_c'].copy()
-    U1_c = p['U1_c'].copy()
-    b1_c = p['b1_c'].copy()
-    W1_o = p['W1_o'].copy()
-    U1_o = p['U1_o'].copy()
-    b1_o = p['b1_o'].copy()
-    W2_f = p['W2_f'].copy()
-    U2_f = p['U2_f'].copy()
-    b2_f = p['b2_f'].copy()
-    W2_i = p['W2_i'].copy()
-    U2_i = p['U2_i'].copy()
-    b2_i = p['b2_i'].copy()
-    W2_c = p['W2_c'].copy()
-    U2_c = p['U2_c'].copy()
-    b2_c = p['b2_c'].copy()
-    W2_o = p['W2_o'].copy()
-    U2_o = p['U2_o'].copy()
-    b2_o = p['b2_o'].copy()
+    x = seq['x']
+    W1_f = p['W1_f']
+    U1_f = p['U1_f']
+    b1_f = p['b1_f']
+    W1_i = p['W1_i']
+    U1_i = p['U1_i']
+    b1_i = p['b1_i']
+    W1_c = p['W1_c']
+    U1_c = p['U1_c']
+    b1_c = p['b1_c']
+    W1_o = p['W1_o']
+    U1_o = p['U1_o']
+    b1_o = p['b1_o']
+    W2_f = p['W2_f']
+    U2_f = p['U2_f']
+    b2_f = p['b2_f']
+    W2_i = p['W2_i']
+    U2_i = p['U2_i']
+    b2_i = p['b2_i']
+    W2_c = p['W2_c']
+    U2_c = p['U2_c']
+    b2_c = p['b2_c']
+    W2_o = p['W2_o']
+    U2_o = p['U2_o']
+    b2_o = p['b2_o']
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -252,6 +252,7 @@ def forward(params, x, h10=None, c10=None, h20=None, c20=None, *, nonfinite="pro
     return h2[1:].copy(), final, cache
 
 
+@guarded
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     """Backpropagation through time for the lstm_stacked2 cell.
 

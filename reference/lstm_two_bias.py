@@ -63,7 +63,7 @@ Stacked products (one GEMM for the terms that share an operand; rules.py, confir
 
 import numpy as np
 
-from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
+from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, guarded, prepare, prepare_cotangents,
                                            seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh)
 
 SIGNATURE = Signature(
@@ -93,6 +93,7 @@ SIGNATURE = Signature(
 )
 
 
+@guarded  # runs under the non-finite policy (_runtime.guard): with 'raise', a NaN or Inf is caught where it is made
 def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
     """Run the lstm_two_bias cell over a sequence.
 
@@ -108,24 +109,23 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0, 'c': c0})
-    # copies: the cache never holds an array of the caller's, which could change before backward()
-    x = seq['x'].copy()
-    W_f = p['W_f'].copy()
-    U_f = p['U_f'].copy()
-    bW_f = p['bW_f'].copy()
-    bU_f = p['bU_f'].copy()
-    W_i = p['W_i'].copy()
-    U_i = p['U_i'].copy()
-    bW_i = p['bW_i'].copy()
-    bU_i = p['bU_i'].copy()
-    W_c = p['W_c'].copy()
-    U_c = p['U_c'].copy()
-    bW_c = p['bW_c'].copy()
-    bU_c = p['bU_c'].copy()
-    W_o = p['W_o'].copy()
-    U_o = p['U_o'].copy()
-    bW_o = p['bW_o'].copy()
-    bU_o = p['bU_o'].copy()
+    x = seq['x']
+    W_f = p['W_f']
+    U_f = p['U_f']
+    bW_f = p['bW_f']
+    bU_f = p['bU_f']
+    W_i = p['W_i']
+    U_i = p['U_i']
+    bW_i = p['bW_i']
+    bU_i = p['bU_i']
+    W_c = p['W_c']
+    U_c = p['U_c']
+    bW_c = p['bW_c']
+    bU_c = p['bU_c']
+    W_o = p['W_o']
+    U_o = p['U_o']
+    bW_o = p['bW_o']
+    bU_o = p['bU_o']
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -172,6 +172,7 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
     return h[1:].copy(), final, cache
 
 
+@guarded
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     """Backpropagation through time for the lstm_two_bias cell.
 

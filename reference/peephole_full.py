@@ -63,7 +63,7 @@ Stacked products (one GEMM for the terms that share an operand; rules.py, confir
 
 import numpy as np
 
-from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
+from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, guarded, prepare, prepare_cotangents,
                                            seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh)
 
 SIGNATURE = Signature(
@@ -92,6 +92,7 @@ SIGNATURE = Signature(
 )
 
 
+@guarded  # runs under the non-finite policy (_runtime.guard): with 'raise', a NaN or Inf is caught where it is made
 def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
     """Run the peephole_full cell over a sequence.
 
@@ -107,23 +108,22 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0, 'c': c0})
-    # copies: the cache never holds an array of the caller's, which could change before backward()
-    x = seq['x'].copy()
-    W_f = p['W_f'].copy()
-    U_f = p['U_f'].copy()
-    b_f = p['b_f'].copy()
-    W_i = p['W_i'].copy()
-    U_i = p['U_i'].copy()
-    b_i = p['b_i'].copy()
-    W_c = p['W_c'].copy()
-    U_c = p['U_c'].copy()
-    b_c = p['b_c'].copy()
-    W_o = p['W_o'].copy()
-    U_o = p['U_o'].copy()
-    b_o = p['b_o'].copy()
-    W_fc = p['W_fc'].copy()
-    W_ic = p['W_ic'].copy()
-    W_oc = p['W_oc'].copy()
+    x = seq['x']
+    W_f = p['W_f']
+    U_f = p['U_f']
+    b_f = p['b_f']
+    W_i = p['W_i']
+    U_i = p['U_i']
+    b_i = p['b_i']
+    W_c = p['W_c']
+    U_c = p['U_c']
+    b_c = p['b_c']
+    W_o = p['W_o']
+    U_o = p['U_o']
+    b_o = p['b_o']
+    W_fc = p['W_fc']
+    W_ic = p['W_ic']
+    W_oc = p['W_oc']
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -173,6 +173,7 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
     return h[1:].copy(), final, cache
 
 
+@guarded
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     """Backpropagation through time for the peephole_full cell.
 

@@ -25,7 +25,7 @@ initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of th
 
 import numpy as np
 
-from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, prepare, prepare_cotangents,
+from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, guarded, prepare, prepare_cotangents,
                                            seq_matmul, tanh)
 
 SIGNATURE = Signature(
@@ -42,6 +42,7 @@ SIGNATURE = Signature(
 )
 
 
+@guarded  # runs under the non-finite policy (_runtime.guard): with 'raise', a NaN or Inf is caught where it is made
 def forward(params, x, h0=None, *, nonfinite="propagate"):
     """Run the rnn_tanh cell over a sequence.
 
@@ -56,11 +57,10 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0})
-    # copies: the cache never holds an array of the caller's, which could change before backward()
-    x = seq['x'].copy()
-    W = p['W'].copy()
-    U = p['U'].copy()
-    b = p['b'].copy()
+    x = seq['x']
+    W = p['W']
+    U = p['U']
+    b = p['b']
     T, B = dims["T"], dims["B"]
     D = dims['D']
     H = dims['H']
@@ -84,6 +84,7 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
     return h[1:].copy(), final, cache
 
 
+@guarded
 def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
     """Backpropagation through time for the rnn_tanh cell.
 

@@ -141,7 +141,6 @@ def test_raise_catches_an_overflow_in_an_uncached_intermediate_runtime_guard():
         lstm_layer_norm.forward(li.params, x, nonfinite="raise")
 
 
-@pytest.mark.xfail(strict=True, reason="codegen: generated forward/backward bodies wrapped in `with guard(nonfinite):`")
 def test_raise_catches_an_overflow_in_an_uncached_intermediate():
     li, x = huge_layer_norm_input()
     with pytest.raises(NonFiniteError, match=UNCACHED):
@@ -216,7 +215,6 @@ def test_writing_into_the_inputs_after_forward_does_not_change_the_gradients(nam
         np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
 
 
-@pytest.mark.xfail(strict=True, reason="codegen: y and the final states are views of the cache")
 @pytest.mark.parametrize("name", ["lstm", "gru_reset_after", "lstm_layer_norm", "lstm_stacked2"])
 def test_writing_into_y_or_the_final_states_does_not_change_the_gradients(name):
     mod = module(name)
@@ -243,7 +241,6 @@ def test_the_cache_shares_no_memory_with_the_callers_arrays(name):
             assert not any(np.shares_memory(v, a) for a in given), k
 
 
-@pytest.mark.xfail(strict=True, reason="codegen: y and the final states are views of the cache")
 @pytest.mark.parametrize("name", CELLS)
 def test_the_outputs_share_no_memory_with_the_cache(name):
     mod = module(name)
