@@ -161,3 +161,13 @@ def test_finite_differences_error_model_does_not_hide_a_small_planted_error(lstm
     assert line in lstm_text
     bad = mutants.load_module(lstm_text.replace(line, "        d_c_prev = d_c * f[t] * 1.0001\n"), "lstm_bad")
     assert check_derivatives(bad, "finite_difference")["error"] > tolerance("finite_difference", "float64")
+
+
+def test_the_table_shows_a_passing_rows_not_a_proof_note():
+    """--proof that fell back to random points says so in verify's table even when the row passes."""
+    from lstm_spec.checks.runner import Row, format_table
+
+    rows = [Row("chain", "(a) symbolic", 0, 0, True, "caught", 0.1, "not a proof: the expansion is unbounded; 8 entries"),
+            Row("chain", "(b) unrolled", 0, 0, True, "caught", 0.1, "8 entries; differ: []")]
+    text = format_table(rows)
+    assert "chain / (a) symbolic: not a proof" in text and "(b) unrolled: 8 entries" not in text
