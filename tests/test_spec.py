@@ -151,6 +151,8 @@ def test_spec_text_is_never_evaluated(tmp_path, monkeypatch):
     """Neither eval nor sympify is called while a spec is loaded and derived."""
     import builtins
 
+    import sympy.physics.units  # noqa: F401 - SymPy's simplify imports it lazily, and that import calls eval itself
+
     calls = []
     real_eval = builtins.eval
     monkeypatch.setattr(builtins, "eval", lambda *a, **k: calls.append(a) or real_eval(*a, **k))
