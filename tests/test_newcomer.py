@@ -67,3 +67,20 @@ def test_conform_json_carries_rows_localisation_and_diagnosis_deterministically(
     assert d["conforms"] is False and case["status"] == "FAIL"
     assert {r["quantity"] for r in case["rows"] if not r["passed"]} >= {"d c0"}
     assert "backward" in json.dumps(case["localisation"]) and case["diagnoses"]
+
+
+def test_derive_latex_is_a_fragment_to_paste(capsys):
+    """Issue 18 item 8: align* environments, one '&=' per line, the prose as comments, the docs' delta."""
+    assert cli.main(["derive", "lstm", "--latex"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines.count(r"\begin{align*}") == 2 == lines.count(r"\end{align*}")
+    inside = False
+    for line in lines:
+        if line in (r"\begin{align*}", r"\end{align*}"):
+            inside = line.startswith(r"\begin")
+            continue
+        if inside:
+            assert line.count("&=") == 1, line
+        elif line:
+            assert line.startswith("%"), line
+    assert any(r"\delta c_{t-1} &=" in x for x in lines) and not any(x.startswith("  d_") for x in lines)
