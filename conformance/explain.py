@@ -54,7 +54,9 @@ class Mutation:
 
     def text(self, path: str) -> str:
         what = {"whole": "", "outputs": " in the forward only (the backward is the reference's)",
-                "cache": " in the values the backward recomputes only (the forward is right)"}[self.variant]
+                "cache": " in the values the backward recomputes only (the forward is right)",
+                "recompute": " in the forward only (the backward recomputes each step from the forward's stored "
+                             "states without the change)"}[self.variant]
         return f"{self.statement} changed{what}: {self.old.strip()} -> {self.new.strip()} [{path}:{self.line}]"
 
 
@@ -71,6 +73,8 @@ class Source:
     stacks: dict = field(default_factory=dict)  # S_x -> [W_f, W_i, ...]
     groups: list = field(default_factory=list)  # sets of names of one shape (swappable)
     statements: dict = field(default_factory=dict)  # lhs -> derived statement text
+    per_step: list = field(default_factory=list)  # the forward's arrays of T slots (the cache's per-step values)
+    state_slots: list = field(default_factory=list)  # and of T + 1 slots (the states, slot 0 the initial one)
 
     @property
     def path(self) -> str:
@@ -128,13 +132,17 @@ def _names(src: Source, fwd: int, bwd: int):
     loop adjoints, parameter gradients."""
     lines = src.lines
     shapes: dict = {}
-    for s in lines[fwd:]:
+    for j, s in enumerate(lines[fwd:], fwd):
         m = re.match(r"\s+(\w+) = stack_rows\((.+)\)$", s)
         if m:
             src.stacks[m.group(1)] = [a.strip() for a in m.group(2).split(",")]
         m = re.match(r"\s+(\w+) = np\.empty\((\(.+?\)), dtype\)$", s)
         if m:
             shapes.setdefault(("empty", m.group(2)), set()).add(m.group(1))
+            if j < bwd and m.group(2).startswith("(T, "):
+                src.per_step.append(m.group(1))
+            elif j < bwd and m.group(2).startswith("(T + 1, "):
+                src.state_slots.append(m.group(1))
         m = re.match(r"\s+(\w+(?:, \w+)+) = split_(?:last|first)\(", s)
         if m:
             src.groups.append({n.strip() for n in m.group(1).split(",")})
@@ -345,9 +353,10 @@ def mutations(module) -> list[Mutation]:
             out.append(Mutation(f"{kind}|{v}|{k + 1}|{new.strip()}", kind, where, statement_of(src, k), k + 1,
                                 src.lines[k], new, tuple(edits), v))
 
+    variants = ("whole", "outputs", "cache") + (("recompute",) if _recomputable(src) else ())
     for k in src.forward_loop:
         for kind, new in _line_edits(src, k, True):
-            add(kind, "forward", k, [(k, new)], ("whole", "outputs", "cache"))
+            add(kind, "forward", k, [(k, new)], variants)
     for k in src.backward_loop:
         for kind, new in _line_edits(src, k, True):
             add(kind, "backward", k, [(k, new)])
@@ -496,11 +505,39 @@ def mutant(module, edits: tuple):
     return _MODULES[key]
 
 
+_PREDICTIONS: dict = {}  # the last problem's predictions: {"problem": problem, (edits, variant, ...): result}
+
+
+def _cached(problem: Problem, key: tuple, compute):
+    """``compute()`` memoised for the last problem seen (by identity: a problem explained against many
+    targets, as the round trip does, runs each mutation once; one problem at a time is kept)."""
+    if _PREDICTIONS.get("problem") is not problem:
+        _PREDICTIONS.clear()
+        _PREDICTIONS["problem"] = problem
+    if key not in _PREDICTIONS:
+        _PREDICTIONS[key] = compute()
+    res = _PREDICTIONS[key]
+    return None if res is None else dict(res)
+
+
+def reference(problem: Problem, biases: int, with_grads: bool) -> dict:
+    """The reference's quantities on ``problem`` (memoised as :func:`predict`)."""
+    return _cached(problem, ("reference", biases, with_grads),
+                   lambda: expected(problem, biases=biases, with_grads=with_grads))
+
+
 def predict(problem: Problem, m: Mutation, biases: int, with_grads: bool, base: dict | None = None) -> dict | None:
     """The quantities the reference with mutation ``m`` gives on ``problem`` (None when it cannot run)."""
+    return _cached(problem, (m.edits, m.variant, biases, with_grads),
+                   lambda: _predict(problem, m, biases, with_grads, base))
+
+
+def _predict(problem: Problem, m: Mutation, biases: int, with_grads: bool, base: dict | None) -> dict | None:
     mod = mutant(problem.module, m.edits)
     if mod is None:
         return None
+    if m.variant == "recompute":
+        mod = Recomputed(problem.module, mod)
     with np.errstate(all="ignore"):
         try:
             res = expected(problem, module=mod, biases=biases, with_grads=with_grads)
@@ -508,12 +545,42 @@ def predict(problem: Problem, m: Mutation, biases: int, with_grads: bool, base: 
             return None
     if not all(np.isfinite(v).all() for v in res.values()):  # it reads a value never computed
         return None
-    if m.variant == "whole":
+    if m.variant in ("whole", "recompute"):
         return res
-    base = base if base is not None else expected(problem, biases=biases, with_grads=with_grads)
+    base = base if base is not None else reference(problem, biases, with_grads)
     if m.variant == "outputs":  # the forward changed, the backward is the reference's
         return {k: (res[k] if not k.startswith("d ") else base[k]) for k in res}
     return {k: (res[k] if k.startswith("d ") else base[k]) for k in res}  # "cache"
+
+
+def _recomputable(src: Source) -> bool:
+    """Whether the backward's per-step values can be recomputed from the states (one array per state)."""
+    return bool(src.per_step) and sorted(src.state_slots) == sorted(src.module.SIGNATURE.states)
+
+
+class Recomputed:
+    """A reference whose forward is ``forward``'s (a mutated module; ``forward_params`` changes the parameters
+    it sees, e.g. a forget bias added at run time) and whose backward recomputes every step's values from the
+    states that forward stored, with the reference's own step and the parameters as given: an implementation
+    that keeps x_t and the previous states and recomputes the gates in its backward, without the change."""
+
+    def __init__(self, reference, forward, forward_params=None):
+        self.reference, self.fwd, self.forward_params = reference, forward, forward_params
+        self.SIGNATURE = reference.SIGNATURE
+        self.__name__ = f"{reference.__name__}_recomputed"
+
+    def forward(self, params, x, **init):
+        p = self.forward_params(params) if self.forward_params else params
+        y, final, cache = self.fwd.forward(p, x, **init)
+        src = source(self.reference)
+        for t in range(x.shape[0]):
+            _, _, one = self.reference.forward(params, x[t:t + 1], **{f"{s}0": cache[s][t] for s in src.state_slots})
+            for k in src.per_step:
+                cache[k][t] = one[k][0]
+        return y, final, cache
+
+    def backward(self, cache, dy=None, d_final=None, **kw):
+        return self.reference.backward(cache, dy, d_final, **kw)
 
 
 def combine(a: Mutation, b: Mutation) -> Mutation | None:
@@ -595,7 +662,7 @@ def explain(problem: Problem, got: dict, failing: list, passing: list, tol: floa
     """Groups of candidates, best first: every full explanation (all failing quantities reproduced, no
     passing one broken) as its own group of indistinguishable candidates; else the best partial one.
     ``extra``: (source, prediction, tolerance or None) tried first (the catalogue)."""
-    base = expected(problem, biases=biases, with_grads=with_grads)
+    base = reference(problem, biases, with_grads)
     matches = []
     for src_, pred, tol_ in extra or []:
         _add(matches, problem, got, failing, passing, pred, tol_ or tol, src_)

@@ -138,8 +138,14 @@ def _forget_bias(problem, target, got):
     res = _ref(shifted(k), target)
     yield f"forget_bias = {k:.4g} added to z_f at every step", res, None
     if target.has_gradients:
+        if explain._recomputable(explain.source(problem.module)):
+            add = lambda p: {**p, "b_f": p["b_f"] + k}
+            mod = explain.Recomputed(problem.module, problem.module, add)
+            detail = (f"forget_bias = {k:.4g} added to z_f in the forward only (the backward recomputes the gates "
+                      f"from the stored states without it)")
+            yield detail, _ref(problem, target, module=mod), None
         base = _ref(problem, target)
-        detail = f"forget_bias = {k:.4g} added to z_f in the forward only (the backward recomputes the gates without it)"
+        detail = f"forget_bias = {k:.4g} added to z_f in the forward only (the backward runs its own forward without it)"
         yield (detail, {q: (base[q] if q.startswith("d ") else v) for q, v in res.items()}, None)
 
 
@@ -277,25 +283,73 @@ def _averaged(problem, target, got):
 
 
 def _clipped(problem, target, got):
+    """Parameter gradients clipped before they are returned, the bound fitted to the target's numbers:
+    per batch (the summed gradients) or per sample (each batch row's gradients, clipped, then summed);
+    elementwise, by the global norm of every parameter gradient together, or by each one's own norm."""
     if not target.has_gradients:
         return
     base = _ref(problem, target)
-    keys = [k for k in _param_grad_keys(base) if k in got]
+    keys = [k for k in _param_grad_keys(base) if k in got and got[k] is not None]
     if not keys:
         return
-    c = max(float(np.max(np.abs(got[k]))) for k in keys)
-    if c < max(float(np.max(np.abs(base[k]))) for k in keys):
-        res = dict(base)
-        for k in keys:
-            res[k] = np.clip(base[k], -c, c)
-        yield f"parameter gradients clipped elementwise to [-{c:.4g}, {c:.4g}]", res, None
-    n_got = np.sqrt(sum(float(np.sum(np.asarray(got[k], np.float64) ** 2)) for k in keys))
-    n_ref = np.sqrt(sum(float(np.sum(base[k] ** 2)) for k in keys))
-    if 0 < n_got < n_ref:
-        res = dict(base)
-        for k in keys:
-            res[k] = base[k] * (n_got / n_ref)
-        yield f"parameter gradients rescaled to global norm {n_got:.4g} (from {n_ref:.4g})", res, None
+    want = np.concatenate([np.asarray(got[k], np.float64).ravel() for k in keys])
+    one_row = problem.x.shape[1] == 1
+    for scope in ("batch",) if one_row else ("batch", "sample"):
+        parts = [base] if scope == "batch" else _per_sample(problem, target)
+        per = [[np.asarray(r[k], np.float64) for k in keys] for r in parts]
+        for how, label in _CLIP_RULES:
+            model = lambda c, how=how: np.concatenate([g.ravel() for g in _clip_sum(per, how, c)])
+            c = _fit(model, want, starts=_clip_starts(per, how))
+            if c is None or c <= 0 or np.allclose(model(c), model(1e300)):
+                continue
+            res = dict(base)
+            res.update(zip(keys, _clip_sum(per, how, c)))
+            where = _SCOPE["one"] if one_row else _SCOPE[scope]
+            yield f"parameter gradients clipped {label} to {c:.4g}, {where}", res, None
+
+
+_CLIP_RULES = (("value", "elementwise"), ("global", "by their global norm"), ("each", "each by its own norm"))
+_SCOPE = {"batch": "after summing over the batch", "sample": "per sample (each batch row's, before they are summed)",
+          "one": "per sample or after summing over the batch (one batch row: the two agree)"}
+
+
+def _clip_sum(per: list, how: str, c: float) -> list:
+    """Each part's gradients clipped (``how``: value, global norm, each one's norm) at bound ``c``, summed."""
+    out = None
+    for gs in per:
+        if how == "value":
+            gs = [np.clip(g, -c, c) for g in gs]
+        elif how == "global":
+            n = np.sqrt(sum(float(np.sum(g * g)) for g in gs))
+            gs = [g * min(1.0, c / n) if n > 0 else g for g in gs]
+        else:
+            gs = [g * min(1.0, c / n) if (n := float(np.sqrt(np.sum(g * g)))) > 0 else g for g in gs]
+        out = gs if out is None else [a + b for a, b in zip(out, gs)]
+    return out
+
+
+def _clip_starts(per: list, how: str) -> tuple:
+    """Starting bounds for the fit: the sizes the clip acts on (a bound above all of them changes nothing)."""
+    if how == "value":
+        sizes = [float(np.max(np.abs(g))) for gs in per for g in gs]
+    elif how == "global":
+        sizes = [float(np.sqrt(sum(float(np.sum(g * g)) for g in gs))) for gs in per]
+    else:
+        sizes = [float(np.sqrt(np.sum(g * g))) for gs in per for g in gs]
+    sizes = sorted({s for s in sizes if s > 0})
+    return tuple(a * f for a in sizes for f in (0.5, 0.99)) or (1.0,)
+
+
+def _per_sample(problem, target) -> list:
+    """The reference's quantities for each batch row alone (a problem with B = 1 per row)."""
+    out = []
+    for b in range(problem.case.shape[1]):
+        row = lambda d: [{k: v[b:b + 1] for k, v in slot.items()} for slot in d]
+        one = problem.with_(x=problem.x[:, b:b + 1], dy=problem.dy[:, b:b + 1], init=row(problem.init),
+                            d_final=row(problem.d_final),
+                            lengths=None if problem.lengths is None else problem.lengths[b:b + 1])
+        out.append(_ref(one, target))
+    return out
 
 
 _SPEC_MUTANTS: dict = {}

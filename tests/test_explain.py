@@ -121,3 +121,109 @@ def test_noise_is_not_explained():
     got = expected(problem)
     got["d W_f"] = got["d W_f"] + 1e-3 * np.random.default_rng(0).standard_normal(got["d W_f"].shape)
     assert diagnose(problem, _Target(), got, ["d W_f"], TOL) == []
+
+
+# ----------------------------------------------------------------- fitted conventions (issue 14, item 2)
+def _clip(gs: list, how: str, c: float) -> list:
+    """Written independently of the diagnosis: gradients clipped elementwise, by their global norm, or each
+    by its own norm."""
+    if how == "value":
+        return [np.minimum(np.maximum(g, -c), c) for g in gs]
+    if how == "global":
+        n = np.sqrt(sum((g ** 2).sum() for g in gs))
+        return [g * (c / n if n > c else 1.0) for g in gs]
+    return [g * (c / np.linalg.norm(g) if np.linalg.norm(g) > c else 1.0) for g in gs]
+
+
+@pytest.mark.parametrize("how, scope, words", [
+    ("global", "sample", ("by their global norm", "per sample")),
+    ("value", "sample", ("elementwise", "per sample")),
+    ("each", "batch", ("each by its own norm", "after summing over the batch")),
+])
+def test_gradient_clipping_conventions_are_named(how, scope, words):
+    """Parameter gradients clipped per sample (each batch row's, then summed) or per batch, elementwise or by a
+    norm, at a bound that is not a round number: the convention and the bound are named."""
+    problem = make_problem(Case("lstm", (4, 3, 5, 3), "float64", 20))
+    want = expected(problem)
+    keys = [k for k in want if k.startswith("d ") and k not in ("d x", "d h0", "d c0")]
+    if scope == "sample":
+        rows = []
+        for b in range(3):
+            one = lambda d: [{k: v[b:b + 1] for k, v in s.items()} for s in d]  # noqa: E731
+            rows.append(expected(problem.with_(x=problem.x[:, b:b + 1], dy=problem.dy[:, b:b + 1],
+                                               init=one(problem.init), d_final=one(problem.d_final))))
+        sizes = [np.sqrt(sum((r[k] ** 2).sum() for k in keys)) for r in rows]
+        bound = 0.8 * float(np.median(sizes)) if how == "global" else 0.37
+        parts = [_clip([r[k] for k in keys], how, bound) for r in rows]
+        clipped = [sum(p[j] for p in parts) for j in range(len(keys))]
+    else:
+        bound = 0.7 * min(float(np.linalg.norm(want[k])) for k in keys[:3])
+        clipped = _clip([want[k] for k in keys], how, bound)
+    got = {**want, **dict(zip(keys, clipped))}
+    failing = [r.quantity for r in compare(problem, got, want, TOL) if not r.within]
+    assert failing
+    ds = diagnose(problem, _Target(), got, failing, TOL)
+    assert ds and "partly" not in ds[0].title, ds
+    assert all(w in ds[0].detail for w in words) and f"{bound:.4g}" in ds[0].detail, ds
+
+
+def _lstm_forget_bias_forward_only(problem, k: float) -> dict:
+    """A hand-written LSTM whose forward adds k to z_f, and whose backward keeps x_t, h_{t-1}, c_{t-1} and
+    recomputes the gates without k (the backward is not the gradient of its own forward)."""
+    p = problem.params[0]
+    x, h, c = problem.x, problem.init[0]["h"], problem.init[0]["c"]
+    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    gates = lambda x_t, h_, kf: (sig(x_t @ p["W_f"].T + h_ @ p["U_f"].T + p["b_f"] + kf),  # noqa: E731
+                                 sig(x_t @ p["W_i"].T + h_ @ p["U_i"].T + p["b_i"]),
+                                 np.tanh(x_t @ p["W_c"].T + h_ @ p["U_c"].T + p["b_c"]),
+                                 sig(x_t @ p["W_o"].T + h_ @ p["U_o"].T + p["b_o"]))
+    ys, kept = [], []
+    for t in range(x.shape[0]):
+        kept.append((h, c))
+        f, i, g, o = gates(x[t], h, k)
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        ys.append(h)
+    out = {"y": np.stack(ys), "h_T": h, "c_T": c}
+    grads = {n: np.zeros_like(v) for n, v in p.items()}
+    dx = np.zeros_like(x)
+    dh_n, dc_n = problem.d_final[0]["h"], problem.d_final[0]["c"]
+    for t in reversed(range(x.shape[0])):
+        h_p, c_p = kept[t]
+        f, i, g, o = gates(x[t], h_p, 0.0)
+        tc = np.tanh(f * c_p + i * g)
+        dh = problem.dy[t] + dh_n
+        dc = dc_n + dh * o * (1 - tc ** 2)
+        dz = {"f": dc * c_p * f * (1 - f), "i": dc * g * i * (1 - i), "c": dc * i * (1 - g ** 2),
+              "o": dh * tc * o * (1 - o)}
+        dh_n = sum(d @ p[f"U_{n}"] for n, d in dz.items())
+        dx[t] = sum(d @ p[f"W_{n}"] for n, d in dz.items())
+        for n, d in dz.items():
+            grads[f"W_{n}"] += d.T @ x[t]
+            grads[f"U_{n}"] += d.T @ h_p
+            grads[f"b_{n}"] += d.sum(0)
+        dc_n = dc * f
+    out.update({f"d {n}": v for n, v in grads.items()})
+    out.update({"d x": dx, "d h0": dh_n, "d c0": dc_n})
+    return out
+
+
+def test_forward_only_forget_bias_with_a_recomputing_backward_is_explained():
+    """T = 4: the backward's recomputed f and c_t differ from the forward's at every step, while its stored
+    h_{t-1}, c_{t-1} are the forward's: named as one convention, fully, with k fitted."""
+    problem = make_problem(Case("lstm", (4, 3, 5, 3), "float64", 20))
+    got = _lstm_forget_bias_forward_only(problem, 0.5)
+    failing = [r.quantity for r in compare(problem, got, expected(problem), TOL) if not r.within]
+    ds = diagnose(problem, _Target(), got, failing, TOL)
+    assert ds and "partly" not in ds[0].title, ds
+    assert "forget_bias = 0.5" in ds[0].detail and "recomputes the gates from the stored states" in ds[0].detail, ds
+
+
+def test_recompute_variant_of_a_forward_mutation_is_named():
+    """A forward change the backward does not know of, the backward recomputing each step from the stored
+    states: a generated variant, named by the round trip."""
+    problem = make_problem(Case("lstm", (3, 2, 3, 2), "float64", 7))
+    m = next(m for m in explain.mutations(problem.module)
+             if m.variant == "recompute" and m.kind == "activation removed" and "f[t]" in m.old)
+    ok, names = _named(problem, m)
+    assert ok, names
