@@ -298,7 +298,7 @@ def _clipped(problem, target, got):
         parts = [base] if scope == "batch" else _per_sample(problem, target)
         per = [[np.asarray(r[k], np.float64) for k in keys] for r in parts]
         for how, label in _CLIP_RULES:
-            model = lambda c, how=how: np.concatenate([g.ravel() for g in _clip_sum(per, how, c)])
+            model = lambda c, how=how, per=per: np.concatenate([g.ravel() for g in _clip_sum(per, how, c)])
             c = _fit(model, want, starts=_clip_starts(per, how))
             if c is None or c <= 0 or np.allclose(model(c), model(1e300)):
                 continue
@@ -344,7 +344,7 @@ def _per_sample(problem, target) -> list:
     """The reference's quantities for each batch row alone (a problem with B = 1 per row)."""
     out = []
     for b in range(problem.case.shape[1]):
-        row = lambda d: [{k: v[b:b + 1] for k, v in slot.items()} for slot in d]
+        row = lambda d, b=b: [{k: v[b:b + 1] for k, v in slot.items()} for slot in d]
         one = problem.with_(x=problem.x[:, b:b + 1], dy=problem.dy[:, b:b + 1], init=row(problem.init),
                             d_final=row(problem.d_final),
                             lengths=None if problem.lengths is None else problem.lengths[b:b + 1])

@@ -149,7 +149,7 @@ def test_gradient_clipping_conventions_are_named(how, scope, words):
     if scope == "sample":
         rows = []
         for b in range(3):
-            one = lambda d: [{k: v[b:b + 1] for k, v in s.items()} for s in d]  # noqa: E731
+            one = lambda d, b=b: [{k: v[b:b + 1] for k, v in s.items()} for s in d]
             rows.append(expected(problem.with_(x=problem.x[:, b:b + 1], dy=problem.dy[:, b:b + 1],
                                                init=one(problem.init), d_final=one(problem.d_final))))
         sizes = [np.sqrt(sum((r[k] ** 2).sum() for k in keys)) for r in rows]
@@ -172,8 +172,8 @@ def _lstm_forget_bias_forward_only(problem, k: float) -> dict:
     recomputes the gates without k (the backward is not the gradient of its own forward)."""
     p = problem.params[0]
     x, h, c = problem.x, problem.init[0]["h"], problem.init[0]["c"]
-    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
-    gates = lambda x_t, h_, kf: (sig(x_t @ p["W_f"].T + h_ @ p["U_f"].T + p["b_f"] + kf),  # noqa: E731
+    sig = lambda a: 1 / (1 + np.exp(-a))
+    gates = lambda x_t, h_, kf: (sig(x_t @ p["W_f"].T + h_ @ p["U_f"].T + p["b_f"] + kf),
                                  sig(x_t @ p["W_i"].T + h_ @ p["U_i"].T + p["b_i"]),
                                  np.tanh(x_t @ p["W_c"].T + h_ @ p["U_c"].T + p["b_c"]),
                                  sig(x_t @ p["W_o"].T + h_ @ p["U_o"].T + p["b_o"]))
