@@ -147,16 +147,32 @@ def unrolled_sizes(cell: Cell) -> dict:
     return sizes
 
 
-def verify_cells(cells: list[Cell], progress=None, torch: bool = True, jobs: int = 1, proof: bool = False) -> list[Row]:
-    """verify_cell for each cell, in ``jobs`` worker processes; rows come back in the cells' order."""
+def _cell_done(counter, cell: Cell, rows: list[Row], seconds: float) -> None:
+    if counter is not None:
+        bad = [r.check for r in rows if r.status not in ("pass", "n/a")]
+        counter.step(f"{cell.name}: {'FAIL ' + ', '.join(bad) if bad else 'pass'} ({seconds:.1f} s)")
+
+
+def verify_cells(cells: list[Cell], progress=None, torch: bool = True, jobs: int = 1, proof: bool = False,
+                 counter=None) -> list[Row]:
+    """verify_cell for each cell, in ``jobs`` worker processes; rows come back in the cells' order.
+    ``counter`` (checks.progress.Counter) is advanced as each cell finishes."""
     if jobs <= 1 or len(cells) <= 1:
-        return [row for cell in cells for row in verify_cell(cell, progress, torch, proof)]
+        out = []
+        for cell in cells:
+            t0 = time.perf_counter()
+            out += (rows := verify_cell(cell, progress, torch, proof))
+            _cell_done(counter, cell, rows, time.perf_counter() - t0)
+        return out
     import concurrent.futures as cf
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(verify_cell, cell, progress, torch, proof) for cell in cells]
+        futures = {pool.submit(verify_cell, cell, progress, torch, proof): cell for cell in cells}
+        for f in cf.as_completed(futures):
+            rows = f.result()
+            _cell_done(counter, futures[f], rows, sum(r.seconds for r in rows))
         return [row for f in futures for row in f.result()]
 
 

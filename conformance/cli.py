@@ -14,8 +14,10 @@ def cmd_conform(args) -> int:
     other exception of the target are its failures; conformance/PROTOCOL.md, section 6)."""
     import math
 
-    from .runner import conform, default_cases, expand_variants, format_report, redirect_output, stderr_progress
+    from .runner import conform, default_cases, expand_variants, format_report, progress_text, redirect_output
     from .targets import TargetError, Unavailable, load_target, terminating_cleanly
+
+    from lstm_spec.checks.progress import Counter
 
     from lstm_spec.spec import builtin_cells, did_you_mean
 
@@ -52,7 +54,9 @@ def cmd_conform(args) -> int:
         t0 = time.perf_counter()
         where = f"a worker process, timeout {args.timeout:g} s per case" if args.timeout else "this process, no timeout"
         print(f"lstm-spec conform: {target.name}, {len(cases)} cases, in {where}", file=sys.stderr)
-        report = conform(target, cases, progress=None if args.quiet else stderr_progress, timeout=args.timeout or None)
+        with Counter(len(cases), "conform", enabled=not args.quiet) as counter:
+            report = conform(target, cases, progress=lambda k, n, r: counter.step(progress_text(r)),
+                             timeout=args.timeout or None)
         if args.json:
             import json
 

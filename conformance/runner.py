@@ -756,6 +756,7 @@ def report_dict(report: Report) -> dict:
             "cases": cases}
 
 
-def stderr_progress(k, n, r: CaseResult):
-    print(f"  [{k}/{n}] {r.case.name}: {r.status}"
-          + (f" ({r.detail})" if r.status == "skip" else f" ({r.seconds:.2f} s)"), file=sys.stderr, flush=True)
+def progress_text(r: CaseResult) -> str:
+    """A finished case, for the progress line or bar."""
+    return f"{r.case.name}: {r.status}" + (f" ({r.detail})" if r.status == "skip" else f" ({r.seconds:.2f} s)")
+

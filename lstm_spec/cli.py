@@ -83,13 +83,18 @@ def cmd_verify(args) -> int:
         print(f"lstm-spec verify: check (d) compares with PyTorch, which is not installed: {INSTALL}; "
               "or leave (d) out with --no-torch", file=sys.stderr)
         return 2
+    from lstm_spec.checks.progress import Counter
+
     t0 = time.perf_counter()
-    progress = Progress(enabled=not args.quiet)
     cells = _cells(args.cells)
     print(f"lstm-spec verify: {', '.join(c.name for c in cells)}", file=sys.stderr)
     jobs = args.jobs or min(2, os.cpu_count() or 1)
-    rows = verify_rules(progress) + verify_cells(cells, progress, torch=not args.no_torch, jobs=jobs,
-                                                 proof=args.proof)
+    with Counter(len(cells) + 1, "verify", enabled=not args.quiet) as counter:
+        # one line per check only with --verbose and no bar (two workers' lines interleave)
+        progress = Progress(enabled=args.verbose and not counter.live)
+        rows = verify_rules(progress)
+        counter.step(f"derivative rules: {rows[0].status}")
+        rows += verify_cells(cells, progress, torch=not args.no_torch, jobs=jobs, proof=args.proof, counter=counter)
     print(format_table(rows))
     print(f"\n{SYMBOLIC_METHODS[args.proof]}")
     ok = all_passed(rows)
@@ -130,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="run every check on every cell and print the table")
     s.add_argument("cells", nargs="*", help="built-in cell names or paths to spec files (default: all built-in cells)")
     s.add_argument("--no-torch", action="store_true", help="leave out the PyTorch comparison")
-    s.add_argument("--quiet", action="store_true", help="no progress lines")
-    s.add_argument("--jobs", type=int, default=0, help="worker processes (default: 2 or the number of cores)")
+    s.add_argument("--quiet", action="store_true", help="no progress (a bar on a terminal, else a line per cell)")
+    s.add_argument("--verbose", action="store_true", help="also a line per check as it starts (not on a terminal)")
+    s.add_argument("--jobs", type=int, default=0, help="cells verified in parallel, one worker process each (default: min(2, number of cores); 1: in this process)")
     s.add_argument("--proof", action="store_true", help="checks (a) and (b) by sympy.diff, (a) expanded to a "
                    "proof (minutes per cell) instead of reverse accumulation at random points (seconds)")
     s.set_defaults(func=cmd_verify)

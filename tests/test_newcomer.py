@@ -84,3 +84,38 @@ def test_derive_latex_is_a_fragment_to_paste(capsys):
         elif line:
             assert line.startswith("%"), line
     assert any(r"\delta c_{t-1} &=" in x for x in lines) and not any(x.startswith("  d_") for x in lines)
+
+
+def _stderr_on_a_terminal(argv: list) -> tuple[int, str]:
+    """Run lstm-spec with stderr on a pseudo-terminal (as a user sees it); stdout is captured apart."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    main_fd, term_fd = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "lstm_spec", *argv], stdout=subprocess.DEVNULL, stderr=term_fd,
+                            env={**os.environ, "COLUMNS": "120"})
+    os.close(term_fd)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main_fd)
+    return proc.wait(), seen.decode("utf-8", "replace")
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(capfd):
+    rc, term = _stderr_on_a_terminal(["verify", "rnn_tanh", "--no-torch"])
+    assert rc == 0 and "2/2" in term and "eta" in term and "\x1b[" in term, term[-400:]
+    rc, term = _stderr_on_a_terminal(["conform", "lstm_spec.conformance.examples:correct", "--dtype", "float64",
+                                      "--quick", "--timeout", "0"])
+    assert rc == 0 and "4/4" in term and "eta" in term, term[-400:]
+    assert cli.main(["verify", "rnn_tanh", "--no-torch"]) == 0  # not a terminal: one plain line per cell
+    err = capfd.readouterr().err
+    assert "  [2/2] rnn_tanh: pass" in err and "\x1b[" not in err
