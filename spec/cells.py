@@ -608,16 +608,27 @@ def _infer(node, loc, declared, shapes, functions, used, defined_at=None):
             rshape = _infer(right, loc, declared, shapes, functions, used, defined_at)
             if rshape is None or len(rshape) != 1 or rshape[0] != cols:
                 raise SpecError(f"{loc}: {left.name} @ {right.name}{'[t-1]' if right.prev else ''}: "
-                                f"{left.name} is {rows} x {cols} but the vector has shape {rshape}")
+                                f"{left.name} is {rows} x {cols} but the vector is {_shape_text(rshape)}")
             return (rows,)
         ls = _vector_or_scalar(_infer(node.left, loc, declared, shapes, functions, used, defined_at), loc, node.op)
         rs = _vector_or_scalar(_infer(node.right, loc, declared, shapes, functions, used, defined_at), loc, node.op)
         if ls is not None and rs is not None and ls != rs:
             if ls == (SCALAR,) or rs == (SCALAR,):  # one value per sample broadcasts over the units
                 return rs if ls == (SCALAR,) else ls
-            raise SpecError(f"{loc}: elementwise {node.op!r} between shapes {ls} and {rs}")
+            op = {"*": "product (* or ⊙)", "/": "division (/)", "+": "sum (+)", "-": "difference (-)"}.get(node.op, node.op)
+            raise SpecError(f"{loc}: elementwise {op} of a vector of {_shape_text(ls)} and a vector of "
+                            f"{_shape_text(rs)}: both sides need the same size (or one value per sample)")
         return ls if ls is not None else rs
     raise SpecError(f"{loc}: unsupported expression")  # pragma: no cover - the parser makes no other nodes
+
+
+def _shape_text(shape) -> str:
+    """A shape as the spec writes it: 'H', 'H x D', or 'one value per sample'."""
+    if shape is None:
+        return "unknown size"
+    if shape == (SCALAR,):
+        return "one value per sample"
+    return " x ".join(shape)
 
 
 def _vector_or_scalar(shape, loc, op):

@@ -86,7 +86,7 @@ def test_elementwise_product_symbol_is_star():
     ("z = W @ x + U @ h[t-1] + b\nz = tanh(z)\nh = z", "defined twice"),
     ("z = W @ x + U @ h[t-1] + b\nh = tanh(z)\nq = h", "computed but never used"),
     ("z = W @ x + U @ h[t-1]\nh = tanh(z)", "'b' is declared but never used"),
-    ("z = W @ x + U @ h[t-1] + b\nh = tanh(z) + x", "elementwise '+' between shapes"),
+    ("z = W @ x + U @ h[t-1] + b\nh = tanh(z) + x", "elementwise sum (+) of a vector of H and a vector of D"),
     ("z = W @ x + U @ (h[t-1]) + b\nh = tanh(z)", None),  # parenthesised name is fine
     ("z = W @ x + U @ (h[t-1] * b) + b\nh = tanh(z)", "right operand of @ must be a name"),
     ("z = W @ x + U @ h[t-2] + b\nh = tanh(z)", "only NAME[t-1]"),

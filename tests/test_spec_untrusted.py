@@ -129,7 +129,7 @@ def test_a_chain_of_a_thousand_terms_is_refused_before_any_recursion():
     ("z = W @ x + U @ h[t-1] + b\nh = tanh(z)\nh = z", r"'h' is defined twice \(first on line 6\)"),
     ("z = W @ x + U @ h[t-1] + b\nx = z\nh = tanh(z)", "declared as a input"),  # defines an input
     ("W = W @ x\nh = tanh(W)", "declared as a parameter"),  # defines a parameter
-    ("z = W @ x + U @ h[t-1] + b\nh = tanh(z) + x", "elementwise '\\+' between shapes"),  # shapes
+    ("z = W @ x + U @ h[t-1] + b\nh = tanh(z) + x", "elementwise sum \\(\\+\\) of a vector of H and a vector of D"),  # shapes
     ("z = W @ h[t-1] + U @ h[t-1] + b\nh = tanh(z)", "W is H x D but the vector"),
     ("z = W @ x + U @ h[t-1] + b\nh = tanh(z) + W", "matrix parameter"),
     ("z = W @ x + U @ h[t-1] + b\nrange = tanh(z)\nh = range", "reserved word"),  # a builtin
