@@ -663,22 +663,32 @@ def explain(problem: Problem, got: dict, failing: list, passing: list, tol: floa
     passing one broken) as its own group of indistinguishable candidates; else the best partial one.
     ``extra``: (source, prediction, tolerance or None) tried first (the catalogue)."""
     base = reference(problem, biases, with_grads)
-    matches = []
-    for src_, pred, tol_ in extra or []:
-        _add(matches, problem, got, failing, passing, pred, tol_ or tol, src_)
-    singles = candidates(problem, failing)
-    for m in singles:
+    tried = [(src_, pred, tol_ or tol) for src_, pred, tol_ in extra or []]
+    for m in candidates(problem, failing):
         pred = predict(problem, m, biases, with_grads, base)
         if pred is not None:
-            _add(matches, problem, got, failing, passing, pred, tol, m)
-    full = [x for x in matches if x.full(failing)]
-    if not full:
-        full = _pairs(problem, got, failing, passing, tol, biases, with_grads, matches)
-        matches += full
+            tried.append((m, pred, tol))
+    full = [Match(_name(s_), [q for q in failing if q in p_], [], p_, s_) for s_, p_, t_ in tried
+            if _reproduces(problem, got, failing, passing, p_, t_)]
+    if full:  # the common case: no candidate needs scoring on every quantity
+        return _group(problem, full, failing + passing, tol)
+    matches: list = []
+    for src_, pred, tol_ in tried:
+        _add(matches, problem, got, failing, passing, pred, tol_, src_)
+    full = _pairs(problem, got, failing, passing, tol, biases, with_grads, matches)
     if full:
         return _group(problem, full, failing + passing, tol)
     best = sorted((x for x in matches if x.explained), key=lambda x: (-x.score[0], -x.score[1]))
     return _group(problem, best[:1], failing + passing, tol) if best else []
+
+
+def _reproduces(problem, got, failing, passing, pred, tol) -> bool:
+    """Whether ``pred`` is a full explanation (as :meth:`Match.full`), stopping at the first quantity it
+    gets wrong: most candidates are out after one comparison."""
+    keys = [q for q in failing if q in pred]
+    if not keys:
+        return False
+    return all(compare(problem, got, pred, tol, [q])[0].within for q in keys + [q for q in passing if q in pred])
 
 
 def _add(matches, problem, got, failing, passing, pred, tol, src_):
