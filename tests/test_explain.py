@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from lstm_spec.conformance import explain
 from lstm_spec.conformance.compare import compare
-from lstm_spec.conformance.problem import Case, expected, make_problem
+from lstm_spec.conformance.problem import Case, expected, make_problem, reference_module
 from lstm_spec.conformance.signatures import diagnose
+from lstm_spec.conformance.targets import Target
+from lstm_spec.spec import builtin_cells
 
 TOL = 1e-10
 
@@ -54,10 +56,33 @@ def test_round_trip_sample(cell):
     assert not missed, missed
 
 
+def conform_cells() -> list[str]:
+    """Every cell a target may declare that conform runs (a generated reference reading one input x)."""
+    return [c for c in builtin_cells() if list(reference_module(c).SIGNATURE.inputs) == ["x"]]
+
+
+def test_conform_cells_are_those_a_target_may_declare():
+    """The round trip's list of cells is the one a protocol target is accepted with."""
+    cells = conform_cells()
+    assert {"lstm", "gru_reset_after", "peephole", "rnn_tanh", "lstm_layer_norm", "lstm_stacked2"} <= set(cells)
+    for cell in builtin_cells():
+        t = Target()
+        t.cells = (cell,)
+        assert (t.supports(Case(cell, (3, 2, 3, 2), "float64", 7)) is None) == (cell in cells), cell
+
+
+ROUND_TRIP_SAMPLE = 40  # mutants used as targets per cell in the slow round trip (every mutation for FULL)
+FULL = ("lstm", "gru_reset_after")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("cell", ["lstm", "gru_reset_after"])
-def test_round_trip_every_mutation(cell):
-    _muts, missed = _round_trip(cell, (3, 2, 3, 2))
+@pytest.mark.parametrize("cell", conform_cells())
+def test_round_trip_every_cell(cell):
+    """Every generated mutation of lstm and gru_reset_after, and an evenly spaced sample of every other cell
+    conform supports (each run against every candidate), is named by the diagnosis."""
+    n = len(explain.mutations(make_problem(Case(cell, (3, 2, 3, 2), "float64", 7)).module))
+    every = 1 if cell in FULL else max(1, n // ROUND_TRIP_SAMPLE)
+    _muts, missed = _round_trip(cell, (3, 2, 3, 2), every=every)
     assert not missed, missed
 
 
@@ -110,8 +135,8 @@ def test_not_provided_quantities_do_not_feed_the_diagnosis():
     got = explain.predict(problem, m, 1, True)
     got.pop("d x")
     got["d h0"] = None
-    failing = [r.quantity for r in compare(problem, {**got, "d x": 0 * expected(problem)["d x"]}, expected(problem), TOL)
-               if not r.within]
+    want = expected(problem)
+    failing = [r.quantity for r in compare(problem, {**got, "d x": 0 * want["d x"]}, want, TOL) if not r.within]
     ds = diagnose(problem, _Target(), got, failing, TOL)
     assert ds and "d_z_o" in ds[0].detail and "d x" not in ds[0].detail, ds
 
@@ -135,6 +160,10 @@ def _clip(gs: list, how: str, c: float) -> list:
     return [g * (c / np.linalg.norm(g) if np.linalg.norm(g) > c else 1.0) for g in gs]
 
 
+def _row(slots: list, b: int) -> list:
+    return [{k: v[b:b + 1] for k, v in s.items()} for s in slots]
+
+
 @pytest.mark.parametrize("how, scope, words", [
     ("global", "sample", ("by their global norm", "per sample")),
     ("value", "sample", ("elementwise", "per sample")),
@@ -149,9 +178,8 @@ def test_gradient_clipping_conventions_are_named(how, scope, words):
     if scope == "sample":
         rows = []
         for b in range(3):
-            one = lambda d, b=b: [{k: v[b:b + 1] for k, v in s.items()} for s in d]
             rows.append(expected(problem.with_(x=problem.x[:, b:b + 1], dy=problem.dy[:, b:b + 1],
-                                               init=one(problem.init), d_final=one(problem.d_final))))
+                                               init=_row(problem.init, b), d_final=_row(problem.d_final, b))))
         sizes = [np.sqrt(sum((r[k] ** 2).sum() for k in keys)) for r in rows]
         bound = 0.8 * float(np.median(sizes)) if how == "global" else 0.37
         parts = [_clip([r[k] for k in keys], how, bound) for r in rows]
@@ -159,7 +187,7 @@ def test_gradient_clipping_conventions_are_named(how, scope, words):
     else:
         bound = 0.7 * min(float(np.linalg.norm(want[k])) for k in keys[:3])
         clipped = _clip([want[k] for k in keys], how, bound)
-    got = {**want, **dict(zip(keys, clipped))}
+    got = {**want, **dict(zip(keys, clipped, strict=True))}
     failing = [r.quantity for r in compare(problem, got, want, TOL) if not r.within]
     assert failing
     ds = diagnose(problem, _Target(), got, failing, TOL)
@@ -172,11 +200,14 @@ def _lstm_forget_bias_forward_only(problem, k: float) -> dict:
     recomputes the gates without k (the backward is not the gradient of its own forward)."""
     p = problem.params[0]
     x, h, c = problem.x, problem.init[0]["h"], problem.init[0]["c"]
-    sig = lambda a: 1 / (1 + np.exp(-a))
-    gates = lambda x_t, h_, kf: (sig(x_t @ p["W_f"].T + h_ @ p["U_f"].T + p["b_f"] + kf),
-                                 sig(x_t @ p["W_i"].T + h_ @ p["U_i"].T + p["b_i"]),
-                                 np.tanh(x_t @ p["W_c"].T + h_ @ p["U_c"].T + p["b_c"]),
-                                 sig(x_t @ p["W_o"].T + h_ @ p["U_o"].T + p["b_o"]))
+
+    def sig(a):
+        return 1 / (1 + np.exp(-a))
+
+    def gates(x_t, h_, kf):
+        z = {g: x_t @ p[f"W_{g}"].T + h_ @ p[f"U_{g}"].T + p[f"b_{g}"] for g in "fico"}
+        return sig(z["f"] + kf), sig(z["i"]), np.tanh(z["c"]), sig(z["o"])
+
     ys, kept = [], []
     for t in range(x.shape[0]):
         kept.append((h, c))
