@@ -168,8 +168,8 @@ def check_cell_name(name: str) -> None:
     path = Path(name)
     if name in builtin_cells() or path.suffix == SPEC_SUFFIX or path.exists():
         return
-    raise SpecError(f"unknown cell {name!r}: {did_you_mean(name)}(`lstm-spec list` shows the built-in cells; give your own "
-                    f"spec by its path, e.g. my_cell{SPEC_SUFFIX})")
+    raise SpecError(f"unknown cell {name!r}: {did_you_mean(name)}(`lstm-spec list` shows the built-in cells; "
+                    f"give your own spec by its path, e.g. my_cell{SPEC_SUFFIX})")
 
 
 def load_cells(names) -> list[Cell]:

@@ -21,14 +21,23 @@ from dataclasses import dataclass
 
 import sympy
 
+from lstm_spec.spec.language import Call
+
 from .functions import FUNCTIONS, kind_of
 from .printing import CodePrinter, print_ast, reads, reorder
 from .render import backward_equations, forward_equations
-from lstm_spec.spec.language import Call
-
 from .reverse import Derivation
-from .rules import (MATVEC, MATVEC_SEQ, MATVEC_VJP_MATRIX, MATVEC_VJP_OPERAND, MATVEC_VJP_OPERAND_SEQ, SPLIT_COLUMNS,
-                    SPLIT_ROWS, STACK, SUM_VJP)
+from .rules import (
+    MATVEC,
+    MATVEC_SEQ,
+    MATVEC_VJP_MATRIX,
+    MATVEC_VJP_OPERAND,
+    MATVEC_VJP_OPERAND_SEQ,
+    SPLIT_COLUMNS,
+    SPLIT_ROWS,
+    STACK,
+    SUM_VJP,
+)
 
 COMMAND = "lstm-spec generate"
 
@@ -221,7 +230,7 @@ def _find_stacks(d: Derivation, plan) -> tuple[list, list]:
         outers = {sym.param(M): by_target[d.adjoint_of[sym.param(M)]].outer for M in st.matrices
                   if sym.param(M) in d.adjoint_of}
         st.params = len(outers) == len(st.matrices) and all(
-            o == [(a, st.operand)] for o, a in zip(outers.values(), st.adjoints))
+            o == [(a, st.operand)] for o, a in zip(outers.values(), st.adjoints, strict=True))
     return stacks, buffers
 
 
@@ -353,7 +362,7 @@ def generate_module(d: Derivation) -> str:
     import_at = len(L)  # the runtime import, written at the end with the helpers the code uses
     emit("")
     emit("")
-    emit(f"SIGNATURE = Signature(")
+    emit("SIGNATURE = Signature(")
     emit(f"    cell={cell.name!r},")
     emit(f"    inputs={ {n: q.shape for n, q in cell.inputs.items()}!r},")
     emit(f"    states={ {n: q.shape for n, q in cell.states.items()}!r},")
@@ -394,7 +403,8 @@ def generate_module(d: Derivation) -> str:
     inputs = list(cell.inputs)
     states = plan.states
     init_args = ", ".join(f"{s}0=None" for s in states)
-    emit("@guarded  # runs under the non-finite policy (_runtime.guard): with 'raise', a NaN or Inf is caught where it is made")
+    emit("@guarded  # runs under the non-finite policy (_runtime.guard): "
+         "with 'raise', a NaN or Inf is caught where it is made")
     emit(f"def forward(params, {', '.join(inputs)}, {init_args}, *, nonfinite=\"propagate\"):")
     emit(f'    """Run the {cell.name} cell over a sequence.')
     emit("")
@@ -529,7 +539,8 @@ def generate_module(d: Derivation) -> str:
         emit(f"    {plan.next_name(s)} = d_final[{s!r}]")
     stored = [st.target for st in d.loop if st.target in plan.stored_adjoints]
     if stored:
-        emit("    # adjoints kept for every step: the parameter and input gradients are computed from them after the loop")
+        emit("    # adjoints kept for every step: "
+             "the parameter and input gradients are computed from them after the loop")
         for k in used_buffers:
             widths = [plan.adjoint_dims(a)[0] for a in buffers[k]]
             emit(f"    {buffer_name[k]} = np.empty((T, B, {dims_sum(widths)}), dtype)")
@@ -647,13 +658,15 @@ def generate_module(d: Derivation) -> str:
     emit("    finish_backward(SIGNATURE, cache, grads, nonfinite, dy, d_final)")
     emit("    return grads")
     body = "\n".join(L[dims_at:return_at])
-    used = lambda n: re.search(rf"\b{re.escape(n)}\b", body) is not None  # noqa: E731
+    def used(n):
+        return re.search(rf"\b{re.escape(n)}\b", body) is not None
     L[dims_at:dims_at] = [f"    {dim} = dims[{dim!r}]" for dim in cell.dimensions if used(dim)]
     L[unpack_at:unpack_at] = [f"    {n} = cache[{n!r}]" for n in cache_items if used(n)]
     code = "\n".join(L[import_at:])
     runtime = sorted(h for h in {fk.runtime_name for fk in FUNCTIONS.values()} | set(_RUNTIME_HELPERS)
                      if re.search(rf"\b{h}\(", code))  # what the code calls, nothing else
-    L[import_at:import_at + 1] = ["from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, "
+    L[import_at:import_at + 1] = ["from lstm_spec.reference._runtime import "
+                                  "(Signature, finish_backward, finish_forward, "
                                   "guarded, prepare, prepare_cotangents,",
                                   "                                           " + ", ".join(runtime) + ")"]
     text = "\n".join(L) + "\n"

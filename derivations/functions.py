@@ -311,7 +311,7 @@ def _confirm_reduction(fk) -> int:
         explicit = LogSumExpN(*xs)
         rule = [sympy.diff(LogSumExp(x), x).subs(LogSumExp(x), explicit) for x in xs]
     bad = 0
-    for x, r in zip(xs, rule):
+    for x, r in zip(xs, rule, strict=True):
         want = sympy.diff(closed, x)
         got = r.rewrite(sympy.exp)
         if sympy.simplify(got - want) != 0:

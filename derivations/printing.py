@@ -213,8 +213,11 @@ def print_ast(node, fmt: str, name, call, matmul=None) -> str:
     def go(n):
         if isinstance(n, Num):
             v = n.value
-            return str(v.numerator) if v.denominator == 1 else (
-                f"({v.numerator}/{v.denominator})" if fmt == "code" else r"\frac{%d}{%d}" % (v.numerator, v.denominator))
+            if v.denominator == 1:
+                return str(v.numerator)
+            if fmt == "code":
+                return f"({v.numerator}/{v.denominator})"
+            return r"\frac{%d}{%d}" % (v.numerator, v.denominator)
         if isinstance(n, Name):
             return name(n)
         if isinstance(n, Call):

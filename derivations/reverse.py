@@ -34,7 +34,7 @@ from lstm_spec.spec.cells import Cell
 from lstm_spec.spec.language import BinOp, Call, Name, Neg, Num, Pow, SpecError
 from lstm_spec.spec.language import children as _children_of
 
-from .functions import FUNCTIONS, UnitSum, kind_of
+from .functions import FUNCTIONS, UnitSum
 from .names import Namespace, spec_namespace
 
 
@@ -524,7 +524,7 @@ def _cse(loop: list[Statement], symbols: Symbols) -> list[Statement]:
             if tmp in first_use:
                 first_use[inner] = min(first_use.get(inner, first_use[tmp]), first_use[tmp])
     out: list[Statement] = []
-    for pos, (st, new) in enumerate(zip(loop, reduced)):
+    for pos, (st, new) in enumerate(zip(loop, reduced, strict=True)):
         out += [Statement(tmp, "cse", value) for tmp, value in replacements if first_use.get(tmp) == pos]
         out.append(Statement(st.target, st.kind, new, st.matvec, st.outer))
     return out

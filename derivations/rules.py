@@ -38,7 +38,7 @@ def _run(template: str, **arrays):
 
     names = {"np": np, "stack_rows": stack_rows, "split_last": split_last, "split_first": split_first,
              "seq_matmul": seq_matmul}
-    return eval(template.format(**{k: k for k in arrays}), names, arrays)  # noqa: S307
+    return eval(template.format(**{k: k for k in arrays}), names, arrays)  # our own templates above, never spec text
 
 
 def symbol_array(prefix, shape):
@@ -98,10 +98,12 @@ def _confirm_stacked(T, B, n, rows=(2, 1)):
     arrays = {f"M{j}": M for j, M in enumerate(Ms)}
     S = _run(STACK.format(Ms=", ".join(arrays), sizes=sizes), **arrays)
     parts = _run(SPLIT_COLUMNS.format(a="P", sizes=sizes), P=_run(MATVEC, v=v, M=S))
-    s = sum(sum((dL * L).ravel()) for dL, L in zip(dLs, parts))
+    s = sum(sum((dL * L).ravel()) for dL, L in zip(dLs, parts, strict=False))
     out = []
-    bad = sum(L.size for M, L in zip(Ms, parts) if L.shape != (T, B, M.shape[0]))  # a wrong split: all bad
-    bad += sum(1 for M, L in zip(Ms, parts) if L.shape == (T, B, M.shape[0]) for t, b, i in np.ndindex(L.shape)
+    # a wrong split: all bad
+    bad = sum(L.size for M, L in zip(Ms, parts, strict=False) if L.shape != (T, B, M.shape[0]))
+    bad += sum(1 for M, L in zip(Ms, parts, strict=False) if L.shape == (T, B, M.shape[0])
+               for t, b, i in np.ndindex(L.shape)
                if sympy.expand(L[t, b, i] - sum(M[i, j] * v[t, b, j] for j in range(n))) != 0)
     out.append(("[L_1 L_2] = v @ [M_1; M_2].T, split by columns", bad))
     dL = np.concatenate(dLs, axis=-1)
@@ -109,8 +111,8 @@ def _confirm_stacked(T, B, n, rows=(2, 1)):
     bad = sum(1 for idx in np.ndindex(v.shape) if sympy.expand(sympy.diff(s, v[idx]) - dv[idx]) != 0)
     out.append(("dv = sum_j M_j^T dL_j  as  [dL_1 dL_2] @ [M_1; M_2]", bad))
     dMs = _run(SPLIT_ROWS.format(a="G", sizes=sizes), G=_run(MATVEC_VJP_MATRIX, dL=dL, v=v))
-    bad = sum(M.size for M, dM in zip(Ms, dMs) if dM.shape != M.shape)
-    bad += sum(1 for M, dM in zip(Ms, dMs) if dM.shape == M.shape for idx in np.ndindex(M.shape)
+    bad = sum(M.size for M, dM in zip(Ms, dMs, strict=False) if dM.shape != M.shape)
+    bad += sum(1 for M, dM in zip(Ms, dMs, strict=False) if dM.shape == M.shape for idx in np.ndindex(M.shape)
                if sympy.expand(sympy.diff(s, M[idx]) - dM[idx]) != 0)
     out.append(("dM_j = sum_t,b dL_j v^T  as  tensordot([dL_1 dL_2], v), split by rows", bad))
     return out

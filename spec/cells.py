@@ -453,13 +453,13 @@ def _build(data: dict, source: str, path: Path) -> Cell:
         masks[mname] = {"p": float(p), "values": decl["values"], "time": decl["time"]}
 
     text_lines = data["equations"].split("\n")
-    eq_texts = [(i, l.split("#", 1)[0]) for i, l in enumerate(text_lines)]
-    eq_texts = [(i, l) for i, l in eq_texts if l.strip()]
+    eq_texts = [(i, raw.split("#", 1)[0]) for i, raw in enumerate(text_lines)]
+    eq_texts = [(i, code) for i, code in eq_texts if code.strip()]
     if len(eq_texts) > MAX_EQUATIONS:
         raise SpecError(f"{at('', 'equations')}: {len(eq_texts)} equations; at most {MAX_EQUATIONS} are allowed")
     line_numbers = lines.equations(eq_texts)
     equations = []
-    for (_, text), line in zip(eq_texts, line_numbers):
+    for (_, text), line in zip(eq_texts, line_numbers, strict=True):
         equations.append(parse_equation(text, f"{where}, line {line}, equation '{_shown(text.strip())}'", line))
 
     for s in tables["states"]:
@@ -615,7 +615,8 @@ def _infer(node, loc, declared, shapes, functions, used, defined_at=None):
         if ls is not None and rs is not None and ls != rs:
             if ls == (SCALAR,) or rs == (SCALAR,):  # one value per sample broadcasts over the units
                 return rs if ls == (SCALAR,) else ls
-            op = {"*": "product (* or ⊙)", "/": "division (/)", "+": "sum (+)", "-": "difference (-)"}.get(node.op, node.op)
+            op = {"*": "product (* or ⊙)", "/": "division (/)", "+": "sum (+)",
+                  "-": "difference (-)"}.get(node.op, node.op)
             raise SpecError(f"{loc}: elementwise {op} of a vector of {_shape_text(ls)} and a vector of "
                             f"{_shape_text(rs)}: both sides need the same size (or one value per sample)")
         return ls if ls is not None else rs

@@ -83,9 +83,10 @@ def mutate(source: str, rng: random.Random) -> bytes:
             names = sorted(set(re.findall(r"\b[A-Za-z][A-Za-z0-9_]*\b", text)))
             a, b = rng.choice(names), rng.choice(names + HOSTILE)
             if how == 3:
-                text = re.sub(rf"\b{re.escape(a)}\b", lambda m: b, text)
+                text = re.sub(rf"\b{re.escape(a)}\b", lambda m: b, text)  # noqa: B023 - called within the iteration
             else:
-                text = re.sub(rf"\b({re.escape(a)}|{re.escape(b)})\b", lambda m: b if m.group(1) == a else a, text)
+                text = re.sub(rf"\b({re.escape(a)}|{re.escape(b)})\b", lambda m: b if m.group(1) == a else a,  # noqa: B023 - called within the iteration
+                              text)
             continue
         elif how in (5, 6, 7):  # a hostile token inside a line (most often an equation)
             k = rng.randrange(len(lines[i]) + 1)
@@ -419,7 +420,8 @@ class Report:
                    for st in STAGES if any(c[3] == st for c in self.crashes)),
                f"time per file: max {self.slowest[0]:.3f} s ({self.slowest[1]}), median {median * 1000:.2f} ms",
                f"total time: {self.total:.1f} s"]
-        out += [f"  crash {label} at {stage}: {summary} (saved to {path})" for label, path, summary, stage in self.crashes]
+        out += [f"  crash {label} at {stage}: {summary} (saved to {path})"
+                for label, path, summary, stage in self.crashes]
         return out
 
 
@@ -483,7 +485,7 @@ def _one(report, path, label, data, crash_dir, derive_every, timeout, run_genera
             report.crashes.append(_save(crash_dir, label, data, f"SpecError without the file name: {exc}", stage[-1]))
         elif not re.search(r"\bline \d+", str(exc)):
             report.without_line += 1
-    except Exception as exc:  # noqa: BLE001 - anything but SpecError is what we are looking for
+    except Exception as exc:  # anything but SpecError is what we are looking for
         summary = f"{type(exc).__name__}: {str(exc)[:200]}"
         report.crashes.append(_save(crash_dir, label, data, summary + "\n\n" + traceback.format_exc(), stage[-1]))
     return None
