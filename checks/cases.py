@@ -23,7 +23,8 @@ class Instance:
     dims: dict
 
     def astype(self, dtype):
-        conv = lambda d: {k: v.astype(dtype) for k, v in d.items()}  # noqa: E731
+        def conv(d):
+            return {k: v.astype(dtype) for k, v in d.items()}
         return Instance(conv(self.params), conv(self.seq), conv(self.init), self.dy.astype(dtype),
                         conv(self.d_final), self.dims)
 
@@ -41,7 +42,7 @@ def dims_for(module, shape) -> dict:
     T, B, D, H = shape
     sig = module.SIGNATURE
     dims = {"T": T, "B": B, "1": 1}
-    for n, ds in sig.inputs.items():
+    for ds in sig.inputs.values():
         dims.setdefault(ds[-1], D)
     extra = 0
     for ds in list(sig.states.values()) + list(sig.parameters.values()):

@@ -21,7 +21,7 @@ _ASSIGN = re.compile(r"^(\s+)([A-Za-z_][\w\[\] +,]*?) = (.+)$")
 def load_module(text: str, name: str = "lstm_spec_mutant") -> types.ModuleType:
     """Execute generated module text (our own generated code, never spec content) as a module."""
     module = types.ModuleType(name)
-    exec(compile(text, f"<{name}>", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(text, f"<{name}>", "exec"), module.__dict__)
     return module
 
 
@@ -29,7 +29,7 @@ def backward_lines(text: str) -> list[int]:
     """0-based indices of the derived lines of backward(): the assignments of the time loop and the
     gradient computations after it (not the unpacking of the cache or the returned dict)."""
     lines = text.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith("def backward("))
+    start = next(i for i, line in enumerate(lines) if line.startswith("def backward("))
     loop = next(i for i in range(start, len(lines)) if lines[i].strip().startswith("for t in reversed("))
     end = next(i for i in range(loop, len(lines)) if lines[i].strip().startswith(("grads = {", "return {")))
     return [i for i in range(loop + 1, end) if _ASSIGN.match(lines[i]) and "np.empty" not in lines[i]]

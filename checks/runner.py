@@ -53,8 +53,9 @@ def format_table(rows: list[Row]) -> str:
     head = ("cell", "check", "max error", "tolerance", "result", "negative control", "seconds")
     body = [(r.cell, r.check, _fmt_err(r.error), _fmt_err(r.tolerance) if r.tolerance is not None else "-",
              r.status, r.control, f"{r.seconds:.1f}") for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    line = lambda cols: "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
+    def line(cols):
+        return "  ".join(str(c).ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()
     out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
     details = [f"  {r.cell} / {r.check}: {r.detail}" for r in rows
                if r.detail and (r.status != "pass" or r.detail.startswith("not a proof"))]
@@ -113,7 +114,7 @@ def _load_guarded(cell: Cell, gen):
         return _module_for(cell, gen), None
     except KeyboardInterrupt:
         raise
-    except BaseException as exc:  # noqa: BLE001 - SystemExit from a module must fail verify, not end it
+    except BaseException as exc:  # SystemExit from a module must fail verify, not end it
         return None, Row(cell.name, "generated module loads", 1, 0, False, "-", 0.0,
                          f"loading the module raised {type(exc).__name__}: {str(exc)[:200]}")
 
@@ -236,7 +237,7 @@ def verify_cell(cell: Cell, progress=None, torch: bool = True, proof: bool = Fal
                                  ("finite_difference", "float64", "(c) finite differences")):
         progress(f"{name}: {label}")
         tol = TOLERANCES[(method, dtype)].value
-        res, secs = timed(lambda: check_derivatives(module, method))
+        res, secs = timed(lambda: check_derivatives(module, method))  # noqa: B023 - called within the iteration
         if "skipped" in res:
             rows.append(Row(name, label, None, None, None, "-", secs, res["skipped"]))
             continue

@@ -40,8 +40,19 @@ import numpy as np
 import sympy
 from sympy.core.parameters import evaluate as sympy_evaluate
 
-from lstm_spec.derivations.functions import (Clip, ClipMask, Exp, LogSumExp, LogSumExpN, Rsqrt, Sigmoid,
-                                             StopGradient, UnitCount, UnitMean, UnitSum)
+from lstm_spec.derivations.functions import (
+    Clip,
+    ClipMask,
+    Exp,
+    LogSumExp,
+    LogSumExpN,
+    Rsqrt,
+    Sigmoid,
+    StopGradient,
+    UnitCount,
+    UnitMean,
+    UnitSum,
+)
 from lstm_spec.derivations.reverse import Derivation
 from lstm_spec.derivations.rules import symbol_array
 from lstm_spec.reference._runtime import symbolic
@@ -408,7 +419,7 @@ class PointTape:
         for i in range(L.index, -1, -1):
             a = adj[i]
             if a:
-                for j, d in zip(operands[i], partials[i]):
+                for j, d in zip(operands[i], partials[i], strict=True):
                     adj[j] = (adj[j] + a * d) % P
         return adj
 
@@ -434,7 +445,7 @@ def _rule_at(func, k: int, values: tuple, salt: int) -> int:
         except sympy.core.function.ArgumentIndexError:
             _RULES[key] = (us, sympy.S.Zero)
     us, rule = _RULES[key]
-    return ModularPoint(0, symbols=dict(zip(us, values)), salt=salt)(rule)
+    return ModularPoint(0, symbols=dict(zip(us, values, strict=True)), salt=salt)(rule)
 
 
 # ----------------------------------------------------------------------------------------- cost bound
@@ -547,7 +558,7 @@ class Mat(tuple):
 
     @property
     def T(self):
-        return Mat(tuple(col) for col in zip(*self))
+        return Mat(tuple(col) for col in zip(*self, strict=True))
 
 
 def _is_matrix(v) -> bool:
@@ -563,7 +574,7 @@ def _flat(v) -> list:
 
 
 def _matvec(M, v) -> list:
-    return [sum((m * x for m, x in zip(row, v)), 0) for row in _as_mat(M)]
+    return [sum((m * x for m, x in zip(row, v, strict=True)), 0) for row in _as_mat(M)]
 
 
 def _vec(prefix, n, alg=SYMPY):
@@ -714,9 +725,9 @@ def _step_leaves(d: Derivation, sizes: dict, alg):
 def _step_loss(d: Derivation, env: dict, seeds: dict):
     """L = <dy, y_t> + sum_s <d_s_next, s_t> on the explicit step."""
     cell, S = d.cell, d.symbols
-    total = sum(a * b for a, b in zip(seeds[S.cot()], env[S.value(cell.output)]))
+    total = sum(a * b for a, b in zip(seeds[S.cot()], env[S.value(cell.output)], strict=True))
     for n in cell.states:
-        total += sum(a * b for a, b in zip(seeds[S.next(n)], env[S.value(n)]))
+        total += sum(a * b for a, b in zip(seeds[S.next(n)], env[S.value(n)], strict=True))
     return total
 
 
@@ -788,8 +799,8 @@ def _step_by_sympy(d: Derivation, sizes: dict, exact: str, stop_after, only) -> 
             env = ex.run(ins, prv)
         # entry by entry (a matrix row by row): d L / d free, at free = the value it was cut from
         L, free, got = _step_loss(d, env, seeds), _flat(free), _flat(derived[adj])
-        at = dict(zip(free, _flat(value)))
-        for f, g in zip(free, got):
+        at = dict(zip(free, _flat(value), strict=True))
+        for f, g in zip(free, got, strict=True):
             checked += 1
             if not same(g, sympy.diff(L, f).xreplace(at)):
                 failures.append(info.name)
@@ -803,12 +814,13 @@ def _evaluate_statement(st, env, S, n, alg=SYMPY):
         total = None
         for dl, v in st.outer:
             term = [[a * b for b in env[v]] for a in env[dl]]
-            total = term if total is None else [[x + y for x, y in zip(r, s)] for r, s in zip(total, term)]
+            total = term if total is None else [[x + y for x, y in zip(r, s, strict=True)]
+                                                for r, s in zip(total, term, strict=True)]
         return Mat(tuple(r) for r in total)
     parts = [alg.const(sympy.S.Zero)] * n
     for matrix, dl in st.matvec:
         contrib = _matvec(_as_mat(env[S.param(matrix)]).T, env[dl])
-        parts = [a + b for a, b in zip(parts, contrib)]
+        parts = [a + b for a, b in zip(parts, contrib, strict=True)]
     if st.elementwise != 0:
         parts = [a + explicit(st.elementwise, env, k, alg) for k, a in enumerate(parts)]
     return parts
@@ -877,7 +889,10 @@ def _leaf_array(alg, prefix, shape):
 
 def _unrolled_arrays(sig, sizes: dict, T: int, B: int, alg) -> dict:
     """The leaves of the unrolled check: params, seq, init, dy, d_final (arrays of the algebra's symbols)."""
-    dims = lambda ds: tuple(sizes[x] for x in ds)
+
+    def dims(ds):
+        return tuple(sizes[x] for x in ds)
+
     return {"params": {n: _leaf_array(alg, n, dims(ds)) for n, ds in sig.parameters.items()},
             "seq": {n: _leaf_array(alg, n, (T, B) + dims(ds)) for n, ds in sig.inputs.items()},
             "init": {n: _leaf_array(alg, f"{n}0", (B,) + dims(ds)) for n, ds in sig.states.items()},
@@ -896,10 +911,10 @@ def _unrolled_loss(d: Derivation, sizes: dict, a: dict, T: int, B: int, alg):
         state = {n: list(a["init"][n][b]) for n in cell.states}
         for t in range(T):
             env = ex.run({n: list(a["seq"][n][t, b]) for n in cell.inputs}, state)
-            L += sum(u * y for u, y in zip(a["dy"][t, b], env[S.value(cell.output)]))
+            L += sum(u * y for u, y in zip(a["dy"][t, b], env[S.value(cell.output)], strict=True))
             state = {n: env[S.value(n)] for n in cell.states}
         for n in cell.states:
-            L += sum(u * s for u, s in zip(a["d_final"][n][b], state[n]))
+            L += sum(u * s for u, s in zip(a["d_final"][n][b], state[n], strict=True))
     return L
 
 

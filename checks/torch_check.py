@@ -26,7 +26,7 @@ INSTALL = ("pip install torch==2.13.0 --index-url https://download.pytorch.org/w
 
 def torch_available():
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401 - only whether it imports
     except ImportError:
         return False
     return True
@@ -49,7 +49,8 @@ def _split(torch, b, seed):
 
 
 def _lstm_weights(torch, p, dims, seed, gates=("i", "f", "c", "o")):
-    cat = lambda k: torch.cat([p[f"{k}_{g}"] for g in gates])  # noqa: E731
+    def cat(k):
+        return torch.cat([p[f"{k}_{g}"] for g in gates])
     if "bW_f" in p:  # two-bias layout: ours map one to one
         b_ih, b_hh = torch.cat([p[f"bW_{g}"] for g in gates]), torch.cat([p[f"bU_{g}"] for g in gates])
     else:
@@ -61,7 +62,8 @@ def _lstm_weights(torch, p, dims, seed, gates=("i", "f", "c", "o")):
 
 
 def _gru_weights(torch, p, dims, seed):
-    cat = lambda k: torch.cat([p[f"{k}_{g}"] for g in ("r", "z", "n")])  # noqa: E731
+    def cat(k):
+        return torch.cat([p[f"{k}_{g}"] for g in ("r", "z", "n")])
     r_ih, r_hh = _split(torch, p["b_r"], seed)
     z_ih, z_hh = _split(torch, p["b_z"], seed + 1)
     return {"weight_ih": cat("W"), "weight_hh": cat("U"), "bias_ih": torch.cat([r_ih, z_ih, p["b_n"]]),
@@ -198,7 +200,8 @@ LAYER_NORM_EPS = 1e-5  # the spec's eps (0.00001), PyTorch's layer_norm default
 def _run_layer_norm(torch, p, seq, init, dims, eps=LAYER_NORM_EPS):
     ln = torch.nn.functional.layer_norm
     x = seq["x"]
-    cat = lambda k: torch.cat([p[f"{k}_{g}"] for g in "fico"])  # noqa: E731
+    def cat(k):
+        return torch.cat([p[f"{k}_{g}"] for g in "fico"])
     gx, gh, b = cat("gx"), cat("gh"), cat("b")
     H = p["b_f"].shape[0]
 
@@ -225,7 +228,8 @@ TORCH_PROGRAMS: dict[str, TorchProgram] = {
 
 
 def _compare_program(module, inst, torch, program: TorchProgram):
-    leaf = lambda a: torch.tensor(a, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    def leaf(a):
+        return torch.tensor(a, dtype=torch.float64, requires_grad=True)
     ours = {k: leaf(v) for k, v in inst.params.items()}
     seq = {k: leaf(v) for k, v in inst.seq.items()}
     init = {k: leaf(v) for k, v in inst.init.items()}
@@ -234,7 +238,8 @@ def _compare_program(module, inst, torch, program: TorchProgram):
     for s in init:
         loss = loss + (final[s] * torch.tensor(inst.d_final[s])).sum()
     loss.backward()
-    grad = lambda t, like: t.grad.numpy() if t.grad is not None else np.zeros_like(like)  # noqa: E731
+    def grad(t, like):
+        return t.grad.numpy() if t.grad is not None else np.zeros_like(like)
     ours_y, ours_final, ours_g = run(module, inst)
     pairs = [("y", ours_y, y.detach().numpy())]
     pairs += [(f"{s}_T", ours_final[s], final[s].detach().numpy()) for s in init]
@@ -249,7 +254,8 @@ def _compare(module, inst, torch, eq: TorchEquivalent, use_cell: bool, weights=N
 
     dims = inst.dims
     T, B = dims["T"], dims["B"]
-    leaf = lambda a: torch.tensor(a, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    def leaf(a):
+        return torch.tensor(a, dtype=torch.float64, requires_grad=True)
     ours = {k: leaf(v) for k, v in inst.params.items()}
     x = leaf(inst.seq["x"])
     names = [s for group in eq.states for s in group]
@@ -266,7 +272,7 @@ def _compare(module, inst, torch, eq: TorchEquivalent, use_cell: bool, weights=N
             s = functional_call(net, w, (x[t], s))
             ys.append(s[0] if isinstance(s, tuple) else s)
         y = torch.stack(ys) if ys else torch.zeros((0, B, dims["H"]), dtype=torch.float64)
-        final = dict(zip([g[0] for g in eq.states], s if isinstance(s, tuple) else (s,)))
+        final = dict(zip([g[0] for g in eq.states], s if isinstance(s, tuple) else (s,), strict=True))
     else:
         arg = tuple(torch.stack([init[s] for s in group]) for group in eq.states)
         y, out = functional_call(net, w, (x, arg if len(arg) > 1 else arg[0]))

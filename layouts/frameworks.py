@@ -31,7 +31,7 @@ Differences that matter when converting:
 
 All converters are pure data movement (copies); gradients convert the same way, because every
 conversion is a permutation, a transposition or a split of a sum (see ``grads_from_layout``).
-"""
+"""  # noqa: E501 - a Markdown table, one row per line
 
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ def from_onnx_lstm(W, R, B=None, direction: int = 0) -> dict:
     H = R.shape[-1]
     b = np.zeros(8 * H, W.dtype) if B is None else arrays["B"][direction]
     if b.shape != (8 * H,):
-        raise LayoutError(f"B: got {b.shape[0]} values per direction, expected 8H = {8 * H} (Wb then Rb, H = {H} from R)")
+        raise LayoutError(f"B: got {b.shape[0]} values per direction, "
+                          f"expected 8H = {8 * H} (Wb then Rb, H = {H} from R)")
     return from_stacked({"W": W, "U": R, "b": b[:4 * H] + b[4 * H:]}, ONNX_LSTM_ORDER)
 
 
@@ -259,7 +260,7 @@ def to_layout(params: dict, layout: Layout, bias_ih: dict | None = None) -> dict
     kinds = [k for k in ("W", "U", "b") if gates and all(f"{k}_{g}" in params for g in gates)]
     gated = {f"{k}_{g}" for k in kinds for g in gates}
     out = {k: np.asarray(v) for k, v in params.items() if k not in gated}
-    t = (lambda a: a.T.copy()) if layout.transposed else (lambda a: a.copy())  # noqa: E731
+    t = (lambda a: a.T.copy()) if layout.transposed else (lambda a: a.copy())
     ih = {g: np.asarray((bias_ih or {}).get(f"b_{g}", params[f"b_{g}"])) for g in gates if f"b_{g}" in params}
     for g, part in ih.items():
         b = np.asarray(params[f"b_{g}"])
@@ -294,7 +295,7 @@ def to_layout(params: dict, layout: Layout, bias_ih: dict | None = None) -> dict
 def grads_from_layout(grads: dict, layout: Layout, gates) -> dict:
     """A target's parameter gradients in ``layout`` -> canonical names; with two biases the keys are
     ``b_g(ih)`` and ``b_g(hh)`` (each should equal the canonical gradient of b_g)."""
-    t = (lambda a: np.asarray(a).T) if layout.transposed else np.asarray  # noqa: E731
+    t = (lambda a: np.asarray(a).T) if layout.transposed else np.asarray
     out = {}
     if layout.params == "per_gate":
         for k, v in grads.items():
@@ -316,7 +317,7 @@ def grads_from_layout(grads: dict, layout: Layout, gates) -> dict:
         a = t(v)
         if a.shape[0] % n:
             raise LayoutError(f"gradient {k!r}: got shape {np.asarray(v).shape}, expected {n} gate blocks")
-        for g, blk in zip(order, np.split(a, n, axis=0)):
+        for g, blk in zip(order, np.split(a, n, axis=0), strict=True):
             name = f"{stacked[k]}_{g}"
             out[name if k in ("W", "U", "b") else f"{name}({k[-2:]})"] = blk
     return out

@@ -78,7 +78,7 @@ def from_stacked(stacked: dict, order=GATES) -> dict:
             raise LayoutError(f"stacked[{k!r}]: got shape {a.shape}, expected {want[k]} (H = {H} from U)")
     out = {}
     for k in KINDS:
-        for g, block in zip(order, np.split(arrays[k], 4, axis=0)):
+        for g, block in zip(order, np.split(arrays[k], 4, axis=0), strict=True):
             out[f"{k}_{g}"] = block.copy()
     return out
 
@@ -102,5 +102,6 @@ def from_torch_lstm(state: dict, suffix: str = "_l0") -> dict:
     a = require(state, [f"{k}{suffix}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")], "state")
     b_ih, b_hh = a[f"bias_ih{suffix}"], a[f"bias_hh{suffix}"]
     if b_ih.shape != b_hh.shape:
-        raise LayoutError(f"state['bias_hh{suffix}']: got shape {b_hh.shape}, expected {b_ih.shape} like bias_ih{suffix}")
+        raise LayoutError(f"state['bias_hh{suffix}']: got shape {b_hh.shape}, "
+                          f"expected {b_ih.shape} like bias_ih{suffix}")
     return from_stacked({"W": a[f"weight_ih{suffix}"], "U": a[f"weight_hh{suffix}"], "b": b_ih + b_hh}, GATES)

@@ -219,7 +219,7 @@ def _describe(a):
 
 
 def _dtype_ok(dtype):
-    return dtype in NUMERIC_DTYPES or (dtype == object and _SYMBOLIC[-1])
+    return dtype in NUMERIC_DTYPES or (dtype == np.dtype(object) and _SYMBOLIC[-1])
 
 
 _DTYPE_HELP = ("expected float32, float64 or complex128 (nothing is cast: convert ints, bools, float16, "
@@ -353,7 +353,7 @@ def _check_form(g: _Given, dtype, first):
                          "must share one dtype (nothing is cast silently)")
     if a.ndim != len(g.expected):
         raise InputError(f"{g.label}: got {_describe(a)}, expected shape {_shape_text(g.expected, {})}")
-    for size, e in zip(a.shape, g.expected):
+    for size, e in zip(a.shape, g.expected, strict=True):
         if isinstance(e, str) and size == 0 and e not in ("T", "B"):
             raise InputError(f"{g.label}: got {_describe(a)}, expected shape {_shape_text(g.expected, {})} "
                              f"with {e} >= 1 (only T and B may be 0)")
@@ -364,7 +364,7 @@ def _first_sight(cell, given):
     x = given[0].a
     dims = _make_dims(cell, {"1": 1, "T": x.shape[0], "B": x.shape[1]})
     for g in given:
-        for size, e in zip(g.a.shape, g.expected):
+        for size, e in zip(g.a.shape, g.expected, strict=True):
             if e not in dims and isinstance(e, str):
                 dims[e] = size
     return dims
@@ -388,7 +388,7 @@ def _bind_dims(cell, given):
 
 def _check_sizes(g: _Given, dims, given):
     """Every axis of g against the bound dimensions; a mismatch names g, the size decided and who decided it."""
-    for size, e in zip(g.a.shape, g.expected):
+    for size, e in zip(g.a.shape, g.expected, strict=True):
         want = dims[e] if isinstance(e, str) else e
         if size == want:
             continue
@@ -735,7 +735,7 @@ def _result_of(stmt, frame):
         return None, None
     try:
         with np.errstate(all="ignore"):
-            value = eval(compile(ast.Expression(expr), "<generated statement>", "eval"),  # noqa: S307
+            value = eval(compile(ast.Expression(expr), "<generated statement>", "eval"),
                          frame.f_globals, dict(frame.f_locals))
     except Exception:  # a statement that cannot be evaluated again: its name and reason are still given
         return None, None

@@ -22,9 +22,11 @@ def mask_from_lengths(lengths, T: int, dtype=np.float64):
     except Exception as exc:  # a ragged list, a torch tensor that requires grad, ...
         raise unreadable("lengths", exc) from exc
     if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
-        raise InputError(f"lengths: expected a 1-D array of integers, got shape {lengths.shape} and dtype {lengths.dtype}")
+        raise InputError(f"lengths: expected a 1-D array of integers, "
+                         f"got shape {lengths.shape} and dtype {lengths.dtype}")
     if lengths.size and (lengths.min() < 0 or lengths.max() > T):
-        raise InputError(f"lengths: every length must be in [0, T={T}], got min {lengths.min()} and max {lengths.max()}")
+        raise InputError(f"lengths: every length must be in [0, T={T}], "
+                         f"got min {lengths.min()} and max {lengths.max()}")
     return (np.arange(T)[:, None] < lengths[None, :]).astype(dtype)[:, :, None]
 
 

@@ -12,7 +12,8 @@ from ._runtime import InputError
 
 def _check_grads(grads):
     if not isinstance(grads, dict):
-        raise InputError(f"grads: expected a dict of gradient arrays (what backward returns), got {type(grads).__name__}")
+        raise InputError("grads: expected a dict of gradient arrays (what backward returns), "
+                         f"got {type(grads).__name__}")
 
 
 def _check_number(name, value):
