@@ -14,12 +14,11 @@ def cmd_conform(args) -> int:
     other exception of the target are its failures; conformance/PROTOCOL.md, section 6)."""
     import math
 
+    from lstm_spec.checks.progress import Counter
+    from lstm_spec.spec import builtin_cells, did_you_mean
+
     from .runner import conform, default_cases, expand_variants, format_report, progress_text, redirect_output
     from .targets import TargetError, Unavailable, load_target, terminating_cleanly
-
-    from lstm_spec.checks.progress import Counter
-
-    from lstm_spec.spec import builtin_cells, did_you_mean
 
     bad = next((f"--cell {c!r}: not a built-in cell; {did_you_mean(c)}`lstm-spec list` shows them"
                 for c in args.cells or () if c not in builtin_cells()), "")

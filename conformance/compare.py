@@ -70,7 +70,7 @@ def _as_array(value):
         return value
     try:
         return np.asarray(value)
-    except Exception:  # noqa: BLE001 - whatever the target returned, it is reported, not raised
+    except Exception:  # whatever the target returned, it is reported, not raised
         return None
 
 

@@ -65,7 +65,7 @@ class NumpyLSTM:
     # ------------------------------------------------------------------ layout
     def _unpack(self, params):
         m = self.conformance
-        get = (lambda a: np.asarray(a).T) if m["transposed"] else np.asarray  # noqa: E731
+        get = (lambda a: np.asarray(a).T) if m["transposed"] else np.asarray
         if self.per_gate:
             W = np.concatenate([get(params[f"W_{g}"]) for g in self.order])
             U = np.concatenate([get(params[f"U_{g}"]) for g in self.order])
@@ -85,7 +85,7 @@ class NumpyLSTM:
 
     def _pack(self, params, dW, dU, db):
         m = self.conformance
-        put = (lambda a: a.T.copy()) if m["transposed"] else (lambda a: a)  # noqa: E731
+        put = (lambda a: a.T.copy()) if m["transposed"] else (lambda a: a)
         if self.per_gate:
             H = dU.shape[1]
             out = {}
@@ -114,7 +114,8 @@ class NumpyLSTM:
     def _forward_seq(self, W, U, b, x, h0, c0):
         H = U.shape[1]
         pos = self._blocks()
-        blk = lambda a, g: a[..., pos[g] * H:(pos[g] + 1) * H]  # noqa: E731
+        def blk(a, g):
+            return a[..., pos[g] * H:(pos[g] + 1) * H]
         bias = {"bias_twice": 2 * b, "bias_dropped": 0 * b}.get(self.bug, b)
         T = x.shape[0]
         hs, cs, gates = [h0], [c0], []

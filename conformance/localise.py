@@ -166,7 +166,10 @@ class _Runner:
 def _retype(problem: Problem, dtype: str) -> Problem:
     """The same values in another dtype (values are exactly those of ``problem``)."""
     dt = np.dtype(dtype)
-    cv = lambda d: {k: np.asarray(v, dt).copy() for k, v in d.items()}
+
+    def cv(d):
+        return {k: np.asarray(v, dt).copy() for k, v in d.items()}
+
     return problem.with_(case=replace(problem.case, dtype=dtype), params=[cv(p) for p in problem.params],
                          x=problem.x.astype(dt), init=[cv(s) for s in problem.init], dy=problem.dy.astype(dt),
                          d_final=[cv(s) for s in problem.d_final], bias_ih=[cv(b) for b in problem.bias_ih],
@@ -176,7 +179,10 @@ def _retype(problem: Problem, dtype: str) -> Problem:
 def _slice(problem: Problem, T: int, B: int) -> Problem:
     """The first T steps of batch rows 0..B of a single-slot problem (same parameters and initial states)."""
     D, H = problem.case.shape[2:]
-    rows = lambda d: {k: np.ascontiguousarray(v[:B]) for k, v in d.items()}
+
+    def rows(d):
+        return {k: np.ascontiguousarray(v[:B]) for k, v in d.items()}
+
     return problem.with_(case=replace(problem.case, shape=(T, B, D, H)), x=np.ascontiguousarray(problem.x[:T, :B]),
                          dy=np.ascontiguousarray(problem.dy[:T, :B]), init=[rows(problem.init[0])],
                          d_final=[rows(problem.d_final[0])], params=[dict(problem.params[0])],
@@ -295,7 +301,10 @@ def _input_array(problem: Problem, kind: str, name):
 def _moved(runner, problem: Problem, kind: str, name, v, step: float) -> Problem:
     """``problem`` with the input of (kind, name) moved by step * v (rounded to the problem's dtype).
     Moving the input-side part of a split bias keeps the recurrent-side part: b and b_ih move together."""
-    add = lambda a: (np.asarray(a, np.float64) + step * v).astype(problem.dtype)
+
+    def add(a):
+        return (np.asarray(a, np.float64) + step * v).astype(problem.dtype)
+
     if kind == "x":
         return runner.fresh(problem, x=add(problem.x))
     if kind == "init":
@@ -334,7 +343,10 @@ def _check(runner, problem: Problem, q: str, g: np.ndarray, rng, dtype: str) -> 
     for _ in range(DIRECTIONS):
         v = rng.standard_normal(g.shape)
         v /= math.sqrt(float(np.mean(v * v)))
-        F = lambda s, v=v: _scalar(problem, runner.forward(_moved(runner, problem, kind, name, v, s)))
+
+        def F(s, v=v):
+            return _scalar(problem, runner.forward(_moved(runner, problem, kind, name, v, s)))
+
         d, err = _directional(F, FD_STEP[dtype])
         gv.append(float(np.sum(g.astype(np.float64) * v)))
         dv.append(d)
@@ -342,7 +354,7 @@ def _check(runner, problem: Problem, q: str, g: np.ndarray, rng, dtype: str) -> 
     scale = max(abs(a) for a in gv + dv)
     if scale == 0 or not math.isfinite(scale):
         return Check(q, 0.0 if scale == 0 else math.inf, 0.0, scale == 0)
-    rel = max(abs(a - b) for a, b in zip(gv, dv)) / scale
+    rel = max(abs(a - b) for a, b in zip(gv, dv, strict=True)) / scale
     nrel = max(noise) / scale
     return Check(q, rel, nrel, rel <= max(FD_FLOOR[dtype], 10 * nrel))
 
@@ -438,7 +450,10 @@ def _observed(problem: Problem, got: dict, want: dict, tol: float) -> dict:
 def _adjoint_names(observed: dict, stmts: dict) -> dict:
     """Derived names to show: a bias statement d_b_g = sum_t d_z_g shows as d_z_g; a W or U statement
     only when it says something its gate's adjoint does not; d_x and the carries as they are."""
-    adj = lambda s: (re.match(r"sum_t (d_\w+)", stmts.get(s, "")) or [None, None])[1]
+
+    def adj(s):
+        return (re.match(r"sum_t (d_\w+)", stmts.get(s, "")) or [None, None])[1]
+
     out = {}
     for s, st in observed.items():
         if s.startswith("d_b_") and adj(s) and re.fullmatch(r"sum_t d_\w+", stmts[s]) and st != "not provided":

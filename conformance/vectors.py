@@ -178,7 +178,8 @@ def read_npz(path) -> dict:
 
 def _member_name(info: zipfile.ZipInfo, seen: dict) -> str:
     if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-        raise NpzError(f"member {_short(info.filename)} is compressed or encrypted (vectors stores members as they are)")
+        raise NpzError(f"member {_short(info.filename)} is compressed or encrypted "
+                       "(vectors stores members as they are)")
     if not info.filename.endswith(".npy"):
         raise NpzError(f"member {_short(info.filename)} is not an .npy array")
     if info.file_size != info.compress_size or info.file_size > MAX_NPZ_BYTES:
@@ -618,7 +619,7 @@ def _check_file(out: Path, e: dict, case: Case, recompute: bool) -> list[str]:
     if recompute and not here:
         try:
             here += _recompute(name, arrays, case)
-        except Exception as exc:  # noqa: BLE001 - a file the reference cannot be run on is a finding
+        except Exception as exc:  # a file the reference cannot be run on is a finding
             here.append(f"{name}: cannot recompute the reference on it ({type(exc).__name__}: {exc})")
     return here
 
@@ -629,7 +630,8 @@ def _arrays_against_manifest(e: dict, arrays: dict) -> list[str]:
         if a not in arrays:
             here.append(f"{name}: array {_short(a)} missing")
         elif list(arrays[a].shape) != meta["shape"] or str(arrays[a].dtype) != meta["dtype"]:
-            here.append(f"{name}: array {_short(a)} is {_fmt(arrays[a])}, manifest says {tuple(meta['shape'])} {_short(meta['dtype'])}")
+            here.append(f"{name}: array {_short(a)} is {_fmt(arrays[a])}, "
+                        f"manifest says {tuple(meta['shape'])} {_short(meta['dtype'])}")
     here += [f"{name}: array {_short(a)} is not listed in the manifest" for a in arrays if a not in e["arrays"]]
     return here
 

@@ -15,19 +15,16 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import flax  # noqa: E402 - after float64 is enabled in JAX
+import jax.numpy as jnp  # noqa: E402 - after float64 is enabled in JAX
+import numpy as np  # noqa: E402 - after float64 is enabled in JAX
+from flax import linen as nn  # noqa: E402 - after float64 is enabled in JAX
 
-import flax  # noqa: E402
-from flax import linen as nn  # noqa: E402
+from lstm_spec.layouts.frameworks import from_flax_lstm, to_flax_gru, to_flax_lstm  # noqa: E402 - after float64 is enabled in JAX
 
-from lstm_spec.layouts.frameworks import from_flax_lstm, to_flax_gru, to_flax_lstm  # noqa: E402
-
-from ..problem import Case, Problem  # noqa: E402
-from ..targets import Target  # noqa: E402
-from . import available_cells  # noqa: E402
-
-
+from ..problem import Case, Problem  # noqa: E402 - after float64 is enabled in JAX
+from ..targets import Target  # noqa: E402 - after float64 is enabled in JAX
+from . import available_cells  # noqa: E402 - after float64 is enabled in JAX
 
 
 class FlaxLSTM(Target):

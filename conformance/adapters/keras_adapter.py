@@ -1,7 +1,7 @@
 """Keras 3 adapter (TensorFlow backend): ``keras.layers.LSTM`` and ``keras.layers.GRU`` (cells
 ``gru_reset_after``: reset_after=True, bias (2, 3H); ``gru_reset_before``: reset_after=False) with
-``return_sequences`` and ``return_state``, in float32 and float64, forward and ``go_backwards``, sequence lengths as a mask,
-gradients from ``tf.GradientTape`` for the kernels, the bias, the input and the initial states.
+``return_sequences`` and ``return_state``, in float32 and float64, forward and ``go_backwards``, sequence lengths
+as a mask, gradients from ``tf.GradientTape`` for the kernels, the bias, the input and the initial states.
 
 Keras' layout: kernel (D, 4H) and recurrent_kernel (H, 4H), transposed, gates i, f, c, o; one bias
 (4H,). Inputs are batch-major. Conventions translated here: ``go_backwards`` returns its outputs in
@@ -16,18 +16,15 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
+from lstm_spec.layouts.frameworks import KERAS_GRU_ORDER, from_keras_lstm, to_keras_gru, to_keras_lstm
 
-from lstm_spec.layouts.frameworks import KERAS_GRU_ORDER, from_keras_lstm, to_keras_gru, to_keras_lstm  # noqa: E402
-
-from ..problem import Case, Problem  # noqa: E402
-from ..targets import Target, TargetError  # noqa: E402
-from . import available_cells  # noqa: E402
-
-
+from ..problem import Case, Problem
+from ..targets import Target, TargetError
+from . import available_cells
 
 
 def _gru_grads(gk, grk, gb, H):
@@ -107,6 +104,7 @@ class KerasLSTM(Target):
             res.update(_gru_grads(gk.numpy(), grk.numpy(), gb.numpy(), H))
             return res
         res.update({"c_T": cT.numpy(), "d c0": gc0.numpy()})
-        for k, v in from_keras_lstm({"kernel": gk.numpy(), "recurrent_kernel": grk.numpy(), "bias": gb.numpy()}).items():
+        grads = from_keras_lstm({"kernel": gk.numpy(), "recurrent_kernel": grk.numpy(), "bias": gb.numpy()})
+        for k, v in grads.items():
             res[f"d {k}"] = v
         return res

@@ -2,8 +2,8 @@
 ONNX Runtime's CPU provider, forward only (ONNX Runtime has no training gradients here). Directions
 forward, reverse and bidirectional; ``sequence_lens``; ``layout`` 0 (time-major; ORT's CPU kernel rejects layout 1);
 two layers as two chained operators; the ``GRU`` operator for ``gru_reset_after``
-(``linear_before_reset=1``) and ``gru_reset_before`` (``linear_before_reset=0``); diagonal peepholes ``P`` (cell ``peephole``) and
-``input_forget=1`` (cell ``cifg_f``, f = 1 - i) and ``clip`` (cell ``lstm_clip``, the bound read
+(``linear_before_reset=1``) and ``gru_reset_before`` (``linear_before_reset=0``); diagonal peepholes ``P`` (cell
+``peephole``) and ``input_forget=1`` (cell ``cifg_f``, f = 1 - i) and ``clip`` (cell ``lstm_clip``, the bound read
 from its spec) when those cells exist in the spec.
 
 ONNX's layout: W [dirs, 4H, D], R [dirs, 4H, H], B [dirs, 8H] (Wb then Rb), gates i, o, f, c; P
@@ -14,7 +14,6 @@ tolerance is looser (("conform:onnxruntime", "float32") in lstm_spec.checks.tole
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -24,7 +23,8 @@ from lstm_spec.layouts.frameworks import ONNX_LSTM_ORDER, to_onnx_gru
 
 from ..problem import Case, Problem, slot_key
 from ..targets import Target
-from . import available_cells  # noqa: E402
+from . import available_cells
+
 
 # cell -> (operator, attributes)
 def _clip_bound(cell: str) -> float:
@@ -51,7 +51,8 @@ def onnx_lstm_weights(params: dict, bias_ih: dict) -> dict:
     H = next(np.asarray(v).shape[0] for k, v in params.items() if k.startswith("U_"))
     D = next(np.asarray(v).shape[1] for k, v in params.items() if k.startswith("W_"))
     dt = next(iter(params.values())).dtype
-    z = lambda *s: np.zeros(s, dt)  # noqa: E731
+    def z(*s):
+        return np.zeros(s, dt)
     W = np.concatenate([params.get(f"W_{g}", z(H, D)) for g in ONNX_LSTM_ORDER])
     R = np.concatenate([params.get(f"U_{g}", z(H, H)) for g in ONNX_LSTM_ORDER])
     b = np.concatenate([params.get(f"b_{g}", z(H)) for g in ONNX_LSTM_ORDER])

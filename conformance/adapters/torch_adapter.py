@@ -20,7 +20,7 @@ import torch
 
 from ..problem import Case, Problem, slot_key
 from ..targets import Target
-from . import available_cells  # noqa: E402
+from . import available_cells
 
 KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 ORDERS = {"lstm": ("i", "f", "c", "o"), "projection": ("i", "f", "c", "o"), "gru_reset_after": ("r", "z", "n")}
@@ -32,7 +32,8 @@ MODULES = {"lstm": ("nn.LSTM", "nn.LSTMCell"), "projection": ("nn.LSTM",), "gru_
 def to_torch(cell: str, params: dict, bias_ih: dict) -> dict:
     """Canonical parameters of a cell -> PyTorch's weight_ih, weight_hh, bias_ih, bias_hh (and weight_hr)."""
     order = ORDERS[cell]
-    cat = lambda kind: np.concatenate([np.asarray(params[f"{kind}_{g}"]) for g in order])  # noqa: E731
+    def cat(kind):
+        return np.concatenate([np.asarray(params[f"{kind}_{g}"]) for g in order])
     b = cat("b")
     ih = np.concatenate([np.asarray(bias_ih.get(f"b_{g}", params[f"b_{g}"])) for g in order])
     hh = b - ih
@@ -50,10 +51,10 @@ def from_torch_grads(cell: str, g: dict, slot: str = "") -> dict:
     n = len(order)
     res = {}
     for kind, ours in (("weight_ih", "W"), ("weight_hh", "U")):
-        for gate, blk in zip(order, np.split(g[kind], n)):
+        for gate, blk in zip(order, np.split(g[kind], n), strict=True):
             res[slot_key(f"d {ours}_{gate}", slot)] = blk
     for side in ("ih", "hh"):
-        for gate, blk in zip(order, np.split(g[f"bias_{side}"], n)):
+        for gate, blk in zip(order, np.split(g[f"bias_{side}"], n), strict=True):
             if cell == "gru_reset_after" and gate == "n":
                 res[slot_key("d b_n" if side == "ih" else "d b_hn", slot)] = blk
             else:
@@ -120,7 +121,8 @@ class TorchLSTM(Target):
             P = problem.output_size if cell == "projection" else 0
             net = torch.nn.LSTM(D, H, num_layers=case.layers, bidirectional=ndir == 2, proj_size=P)
         net = net.to(dt)
-        sfx = lambda k: f"_l{k // ndir}" + ("_reverse" if k % ndir else "")  # noqa: E731
+        def sfx(k):
+            return f"_l{k // ndir}" + ("_reverse" if k % ndir else "")
         for k in range(len(case.slots)):
             for kind, a in to_torch(cell, problem.params[k], problem.bias_ih[k]).items():
                 with torch.no_grad():
