@@ -152,7 +152,8 @@ def measure(args) -> int:
     data: dict = {}
     if args.json and args.merge and Path(args.json).exists():
         data = load_result(args.json, "--json")
-    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    def log(*a):
+        return print(*a, flush=True)
     signal.signal(signal.SIGTERM, _interrupted)  # `kill` of a long run: the workers are stopped too
     code = 0
     try:

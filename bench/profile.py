@@ -109,7 +109,8 @@ def format_profile(r: dict) -> str:
     for key, text in CATEGORIES:
         v = r["parts"][key]
         lines.append(f"  {text.ljust(width)}  {v * 1e3:9.1f} ms  {100 * v / r['total']:5.1f} %")
-    lines.append(f"  {'floor: the FLOP count at the GEMM rate of this shape'.ljust(width)}  {r['floor'] * 1e3:9.1f} ms  "
+    floor = 'floor: the FLOP count at the GEMM rate of this shape'
+    lines.append(f"  {floor.ljust(width)}  {r['floor'] * 1e3:9.1f} ms  "
                  f"{100 * r['floor'] / r['total']:5.1f} %   (GEMM rate {r['gemm_gflops']:.1f} GFLOP/s)")
     return "\n".join(lines)
 

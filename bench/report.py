@@ -20,7 +20,8 @@ def load(path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"benchmark results: {path} does not exist (run `lstm-spec bench --json {path}`)")
+        raise FileNotFoundError(
+            f"benchmark results: {path} does not exist (run `lstm-spec bench --json {path}`)") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"benchmark results: {path} is not JSON ({exc})") from exc
     validate(data, str(path))
@@ -89,10 +90,10 @@ def rows(data: dict) -> tuple[list[str], list[list[str]]]:
 def text_table(data: dict) -> str:
     head, body = rows(data)
     full = [b for b in body if len(b) == len(head)]
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *full)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *full, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     for b in body:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(b, widths)) if len(b) == len(head)
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(b, widths, strict=True)) if len(b) == len(head)
                      else f"{b[0].ljust(widths[0])}  {b[1]}")
     return "\n".join(lines)
 
@@ -173,7 +174,8 @@ def meta_markdown(data: dict) -> str:
              f"{m.get('threads', '?')} thread(s) for every implementation (CPU affinity {m.get('cpus', '?')}, "
              "thread variables set before import), "
              f"{m.get('reps', '?')} interleaved repetitions per point, median and interquartile range",
-             f"square 1024 GEMM rate: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in m.get("gemm_peak_gflops", {}).items()),
+             "square 1024 GEMM rate: "
+             + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in m.get("gemm_peak_gflops", {}).items()),
              f"{n_ok} of {n_all} grid points measured; the others are listed with the reason they were skipped",
              f"command: `{m.get('command', '?')}`; 1-minute load average at the start "
              f"{m['loadavg_start'][0]:.1f}" if "loadavg_start" in m else "load average not recorded"]
@@ -247,11 +249,14 @@ def profile_markdown(data: dict) -> str:
     if not profs:
         return "(no profile in this result)"
     head = ["point", "time"] + [label for _, label in PROFILE_COLUMNS] + ["floor (GEMM rate)"]
+
+    def part(v, total):
+        return f"{v * 1e3:.1f} ms ({100 * v / total:.0f} %)"
+
     body = []
     for r in profs:
-        part = lambda v: f"{v * 1e3:.1f} ms ({100 * v / r['total']:.0f} %)"  # noqa: E731
-        body.append([r["label"], f"{r['total'] * 1e3:.1f} ms"] + [part(r["parts"][k]) for k, _ in PROFILE_COLUMNS]
-                    + [part(r["floor"])])
+        body.append([r["label"], f"{r['total'] * 1e3:.1f} ms"]
+                    + [part(r["parts"][k], r["total"]) for k, _ in PROFILE_COLUMNS] + [part(r["floor"], r["total"])])
     return md_table(head, body)
 
 

@@ -395,7 +395,8 @@ def header(bench: Bench | None, argv=None) -> dict:
             "loadavg_start": list(os.getloadavg())}
     if bench is not None:
         meta.update(threads=bench.threads, cpus=bench.cpus, reps=bench.reps, max_seconds=bench.max_seconds,
-                    noise=bench.noise, seed=bench.seed, gemm_peak_gflops={k: v / 1e9 for k, v in bench.gemm_peak.items()},
+                    noise=bench.noise, seed=bench.seed,
+                    gemm_peak_gflops={k: v / 1e9 for k, v in bench.gemm_peak.items()},
                     workers={n: w.info for n, w in bench.workers.items()}, unavailable=bench.unavailable,
                     check_tolerance={dt: check_tolerance(dt) for dt in pr.DTYPES})
     return meta

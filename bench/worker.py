@@ -113,7 +113,8 @@ class Torch:
         with torch.no_grad():
             for k, v in to_torch_lstm(pb["params"]).items():
                 getattr(self.net, k).copy_(torch.from_numpy(v))
-        t = lambda a: torch.from_numpy(a.copy())  # noqa: E731
+        def t(a):
+            return torch.from_numpy(a.copy())
         self.x = t(pb["x"]).requires_grad_(True)
         self.h0 = t(pb["h0"])[None].requires_grad_(True)
         self.c0 = t(pb["c0"])[None].requires_grad_(True)
@@ -171,9 +172,10 @@ class Jax:
             return jnp.sum(y * dy) + jnp.sum(hT * dh) + jnp.sum(cT * dc)
 
         self.fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4, 5)))
-        dev = lambda a: jax.device_put(np.asarray(a))  # noqa: E731
+        def dev(a):
+            return jax.device_put(np.asarray(a))
         self.args = [dev(s["W"]), dev(s["U"]), dev(s["b"])] + [dev(pb[k]) for k in ("x", "h0", "c0", "dy", "dh", "dc")]
-        for a, want in zip(self.args, [s["W"], s["U"], s["b"], pb["x"]]):
+        for a, want in zip(self.args, [s["W"], s["U"], s["b"], pb["x"]], strict=False):
             if a.dtype != want.dtype:
                 raise TypeError(f"jax: got {a.dtype} on the device for a {want.dtype} array (JAX_ENABLE_X64 unset?)")
 

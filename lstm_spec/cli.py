@@ -74,9 +74,7 @@ def _check_generated(generated, elapsed: float) -> int:
 def cmd_verify(args) -> int:
     import os
 
-    from lstm_spec.checks.runner import (SYMBOLIC_METHODS, Progress, all_passed, format_table, verify_cells,
-                                         verify_rules)
-
+    from lstm_spec.checks.runner import SYMBOLIC_METHODS, Progress, all_passed, format_table, verify_cells, verify_rules
     from lstm_spec.checks.torch_check import INSTALL, torch_available
 
     if not args.no_torch and not torch_available():
@@ -137,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-torch", action="store_true", help="leave out the PyTorch comparison")
     s.add_argument("--quiet", action="store_true", help="no progress (a bar on a terminal, else a line per cell)")
     s.add_argument("--verbose", action="store_true", help="also a line per check as it starts (not on a terminal)")
-    s.add_argument("--jobs", type=int, default=0, help="cells verified in parallel, one worker process each (default: min(2, number of cores); 1: in this process)")
+    s.add_argument("--jobs", type=int, default=0, help="cells verified in parallel, one worker process each "
+                   "(default: min(2, number of cores); 1: in this process)")
     s.add_argument("--proof", action="store_true", help="checks (a) and (b) by sympy.diff, (a) expanded to a "
                    "proof (minutes per cell) instead of reverse accumulation at random points (seconds)")
     s.set_defaults(func=cmd_verify)

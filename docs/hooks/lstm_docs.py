@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from lstm_spec_docs import site  # noqa: E402
+from lstm_spec_docs import site
 
 
 def on_config(config):

@@ -70,7 +70,7 @@ def cell_backward(dCo, dho, C, h, Co, ho, x, P, s, fix_transpose: bool):
     (input x output), the transpose of the matrices they belong to; the fix writes dzo h^T."""
     zf, zi, zc, zo, f, i, o, Ci = (s[k] for k in ("zf", "zi", "zc", "zo", "f", "i", "o", "Ci"))
     dW = {}
-    W = (lambda a, dz: outer(dz, a)) if fix_transpose else (lambda a, dz: outer(a, dz))  # noqa: E731
+    W = (lambda a, dz: outer(dz, a)) if fix_transpose else (lambda a, dz: outer(a, dz))
     # First invert ho = o . tanh(C)
     do = dho * np.tanh(Co)
     dtanhCo = dho * o
@@ -155,7 +155,8 @@ def make_module(name, *, output_layer: bool, fix_transpose=True, fix_softmax=Tru
                     dzy = dy[t] * sigmoid(s["zy"]) * (1 - sigmoid(s["zy"]))
                 dWy = outer(dzy, h[t + 1]) if fix_transpose else outer(h[t + 1], dzy)  # dWo += h(t,L) dzo(t)
                 if dWy.shape != grads["Wy"].shape:
-                    raise ValueError(f"Wy: the pseudocode's gradient has shape {dWy.shape}, the weight {grads['Wy'].shape}")
+                    raise ValueError(f"Wy: the pseudocode's gradient has shape {dWy.shape}, "
+                                     f"the weight {grads['Wy'].shape}")
                 grads["Wy"] = grads["Wy"] + dWy
                 grads["by"] = grads["by"] + dzy.sum(0)
                 dh_out = dzy @ P["Wy"]  # dh(t,L) = dzo(t) Wo

@@ -107,14 +107,14 @@ def forward(d) -> list[tuple[str, str]]:
     plain = [r for r in forward_equations(d, latex=False) if r.kind != "aux"]
     tex = forward_equations(d, latex=True)
     assert len(plain) == len(tex), "forward_equations: plain and LaTeX lists differ in length"
-    return [(p.target, str(t)) for p, t in zip(plain, tex)]
+    return [(p.target, str(t)) for p, t in zip(plain, tex, strict=True)]
 
 
 def backward(d) -> list[tuple[str, str, str]]:
     """(plain target, kind, LaTeX "target = expression") for every backward statement."""
     plain = backward_equations(d, latex=False)
     tex = backward_equations(d, latex=True)
-    return [(p.target, t.kind, str(t)) for p, t in zip(plain, tex)]
+    return [(p.target, t.kind, str(t)) for p, t in zip(plain, tex, strict=True)]
 
 
 def _gate_params(d):
@@ -134,7 +134,8 @@ def stacked_formulas(d) -> list[str]:
     gates = _gate_params(d)
     if not gates:
         return []
-    n = lambda name, t=None: latex_name(d, name, t)  # noqa: E731
+    def n(name, t=None):
+        return latex_name(d, name, t)
 
     def col(items):
         return r"\begin{bmatrix} %s \end{bmatrix}" % r" \\ ".join(items)
@@ -167,7 +168,8 @@ def concat_formulas(d) -> list[str]:
     gates = _gate_params(d)
     if not gates:
         return []
-    n = lambda name, t=None: latex_name(d, name, t)  # noqa: E731
+    def n(name, t=None):
+        return latex_name(d, name, t)
     xh = r"\begin{bmatrix} %s \\ %s \end{bmatrix}" % (n("x", "t"), n("h", "t-1"))
     out = []
     for g in gates:

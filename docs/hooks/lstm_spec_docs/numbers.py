@@ -158,7 +158,8 @@ def ten_step(forget: float = 0.95):
     (x_2 = 1) opens the input gate there; the forget gate is the constant sigma(b_f) = ``forget``; the
     recurrent matrices are 0, so the only path from step 2 to step 10 is the cell state. L = h_10."""
     T = 10
-    z = lambda: np.zeros((1, 1))  # noqa: E731
+    def z():
+        return np.zeros((1, 1))
     params = {"W_f": z(), "U_f": z(), "b_f": np.array([logit(forget)]),
               "W_i": np.array([[40.0]]), "U_i": z(), "b_i": np.array([-20.0]),
               "W_c": np.array([[1.0]]), "U_c": z(), "b_c": np.array([0.0]),
@@ -293,7 +294,8 @@ def flow_table() -> str:
     for label, (dist, norms) in flow_measurements().items():
         for s in norms:
             v = norms[s]
-            rows.append((label, spec_html(f"∂L_T/∂{s}_t"), *(f"{v[list(dist).index(k)]:.2e}" for k in (1, 5, 10, 20, 40))))
+            rows.append((label, spec_html(f"∂L_T/∂{s}_t"),
+                         *(f"{v[list(dist).index(k)]:.2e}" for k in (1, 5, 10, 20, 40))))
     return table(["cell", "gradient", "T - t = 1", "5", "10", "20", "40"], rows)
 
 

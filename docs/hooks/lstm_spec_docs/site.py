@@ -47,7 +47,8 @@ def cell_page(name: str) -> str:
     lines = ["---", f"title: {json.dumps(catalogue.title_plain(name))}", "---",  # the browser tab's title
              GENERATED_NOTE.format(src=f"spec/{name}.toml"), f"# {catalogue.title_html(name)} (`{name}`)", "",
              f"*{spec_html(cell.summary)}*", "", spec_html(cell.description), ""]
-    dims = lambda q: " x ".join(q.shape)  # noqa: E731
+    def dims(q):
+        return " x ".join(q.shape)
     rows = [(f"`{q.name}`", q.role, dims(q)) for q in list(cell.inputs.values()) + list(cell.states.values())
             + list(cell.parameters.values())]
     lines += ["## Quantities", "", numbers.table(["name", "role", "shape"], rows), "",

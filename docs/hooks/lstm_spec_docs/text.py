@@ -24,7 +24,7 @@ TOKEN = re.compile(r"""
   | (?P<pow>\^(?:\d|T|\{[^{}\n]*\}))                               # ^2, ^T, ^{(t+1)}
 """, re.X)
 
-SUPERSCRIPT = dict(zip("0123456789T", "⁰¹²³⁴⁵⁶⁷⁸⁹ᵀ"))
+SUPERSCRIPT = dict(zip("0123456789T", "⁰¹²³⁴⁵⁶⁷⁸⁹ᵀ", strict=True))
 # what Markdown (emphasis, tables, escapes, links) or HTML would read in the remaining plain text
 PLAIN_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "*": "&#42;", "_": "&#95;", "|": "&#124;",
                  "\\": "&#92;", "`": "&#96;", "[": "&#91;", "]": "&#93;", "~": "&#126;", "#": "&#35;"}
@@ -93,7 +93,7 @@ def spec_html(text: str) -> str:
     return "".join(out)
 
 
-SUBSCRIPT = dict(zip("0123456789+−=()aehijklmnoprstuvx", "₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ"))
+SUBSCRIPT = dict(zip("0123456789+−=()aehijklmnoprstuvx", "₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎ₐₑₕᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ", strict=True))
 
 
 def _plain_sub(m) -> str:
