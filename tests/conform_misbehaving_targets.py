@@ -15,6 +15,7 @@ import sys
 import time
 
 import numpy as np
+
 from lstm_spec.conformance.examples import NumpyLSTM
 from lstm_spec.conformance.targets import Target
 

@@ -15,7 +15,8 @@ def _setup(seed=3, shape=(5, 2, 3, 4)):
     rng = np.random.default_rng(seed)
     T, B, _, H = shape
     dy = rng.standard_normal((T, B, 2 * H))
-    d_final = {"fwd": {s: rng.standard_normal((B, H)) for s in "hc"}, "bwd": {s: rng.standard_normal((B, H)) for s in "hc"}}
+    d_final = {"fwd": {s: rng.standard_normal((B, H)) for s in "hc"},
+               "bwd": {s: rng.standard_normal((B, H)) for s in "hc"}}
     return a, b, dy, d_final
 
 
@@ -34,10 +35,12 @@ def test_bidirectional_gradients_by_complex_step(order):
     _, _, cache = bidirectional.forward(lstm, a.params, b.params, {"x": x}, a.init, b.init, order)
     g = bidirectional.backward(cache, dy, d_final)
     rng = np.random.default_rng(0)
-    c = lambda d: {k: v.astype(complex) for k, v in d.items()}  # noqa: E731
+    def c(d):
+        return {k: v.astype(complex) for k, v in d.items()}
     args = {"pf": c(a.params), "pb": c(b.params), "x": x.astype(complex), "if": c(a.init), "ib": c(b.init)}
     checks = [("pf", k, g["fwd"][k]) for k in a.params] + [("pb", k, g["bwd"][k]) for k in b.params]
-    checks += [("x", None, g["x"])] + [("if", s, g[f"fwd_{s}0"]) for s in "hc"] + [("ib", s, g[f"bwd_{s}0"]) for s in "hc"]
+    checks += [("x", None, g["x"])] + [("if", s, g[f"fwd_{s}0"]) for s in "hc"]
+    checks += [("ib", s, g[f"bwd_{s}0"]) for s in "hc"]
     for where, key, grad in checks:
         v = rng.standard_normal(grad.shape)
         pert = {k: (dict(val) if isinstance(val, dict) else val) for k, val in args.items()}
@@ -66,7 +69,7 @@ def test_bidirectional_agrees_with_pytorch():
     from lstm_spec.layouts import to_torch_lstm
 
     a, b, dy, d_final = _setup(shape=(4, 3, 5, 3))
-    T, B, D, H = 4, 3, 5, 3
+    D, H = 5, 3  # of the shape (T, B, D, H) above
     net = torch.nn.LSTM(D, H, bidirectional=True).double()
     with torch.no_grad():
         for params, sfx in ((a.params, "_l0"), (b.params, "_l0_reverse")):

@@ -13,12 +13,12 @@ def test_verify_prints_table_and_passes():
     assert res.returncode == 0, res.stdout + res.stderr
     for check in ("(a) symbolic, one step", "(b) symbolic, unrolled T=2", "(c) complex step",
                   "(c) finite differences", "(d) PyTorch"):
-        line = next(l for l in res.stdout.splitlines() if check in l and l.startswith("lstm "))
+        line = next(row for row in res.stdout.splitlines() if check in row and row.startswith("lstm "))
         assert "pass" in line and "caught" in line
     from lstm_spec.spec import builtin_cells
 
     for name in builtin_cells():  # every cell of the spec is in the default run
-        assert any(l.startswith(f"{name} ") for l in res.stdout.splitlines()), name
+        assert any(row.startswith(f"{name} ") for row in res.stdout.splitlines()), name
     assert "all checks passed" in res.stdout
     n = len(builtin_cells()) + 1  # progress: a line per cell (and the rules), not a terminal here
     assert f"[{n}/{n}] " in res.stderr and "] lstm: pass (" in res.stderr and "(c) complex step" not in res.stderr
@@ -48,7 +48,7 @@ def test_list_and_unknown_cell():
     from lstm_spec.spec import builtin_cells
 
     assert res.returncode == 0 and len(res.stdout.splitlines()) == len(builtin_cells())
-    assert any(l.startswith("lstm ") and "Canonical LSTM" in l for l in res.stdout.splitlines())
+    assert any(row.startswith("lstm ") and "Canonical LSTM" in row for row in res.stdout.splitlines())
     res = cli("derive", "nope")
     assert res.returncode == 2 and "unknown cell 'nope'" in res.stderr
 
@@ -57,7 +57,7 @@ def test_verify_proof_runs_sympy_diff_and_says_so():
     res = cli("verify", "lstm", "--proof", "--no-torch", "--quiet")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "the difference expanded to 0 (a proof)" in res.stdout
-    line = next(l for l in res.stdout.splitlines() if l.startswith("lstm ") and "(a) symbolic" in l)
+    line = next(row for row in res.stdout.splitlines() if row.startswith("lstm ") and "(a) symbolic" in row)
     assert "pass" in line and "caught" in line
     fast = cli("verify", "lstm", "--no-torch", "--quiet")
     assert "reverse accumulation" in fast.stdout

@@ -12,11 +12,21 @@ import numpy as np
 import pytest
 
 from lstm_spec.cli import main
-from lstm_spec.conformance import (Case, ProtocolTarget, Target, TargetError, Unavailable, conform, default_cases,
-                                   expected, format_report, load_target, make_problem)
+from lstm_spec.conformance import (
+    Case,
+    ProtocolTarget,
+    Target,
+    TargetError,
+    Unavailable,
+    conform,
+    default_cases,
+    expected,
+    format_report,
+    load_target,
+    make_problem,
+)
 from lstm_spec.conformance.compare import compare
 from lstm_spec.conformance.examples import BUGS, NumpyLSTM, reference_lstm
-from lstm_spec.conformance.signatures import diagnose
 
 QUICK = [c for c in default_cases() if c.direction == "forward" and c.lengths is None and c.layers == 1]
 
@@ -250,7 +260,8 @@ class Permuted(Target):
         ih = [{(k[:2] + swap[k[2:]] if k[2:] in swap else k): v for k, v in b.items()} for b in problem.bias_ih]
         res = self.inner.run(problem.with_(params=bad, bias_ih=ih))
         # the same wrong conversion maps the gradients back
-        ren = lambda k: re.sub(r"^d ([WUb])_([co])", lambda m: f"d {m.group(1)}_{swap[m.group(2)]}", k)  # noqa: E731
+        def ren(k):
+            return re.sub(r"^d ([WUb])_([co])", lambda m: f"d {m.group(1)}_{swap[m.group(2)]}", k)
         return {ren(k): v for k, v in res.items()}
 
 

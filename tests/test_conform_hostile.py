@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from lstm_spec.conformance import conform, default_cases, format_report, load_target
-from lstm_spec.conformance.runner import Worker
 
 from lstm_spec.cli import main
+from lstm_spec.conformance import conform, default_cases, format_report, load_target
+from lstm_spec.conformance.runner import Worker
 
 TARGETS = Path(__file__).with_name("conform_misbehaving_targets.py")
 QUICK = [c for c in default_cases() if c.direction == "forward" and c.lengths is None and c.layers == 1]
@@ -166,8 +166,9 @@ def test_worker_rejects_a_bad_timeout(value):
         Worker(load_target("lstm_spec.conformance.examples:correct"), value)
 
 
-@pytest.mark.parametrize("args, what", [(["--seed=-1"], "--seed: expected an integer >= 0"),
-                                        (["--cell", "lstmm"], "--cell 'lstmm': not a built-in cell; did you mean 'lstm'")])
+@pytest.mark.parametrize("args, what", [
+    (["--seed=-1"], "--seed: expected an integer >= 0"),
+    (["--cell", "lstmm"], "--cell 'lstmm': not a built-in cell; did you mean 'lstm'")])
 def test_a_bad_seed_or_cell_is_a_one_line_error(args, what, capfd):
     """--seed -1 gave a NumPy traceback; an unknown --cell skipped every case and said DOES NOT CONFORM."""
     rc = _main("conform", "lstm_spec.conformance.examples:correct", "--quick", *args)

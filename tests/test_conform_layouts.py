@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lstm_spec.layouts import (Layout, from_flax_lstm, from_keras_lstm, from_onnx_lstm, grads_from_layout,
-                               to_flax_lstm, to_keras_lstm, to_layout, to_onnx_lstm)
+from lstm_spec.layouts import (
+    Layout,
+    from_flax_lstm,
+    from_keras_lstm,
+    from_onnx_lstm,
+    grads_from_layout,
+    to_flax_lstm,
+    to_keras_lstm,
+    to_layout,
+    to_onnx_lstm,
+)
 from lstm_spec.layouts.stacked import LayoutError
 
 H, D = 3, 2

@@ -46,7 +46,8 @@ def test_gate_adjoints_read_like_the_textbook(lstm_derivation):
     d = lstm_derivation
     S = d.symbols
     v = S.value
-    adj = lambda n: S.adj(S.value(n))  # noqa: E731
+    def adj(n):
+        return S.adj(S.value(n))
     assert _stmt(d, "δz_o").elementwise == adj("o") * v("o") * (1 - v("o"))
     assert _stmt(d, "δz_f").elementwise == adj("f") * v("f") * (1 - v("f"))
     assert _stmt(d, "δz_c").elementwise == adj("c_tilde") * (1 - v("c_tilde") ** 2)

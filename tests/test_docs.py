@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "docs" / "hooks"))
 if not os.environ.get("CI"):  # under CI the docs tools are part of the test extra: a missing one fails
     pytest.importorskip("mkdocs", reason="docs tools: pip install -e '.[docs]'")
 
-from lstm_spec_docs import errata, formulas, testing  # noqa: E402
+from lstm_spec_docs import errata, formulas, testing  # noqa: E402 - after the importorskip above
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +105,9 @@ def test_negative_control_a_cdn_script_is_caught(site, tmp_path):
 
 def test_worked_example_page_shows_the_reference_numbers(site):
     import numpy as np
+    from lstm_spec_docs import numbers
 
     from lstm_spec.reference import lstm
-    from lstm_spec_docs import numbers
 
     w = numbers.worked_example()
     y, _, cache = lstm.forward(w["params"], w["x"])  # an independent run of the reference

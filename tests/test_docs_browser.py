@@ -4,8 +4,8 @@ width (400 px) and a desktop's (1400 px) every formula has a visible size and no
 whose content is wider than its box must scroll (overflow-x auto or scroll), and the page itself never
 scrolls sideways. Search for "gate order" lands on the framework-layout page first. Screenshots of the
 derivation, a cell page, the conformance quickstart and the layout page, at both widths, are saved to
-artifacts/docs/ (<page>-<width>.png). Planted control pages (a broken formula and a script error; shrunken math and clipped
-tables and code) must be reported by the same checks.
+artifacts/docs/ (<page>-<width>.png). Planted control pages (a broken formula and a script error; shrunken math and
+clipped tables and code) must be reported by the same checks.
 
 Needs Debian's chromium and chromium-driver (.ci/run installs them). Skipped only outside CI when they are
 missing; under CI (CI=true) a missing browser is a failure, never a skip."""
@@ -41,10 +41,9 @@ if not IN_CI:
     pytest.importorskip("selenium")
     pytest.importorskip("mkdocs")
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-
-from lstm_spec_docs import testing  # noqa: E402
+from lstm_spec_docs import testing  # noqa: E402 - after the importorskip above
+from selenium import webdriver  # noqa: E402 - after the importorskip above
+from selenium.webdriver.chrome.service import Service  # noqa: E402 - after the importorskip above
 
 # Every .arithmatex element must hold a MathJax container and no text outside it; no merror anywhere.
 PAGE_STATE = r"""

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "docs" / "hooks"))
 if not os.environ.get("CI"):
     pytest.importorskip("mkdocs", reason="docs tools: pip install -e '.[docs]'")
 
-from lstm_spec_docs import catalogue, formulas, numbers, quickstart, testing  # noqa: E402
-from lstm_spec_docs.text import spec_html, spec_plain  # noqa: E402
+from lstm_spec_docs import catalogue, formulas, numbers, quickstart, testing  # noqa: E402 - after the importorskip above
+from lstm_spec_docs.text import spec_html, spec_plain  # noqa: E402 - after the importorskip above
 
 
 # ------------------------------------------------------------------------------------------ helpers

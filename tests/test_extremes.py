@@ -82,7 +82,7 @@ def test_saturated_gradients_match_complex_step(name):
         c = inst.astype(np.complex128)
         rng = np.random.default_rng(5)
         worst, where = 0.0, ""
-        for (gkey, holder, key), (_, holder_c, _) in zip(inst.arguments(), c.arguments()):
+        for (gkey, holder, key), (_, holder_c, _) in zip(inst.arguments(), c.arguments(), strict=True):
             v = rng.standard_normal(holder[key].shape)
             saved = holder_c[key]
             holder_c[key] = saved + 1j * CS_STEP * v

@@ -186,7 +186,7 @@ def test_read_only_non_contiguous_and_fortran_inputs_work_and_are_not_modified(n
     before = [a.copy() for d in (odd.params, odd.seq, odd.init, odd.d_final) for a in d.values()] + [odd.dy.copy()]
     got = run(mod, odd)
     after = [a for d in (odd.params, odd.seq, odd.init, odd.d_final) for a in d.values()] + [odd.dy]
-    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-12, atol=1e-14)
     for k in expected[2]:
         np.testing.assert_allclose(got[2][k], expected[2][k], rtol=1e-12, atol=1e-14, err_msg=k)
@@ -240,7 +240,8 @@ def test_dy_of_wrong_shape_dtype_or_type(inst):
 
 def test_d_final_unknown_key_list_and_shape(inst):
     _, final, cache = fwd(inst)
-    with pytest.raises(InputError, match=r"d_final: unknown state\(s\) \['h_T'\]; the states of 'lstm' are \['h', 'c'\]"):
+    with pytest.raises(InputError,
+                       match=r"d_final: unknown state\(s\) \['h_T'\]; the states of 'lstm' are \['h', 'c'\]"):
         lstm.backward(cache, d_final={"h_T": final["h"]})
     with pytest.raises(InputError, match=r"d_final: expected a dict .* got list"):
         lstm.backward(cache, d_final=[final["h"], final["c"]])
@@ -251,7 +252,8 @@ def test_d_final_unknown_key_list_and_shape(inst):
 def test_cache_from_another_cell_is_refused(inst):
     g = random_instance(gru_reset_after, (3, 2, 4, 5), 0)
     _, _, other = call_forward(gru_reset_after, g)
-    with pytest.raises(InputError, match=r"cache: made by the forward of cell 'gru_reset_after', expected one from 'lstm'"):
+    with pytest.raises(InputError,
+                       match=r"cache: made by the forward of cell 'gru_reset_after', expected one from 'lstm'"):
         lstm.backward(other)
 
 
@@ -381,7 +383,7 @@ def test_propagate_scans_nothing(inst, monkeypatch):
 # init and d_final states, dy of the wrong shape or dtype); bidirectional (seq with an unknown key, init as a
 # list, dy of one direction's width, d_final with an unknown direction, a cache that is not one); training
 # (grads not a dict, max_norm as a bool or a string, a forget bias value as a string, params as a list).
-from lstm_spec.reference import bidirectional, losses, masks, training, truncation  # noqa: E402
+from lstm_spec.reference import bidirectional, losses, masks, training, truncation  # noqa: E402 - this section's imports, beside its tests
 
 
 @pytest.mark.parametrize("y, match", [
@@ -483,8 +485,8 @@ def test_training_helpers_check_their_arguments(tb):
 # stacked W/U/b of different 4H, a scalar or short bias_ih (no broadcasting), ONNX arrays without the
 # direction axis or a direction out of range, Flax trees missing a bias, Layout flags of the wrong type,
 # bias_ih keys that are no gate bias.
-from lstm_spec import layouts  # noqa: E402
-from lstm_spec.layouts.stacked import LayoutError  # noqa: E402
+from lstm_spec import layouts  # noqa: E402 - this section's imports, beside its tests
+from lstm_spec.layouts.stacked import LayoutError  # noqa: E402 - this section's imports, beside its tests
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+
 from lstm_spec.conformance import examples
 from lstm_spec.conformance.localise import derived_statements, localise
 from lstm_spec.conformance.problem import Case, make_problem

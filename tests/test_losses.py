@@ -31,7 +31,7 @@ def test_reduction_is_never_implicit():
     with pytest.raises(ValueError, match="never implicit"):
         time_weights(np.zeros((3, 1, 1)), "average")
     with pytest.raises(TypeError):
-        time_weights(np.zeros((3, 1, 1)))  # noqa: the argument is required
+        time_weights(np.zeros((3, 1, 1)))  # the argument is required
 
 
 def test_cross_entropy_gradient_is_softmax_minus_onehot():

@@ -224,7 +224,7 @@ def test_layer_norm_pytorch_program_catches_wrong_programs_and_a_broken_backward
     other_eps = TorchProgram(lambda *a: _run_layer_norm(*a, eps=1e-3), "eps 1e-3")
     assert check_torch(module, "lstm_layer_norm", program=other_eps)["error"] > TORCH_TOL
 
-    def unbiased(torch, p, seq, init, dims):  # noqa: F811 - the PyTorch module, passed by check_torch
+    def unbiased(torch, p, seq, init, dims):  # torch: the PyTorch module, passed by check_torch
         real = torch.nn.functional.layer_norm
 
         def layer_norm(v, shape, weight=None, bias=None, eps=1e-5):

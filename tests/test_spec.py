@@ -1,7 +1,6 @@
 """The spec loader: the grammar it accepts, and the clear errors for everything else."""
 
 import pytest
-import sympy
 
 from lstm_spec.derivations import derive
 from lstm_spec.spec import SpecError, builtin_cells, load
@@ -151,7 +150,7 @@ def test_spec_text_is_never_evaluated(tmp_path, monkeypatch):
     """Neither eval nor sympify is called while a spec is loaded and derived."""
     import builtins
 
-    import sympy.physics.units  # noqa: F401 - SymPy's simplify imports it lazily, and that import calls eval itself
+    import sympy.physics.units  # SymPy's simplify imports it lazily, and that import calls eval itself
 
     calls = []
     real_eval = builtins.eval

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lstm_spec.derivations import derive
 from lstm_spec.checks import mutants
+from lstm_spec.derivations import derive
 from lstm_spec.derivations.codegen import generate_module
 from lstm_spec.spec import SpecError, load
 from lstm_spec.spec import fuzz as spec_fuzz
@@ -129,7 +129,8 @@ def test_a_chain_of_a_thousand_terms_is_refused_before_any_recursion():
     ("z = W @ x + U @ h[t-1] + b\nh = tanh(z)\nh = z", r"'h' is defined twice \(first on line 6\)"),
     ("z = W @ x + U @ h[t-1] + b\nx = z\nh = tanh(z)", "declared as a input"),  # defines an input
     ("W = W @ x\nh = tanh(W)", "declared as a parameter"),  # defines a parameter
-    ("z = W @ x + U @ h[t-1] + b\nh = tanh(z) + x", "elementwise sum \\(\\+\\) of a vector of H and a vector of D"),  # shapes
+    ("z = W @ x + U @ h[t-1] + b\nh = tanh(z) + x",  # shapes
+     "elementwise sum \\(\\+\\) of a vector of H and a vector of D"),
     ("z = W @ h[t-1] + U @ h[t-1] + b\nh = tanh(z)", "W is H x D but the vector"),
     ("z = W @ x + U @ h[t-1] + b\nh = tanh(z) + W", "matrix parameter"),
     ("z = W @ x + U @ h[t-1] + b\nrange = tanh(z)\nh = range", "reserved word"),  # a builtin
@@ -170,7 +171,8 @@ def test_bad_declarations_name_the_line(tmp_path, replace, extra, message):
 
 
 def test_a_state_that_is_never_read_back_names_its_equation(tmp_path):
-    text = body("z = W @ x + U @ c[t-1] + b\nc = z\nh = tanh(c)", replace=('[states]\nh = "H"', '[states]\nh = "H"\nc = "H"'))
+    text = body("z = W @ x + U @ c[t-1] + b\nc = z\nh = tanh(c)",
+                replace=('[states]\nh = "H"', '[states]\nh = "H"\nc = "H"'))
     rejected(tmp_path, text, r"line 7, equation 'h = tanh\(c\)': state 'h' is never read as h\[t-1\]")
 
 
@@ -221,7 +223,7 @@ def test_equation_lines_are_right_in_every_string_style(tmp_path):
              ('equations = """\n# a comment\n\nz = W @ x + U @ h[t-1] + b\nh = tanh(z) + bad"""', 8),
              ('equations = "z = W @ x + U @ h[t-1] + b\\nh = tanh(z) + bad"', 4)]
     for k, (equations, line) in enumerate(cases):
-        text = re.sub(r"equations = '''.*?'''", lambda m: equations, MINIMAL, flags=re.S)
+        text = re.sub(r"equations = '''.*?'''", lambda m: equations, MINIMAL, flags=re.S)  # noqa: B023 - called within the iteration
         rejected(tmp_path, text, rf"line {line}, equation 'h = tanh\(z\) \+ bad'", name=f"c{k}.toml")
 
 
@@ -245,7 +247,8 @@ def test_matrix_product_read_only_by_a_reduction_runs_and_is_right(tmp_path):
     from lstm_spec.checks.numeric import check_derivatives
     from lstm_spec.checks.tolerances import TOLERANCES
 
-    text = body("z = U @ h[t-1] + b\nh = tanh(z) + total(W @ x) * z", replace=('tanh = "tanh"', 'tanh = "tanh"\ntotal = "sum"'))
+    text = body("z = U @ h[t-1] + b\nh = tanh(z) + total(W @ x) * z",
+                replace=('tanh = "tanh"', 'tanh = "tanh"\ntotal = "sum"'))
     cell = load(write_spec(tmp_path, text))
     spec_fuzz.push_further(cell)
     module = mutants.load_module(generate_module(derive(cell)))

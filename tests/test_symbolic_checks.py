@@ -1,6 +1,7 @@
 """(a) and (b): symbolic equality, each with its negative control."""
 
 import pytest
+
 from lstm_spec.checks import mutants
 from lstm_spec.checks.symbolic import check_step, check_unrolled
 from lstm_spec.reference import lstm
@@ -65,9 +66,10 @@ def _tape_gradient(e, xs, seed):
 
     tape = PointTape(seed)
     nodes = [tape.symbol() for _ in xs]
-    L = tape.from_sympy(e.xreplace({x: n._sympy_() for x, n in zip(xs, nodes)}))
+    L = tape.from_sympy(e.xreplace({x: n._sympy_() for x, n in zip(xs, nodes, strict=True)}))
     adj = tape.adjoints(L)
-    return [adj[n.index] for n in nodes], ModularPoint(seed, {x: n.value for x, n in zip(xs, nodes)}, tape.salt)
+    point = ModularPoint(seed, {x: n.value for x, n in zip(xs, nodes, strict=True)}, tape.salt)
+    return [adj[n.index] for n in nodes], point
 
 
 def test_tape_reverse_accumulation_equals_sympy_diff_on_every_function_kind():
@@ -75,6 +77,7 @@ def test_tape_reverse_accumulation_equals_sympy_diff_on_every_function_kind():
     as sympy.diff evaluated there, for sums, products, integer powers (negative too), constants and every
     function the explicit forwards contain."""
     import sympy
+
     from lstm_spec.derivations.functions import (
         Clip,
         ClipMask,
@@ -102,6 +105,7 @@ def test_tape_reverse_accumulation_equals_sympy_diff_on_every_function_kind():
 
 def test_tape_negative_control_a_changed_expression_differs():
     import sympy
+
     from lstm_spec.derivations.functions import Sigmoid
 
     x, y = sympy.symbols("x y")

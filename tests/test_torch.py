@@ -25,7 +25,8 @@ def test_negative_control_permuted_gates_are_caught():
     """Converting with the input and forget gates swapped is visible with random weights."""
     from lstm_spec.checks.torch_check import _lstm_weights
 
-    swapped = lambda torch, p, dims, seed: _lstm_weights(torch, p, dims, seed, gates=("f", "i", "c", "o"))  # noqa: E731
+    def swapped(torch, p, dims, seed):
+        return _lstm_weights(torch, p, dims, seed, gates=("f", "i", "c", "o"))
     assert check_torch(lstm, "lstm", weights=swapped)["error"] > TOL
 
 

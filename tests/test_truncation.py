@@ -95,8 +95,8 @@ def test_tbptt_equals_sympy_diff_of_the_truncated_unrolled_loss():
 
     from lstm_spec.checks.symbolic import ExplicitStep, ModularPoint, equal_at_points
     from lstm_spec.derivations import derive
-    from lstm_spec.derivations.rules import symbol_array
     from lstm_spec.derivations.functions import StopGradient
+    from lstm_spec.derivations.rules import symbol_array
     from lstm_spec.reference._runtime import symbolic
     from lstm_spec.spec import load
 
@@ -126,14 +126,16 @@ def test_tbptt_equals_sympy_diff_of_the_truncated_unrolled_loss():
     L = 0
     for start in range(0, T, k1):
         end, begin = min(start + k1, T), max(0, min(start + k1, T) - k2)
-        init = states[begin] if begin == 0 else {s: [StopGradient(v) for v in vals] for s, vals in states[begin].items()}
+        init = states[begin] if begin == 0 else {s: [StopGradient(v) for v in vals]
+                                                 for s, vals in states[begin].items()}
         ys, _ = run_steps(init, begin, end)
         L += sum(dy[t, 0, k] * ys[t - begin][k] for t in range(start, end) for k in range(H))
 
     with symbolic():
         _, _, grads = truncated_bptt(lstm, params, {"x": x}, k1, k2, {"h": h0, "c": c0}, dy)
     points = [ModularPoint(s) for s in (1, 2)]
-    value = lambda e: e.replace(StopGradient, lambda a: a)  # noqa: E731 - read a stop_gradient as its value
+    def value(e):  # read a stop_gradient as its value
+        return e.replace(StopGradient, lambda a: a)
     leaves = [(grads[n], params[n]) for n in params] + [(grads["x"], x), (grads["h0"], h0), (grads["c0"], c0)]
     for got, sym in leaves:
         for idx in np.ndindex(sym.shape):

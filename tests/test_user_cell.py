@@ -23,7 +23,7 @@ def test_generate_and_verify_a_users_own_spec_file(tmp_path):
 
     res = cli("verify", str(spec), "--no-torch", "--quiet")
     assert res.returncode == 0, res.stdout + res.stderr
-    rows = [l for l in res.stdout.splitlines() if l.startswith("mgu")]
+    rows = [row for row in res.stdout.splitlines() if row.startswith("mgu")]
     assert len(rows) == 6 and all(" pass " in r for r in rows)
     assert sum("caught" in r for r in rows) == 4
 

@@ -32,7 +32,8 @@ def test_round_trip(vec, capsys):
     assert m["schema_version"] == vectors.SCHEMA_VERSION
     assert {e["cell"] for e in m["cases"]} == {"lstm", "rnn_tanh"}
     e = m["cases"][0]
-    for key in ("file", "T", "B", "D", "H", "dtype", "seed", "direction", "lengths", "layers", "arrays", "sha256", "bytes"):
+    for key in ("file", "T", "B", "D", "H", "dtype", "seed", "direction", "lengths", "layers", "arrays", "sha256",
+                "bytes"):
         assert key in e
     with np.load(vec / e["file"]) as z:
         for name in ("x", "h0", "c0", "dy", "d_final.h", "param.W_f", "y", "h_T", "c_T", "grad.W_f", "grad.x",

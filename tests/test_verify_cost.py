@@ -11,6 +11,7 @@ import time
 from contextlib import contextmanager
 
 import pytest
+
 from lstm_spec.checks import mutants
 from lstm_spec.checks.numeric import check_derivatives
 from lstm_spec.checks.runner import unrolled_sizes, verify_cell
@@ -167,7 +168,8 @@ def test_the_table_shows_a_passing_rows_not_a_proof_note():
     """--proof that fell back to random points says so in verify's table even when the row passes."""
     from lstm_spec.checks.runner import Row, format_table
 
-    rows = [Row("chain", "(a) symbolic", 0, 0, True, "caught", 0.1, "not a proof: the expansion is unbounded; 8 entries"),
+    rows = [Row("chain", "(a) symbolic", 0, 0, True, "caught", 0.1,
+                "not a proof: the expansion is unbounded; 8 entries"),
             Row("chain", "(b) unrolled", 0, 0, True, "caught", 0.1, "8 entries; differ: []")]
     text = format_table(rows)
     assert "chain / (a) symbolic: not a proof" in text and "(b) unrolled: 8 entries" not in text
