@@ -48,6 +48,7 @@ class Case:
     lengths: tuple | None = None
     layers: int = 1
     variant: str = ""  # which API of the target runs it (e.g. "nn.LSTMCell"); "" for the target's main one
+    zero_states: bool = False  # the initial states are zero (a target that takes none: Target.adapt)
 
     @property
     def ndir(self) -> int:
@@ -131,8 +132,8 @@ def bias_names(module) -> list[str]:
 
 
 def make_problem(case: Case, module=None) -> Problem:
-    """Random non-uniform weights and biases, non-zero initial states, random cotangents on every
-    output (zero at padded steps), all rounded to the case's dtype."""
+    """Random non-uniform weights and biases, non-zero initial states (zero with ``case.zero_states``),
+    random cotangents on every output (zero at padded steps), all rounded to the case's dtype."""
     module = module or reference_module(case.cell)
     sig = module.SIGNATURE
     T, B, D, H = case.shape
@@ -153,6 +154,8 @@ def make_problem(case: Case, module=None) -> Problem:
         d_final.append({n: rng.standard_normal((B,) + tuple(dims[d] for d in ds)).astype(dt)
                         for n, ds in sig.states.items()})
         bias_ih.append({n: (0.5 * rng.standard_normal(p[n].shape)).astype(dt) for n in bias_names(module)})
+    if case.zero_states:  # drawn all the same: every other array is the one of the case with states
+        init = [{n: np.zeros_like(v) for n, v in s.items()} for s in init]
     x = rng.standard_normal((T, B, D)).astype(dt)
     dy = rng.standard_normal((T, B, case.ndir * out_dim)).astype(dt)
     lengths = None

@@ -21,7 +21,7 @@ from .compare import Row, compare
 from .localise import localise
 from .problem import Case, Problem, expected, make_problem, reference_module
 from .signatures import Diagnosis, diagnose
-from .targets import Target, TargetError, describe, users_interrupt, watching_interrupts
+from .targets import BackwardFailed, ProtocolError, Target, TargetError, describe, users_interrupt, watching_interrupts
 
 # (T, B, D, H): T = 1 and B = 1 together, B = 1, D != H (both ways), D = H, a longer sequence
 SHAPES = [(1, 1, 3, 2), (2, 1, 2, 3), (4, 3, 5, 3), (6, 2, 4, 4)]
@@ -60,6 +60,8 @@ class CaseResult:
     tolerance: float = 0.0
     seconds: float = 0.0
     output: str = ""  # a failing case: the tail of what the target printed (stdout and stderr)
+    protocol: bool = False  # the error breaks the protocol (a result under an unknown name): exit 2
+    untested: list = field(default_factory=list)  # quantities the target does not provide (declared)
 
     @property
     def failing(self) -> list[Row]:
@@ -74,6 +76,7 @@ class Outcome:
     error: str = ""
     mutations: list = field(default_factory=list)
     output: str = ""  # the tail of what the target printed during the call (see output_tail)
+    protocol: bool = False  # the error is a ProtocolError (conform exits with 2)
 
 
 def _problem_arrays(problem: Problem) -> list[tuple[str, np.ndarray]]:
@@ -96,15 +99,17 @@ def invoke(target: Target, problem: Problem) -> Outcome:
     stops the run); inputs the target modified are listed (a ``ProtocolTarget`` names the argument of
     ``forward``/``backward``; any other target is checked on the problem's own arrays)."""
     kept = [(name, a, a.copy()) for name, a in _problem_arrays(problem)]
-    got, error = None, ""
+    got, error, protocol = None, "", False
     try:
         with watching_interrupts():
             got = target.run(problem)
         if not isinstance(got, dict):
             error = f"{type(target).__name__}.run returned {type(got).__name__}, expected a dict of quantities"
             got = None
+    except BackwardFailed as exc:  # the forward's results are still compared
+        got, error, protocol = exc.got, str(exc), exc.protocol
     except TargetError as exc:
-        error = str(exc)
+        error, protocol = str(exc), isinstance(exc, ProtocolError)
     except BaseException as exc:  # SystemExit, KeyboardInterrupt, ... of the target: the case's result
         if users_interrupt(exc):
             raise
@@ -113,14 +118,17 @@ def invoke(target: Target, problem: Problem) -> Outcome:
     for name, now, before in kept:
         if now.shape != before.shape or not np.array_equal(now, before):
             mutations.append(f"the target modified the problem's {name}")
-    return Outcome(got, error, mutations)
+    return Outcome(got, error, mutations, protocol=protocol)
 
 
 def run_case(target: Target, case: Case, diagnose_failures: bool = True, worker=None) -> CaseResult:
     """One case: the target's results (in this process, or in ``worker``, a :class:`Worker`, which
     enforces its timeout) against the reference. Whatever the target does (raise, hang, return
-    something else, modify its inputs) becomes this case's result: the caller goes on to the next."""
+    something else, modify its inputs) becomes this case's result: the caller goes on to the next.
+    Quantities the target does not provide (declared) are neither compared nor diagnosed; when its
+    backward fails after its forward gave results, those are compared and the case errs."""
     t0 = time.perf_counter()
+    case = target.adapt(case)
     why = target.supports(case)
     if why:
         return CaseResult(case, "skip", detail=why)
@@ -129,26 +137,35 @@ def run_case(target: Target, case: Case, diagnose_failures: bool = True, worker=
     problem = make_problem(case)
     problem.extra["biases"] = biases
     want = expected(problem, biases=biases, with_grads=target.has_gradients)
+    untested = target.untested(list(want))
+    want = {q: v for q, v in want.items() if q not in untested}
     outcome = worker.run(case, biases) if worker is not None else invoke_here(target, problem)
     if outcome.mutations and worker is None:  # the problem may have been changed: a fresh one to diagnose on
         problem = make_problem(case)
         problem.extra["biases"] = biases
     mutated = "; ".join(outcome.mutations)
-    if outcome.error:
-        return CaseResult(case, "error", detail="; ".join(x for x in (outcome.error, mutated) if x), tolerance=tol,
-                          seconds=time.perf_counter() - t0, output=outcome.output)
+    done = {"tolerance": tol, "output": outcome.output, "protocol": outcome.protocol, "untested": untested}
+    if outcome.error and not outcome.got:
+        return CaseResult(case, "error", detail="; ".join(x for x in (outcome.error, mutated) if x),
+                          seconds=time.perf_counter() - t0, **done)
+    got = {q: v for q, v in outcome.got.items() if q not in untested}
+    if outcome.error:  # the backward failed: the forward's quantities
+        want = {q: v for q, v in want.items() if not q.startswith("d ")}
     try:
-        rows = compare(problem, outcome.got, want, tol, dtype=case.dtype)
+        rows = compare(problem, got, want, tol, dtype=case.dtype)
     except Exception as exc:  # noqa: BLE001 - results nobody can compare are reported, not raised
         return CaseResult(case, "error", detail=f"the target's results cannot be compared: {describe(exc)}",
-                          tolerance=tol, seconds=time.perf_counter() - t0, output=outcome.output)
-    ok = all(r.passed for r in rows) and not mutated
-    res = CaseResult(case, "pass" if ok else "FAIL", rows, detail=mutated, tolerance=tol,
-                     output="" if ok else outcome.output)
-    if res.status == "FAIL" and diagnose_failures and any(not r.within for r in rows):
-        res.localisation = _localise(target, problem, outcome.got, tol, worker, biases)
+                          seconds=time.perf_counter() - t0, **done)
+    ok = all(r.passed for r in rows) and not mutated and not outcome.error
+    detail = "; ".join(x for x in (outcome.error, mutated) if x)
+    res = CaseResult(case, "error" if outcome.error else "pass" if ok else "FAIL", rows, detail=detail, **done)
+    if ok:
+        res.output = ""
+    if diagnose_failures and not res.protocol and any(not r.within for r in rows):
+        if not outcome.error:  # the localiser's probes call the backward
+            res.localisation = _localise(target, problem, got, tol, worker, biases)
         try:
-            res.diagnoses = diagnose(problem, target, outcome.got, [r.quantity for r in res.failing], tol)
+            res.diagnoses = diagnose(problem, target, got, [r.quantity for r in res.failing], tol)
         except Exception:  # noqa: BLE001 - no diagnosis is still a report
             res.diagnoses = []
     res.seconds = time.perf_counter() - t0
@@ -273,12 +290,13 @@ class _PlainUnpickler(pickle.Unpickler):
 
 def _plain(out: Outcome) -> tuple:
     got = None if out.got is None else [(str(k), _plain_value(v)) for k, v in out.got.items()]
-    return ("done", got, str(out.error), [str(m) for m in out.mutations])
+    return ("done", got, str(out.error), [str(m) for m in out.mutations], bool(out.protocol))
 
 
 def _outcome(message: tuple) -> Outcome:
-    _, got, error, mutations = message
-    return Outcome(None if got is None else {k: _from_plain(v) for k, v in got}, error, list(mutations))
+    _, got, error, mutations, protocol = message
+    return Outcome(None if got is None else {k: _from_plain(v) for k, v in got}, error, list(mutations),
+                   protocol=bool(protocol))
 
 
 def _send(conn, message: tuple) -> None:
@@ -514,6 +532,32 @@ class Report:
         ran = [r for r in self.results if r.status != "skip"]
         return bool(ran) and all(r.status == "pass" for r in ran)
 
+    @property
+    def protocol_errors(self) -> list[str]:
+        """The distinct errors of cases whose results break the protocol (exit 2), in order."""
+        return list(dict.fromkeys(r.detail for r in self.results if r.protocol))
+
+    @property
+    def exit_code(self) -> int:
+        """`lstm-spec conform`'s exit status for this report: 2 when a result breaks the protocol (e.g. a
+        gradient under an unknown name), else 0 when every case that ran passes, else 1."""
+        return 2 if self.protocol_errors else 0 if self.passed else 1
+
+    def not_tested(self) -> list[str]:
+        """What this run did not test because the target does not provide it (declared or forward only)."""
+        t = self.target
+        out = []
+        if not t.has_gradients:
+            out.append("every gradient (the target has no backward: forward only)")
+        missing = sorted(dict.fromkeys(q for r in self.results for q in r.untested),  # parameters, x, states
+                         key=lambda q: (q == "d x" or q.endswith("0"), q.endswith("0")))
+        if missing:
+            out.append(f"{', '.join(missing)} (not returned by the backward: declared conformance['gradients'])")
+        if not t.initial_states:
+            out.append("the t = 0 terms with non-zero initial states (declared conformance['initial_states'] "
+                       "False: every case starts from zero states)")
+        return out
+
     def counts(self) -> dict:
         out = {"pass": 0, "FAIL": 0, "error": 0, "skip": 0}
         for r in self.results:
@@ -543,6 +587,7 @@ def expand_variants(target: Target, cases) -> list[Case]:
     """Each case on the target's main API, then on each further API (``target.variants``) where that
     API supports it (a further API's unsupported cases are left out, not listed as skipped)."""
     variants = list(getattr(target, "variants", ()) or [""])
+    cases = [target.adapt(c) for c in cases]
     done = [c for c in cases if c.variant]  # already expanded
     cases = [c for c in cases if not c.variant]
     out = done + [replace(c, variant=variants[0]) for c in cases]
@@ -595,8 +640,13 @@ def header(target: Target) -> list[str]:
         except KeyError:
             pass
     lines.append("  tolerances (normwise relative error, lstm_spec.checks.tolerances): " + "; ".join(tols))
-    lines.append("  gradients: " + ("compared (parameters, x, initial states)" if target.has_gradients
-                                    else "not compared (forward only)"))
+    declared = getattr(target, "declared", None)
+    lines.append("  gradients: " + ("not compared (forward only)" if not target.has_gradients else
+                                    "compared (parameters, x, initial states)" if declared is None else
+                                    f"compared: {', '.join(declared)} (declared); the others not provided"))
+    if not target.initial_states:
+        lines.append("  initial states: zero in every case (declared: the target takes none); the t = 0 terms "
+                     "with non-zero initial states are not tested")
     return lines
 
 
@@ -635,8 +685,8 @@ def summary_table(report: Report) -> list[str]:
     for fam, results in families.items():
         ran = [r for r in results if r.status in ("pass", "FAIL")]
         cells = []
-        for key, _ in _CLASSES:
-            rows = [(r, x) for r in ran for x in r.rows if _quantity_class(x.quantity) == key]
+        for key, _ in _CLASSES:  # an erring case's rows too (a backward that raised: its forward's rows)
+            rows = [(r, x) for r in results for x in r.rows if _quantity_class(x.quantity) == key]
             bad = {id(r) for r, x in rows if not x.passed}
             with_rows = {id(r) for r, _ in rows}
             worst = max((x.rel for _, x in rows if not x.passed), default=0.0)
@@ -661,7 +711,7 @@ def _case_block(r: CaseResult, title: str, verbose: bool) -> list[str]:
     if r.output:
         head, *lines = r.output.splitlines()
         out += [f"    {head}"] + [f"      | {x}" for x in lines]
-    if r.status == "error":
+    if r.status == "error" and not r.rows:
         return out
     if r.localisation is not None:
         out += [f"    {x}" for x in r.localisation.lines()]
@@ -675,7 +725,7 @@ def _case_block(r: CaseResult, title: str, verbose: bool) -> list[str]:
         out.append(fmt(head))
         out += [fmt(b) for b in body]
         out += [f"    {x.quantity}: {x.detail}" for x in rows if x.detail and not x.passed]
-    if r.status == "FAIL" and any(not x.within for x in r.rows):
+    if r.status != "pass" and not r.protocol and any(not x.within for x in r.rows):
         if r.diagnoses:
             out += [f"    diagnosis: {d.title}: {d.detail}"
                     + ("" if d.title.startswith("partly explained") else " (reproduces the target's numbers)")
@@ -726,6 +776,8 @@ def format_report(report: Report, verbose: bool = True, timings: bool = False) -
             out.append(f"  {title}: {detail} ({n} case{'s' if n > 1 else ''})")
     elif c["FAIL"]:
         out.append("diagnosis: no known bug signature reproduces the failures")
+    out += [f"not tested: {x}" for x in report.not_tested()]
+    out += [f"the target breaks the protocol (exit 2): {x}" for x in report.protocol_errors]
     out.append("CONFORMS" if report.passed else "DOES NOT CONFORM")
     return "\n".join(out)
 
@@ -743,6 +795,7 @@ def report_dict(report: Report) -> dict:
     cases = []
     for r in report.results:
         entry = {"name": r.case.name, "family": _family(r.case), "status": r.status, "detail": r.detail,
+                 "protocol": r.protocol, "not_provided": list(r.untested),
                  "rows": [{"quantity": x.quantity, "class": _quantity_class(x.quantity), "max_abs": _finite(x.max_abs),
                            "rel": _finite(x.rel), "worst": x.worst, "tolerance": x.tolerance, "passed": x.passed,
                            "detail": x.detail or x.defect} for x in r.rows],
@@ -751,7 +804,8 @@ def report_dict(report: Report) -> dict:
             entry["localisation"] = r.localisation.as_dict()
         cases.append(entry)
     return {"lstm_spec": lstm_spec.__version__, "target": report.target.name, "conforms": report.passed,
-            "counts": report.counts(),
+            "counts": report.counts(), "exit_code": report.exit_code, "not_tested": report.not_tested(),
+            "protocol_errors": report.protocol_errors,
             "diagnosis_summary": [{"title": t, "detail": d, "cases": n} for t, d, n in report.diagnosis_summary()],
             "cases": cases}
 

@@ -10,6 +10,7 @@ import importlib.util
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,22 @@ from .problem import Case, Problem, slot_key
 
 class TargetError(Exception):
     """A target that cannot be loaded or does not follow the protocol (message says what to fix)."""
+
+
+class ProtocolError(TargetError):
+    """A result that breaks the protocol in a way only its author can fix (a gradient or a state under a
+    name the protocol does not know): the case errs and `conform` exits with 2."""
+
+
+class BackwardFailed(TargetError):
+    """The backward of a target failed after its forward gave results (``got``), which are still compared.
+    ``protocol``: the failure is a :class:`ProtocolError`."""
+
+    def __init__(self, name: str, exc: BaseException, got: dict):
+        self.got = got
+        self.protocol = isinstance(exc, ProtocolError)
+        why = str(exc) if isinstance(exc, TargetError) else f"the target raised {describe(exc)} in {name}.backward"
+        super().__init__(f"{why} (the forward's results are compared)")
 
 
 class Unavailable(TargetError):
@@ -150,6 +167,16 @@ class Target:
         """1 or 2: whether this target splits the biases of ``case``'s cell in two (b = b_ih + b_hh)."""
         return self.biases
 
+    initial_states = True  # False: the target takes no initial states; its cases start from zero states
+
+    def adapt(self, case: Case) -> Case:
+        """``case`` as this target runs it (a target without initial states: from zero states)."""
+        return case
+
+    def untested(self, quantities) -> list:
+        """The quantities among ``quantities`` that this target does not provide (declared): not compared."""
+        return []
+
     @property
     def has_gradients(self) -> bool:
         return "gradients" in self.features
@@ -233,9 +260,97 @@ def _changed(now, before, name: str) -> str:
     return ""
 
 
+_KEYS = ("cell", "params", "gate_order", "transposed", "biases", "batch_major", "dtypes", "features", "gradients",
+         "initial_states", "name", "description")
+_FEATURES = ("lengths", "reverse")
+_DTYPES = ("float32", "float64")
+
+
+def _flag(meta: dict, key: str, default: bool) -> bool:
+    value = meta.get(key, default)
+    if not isinstance(value, (bool, np.bool_)):
+        raise TargetError(f"conformance[{key!r}]: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def _names(meta: dict, key: str, accepted, example: str) -> list | None:
+    """A declared list of names (None when not declared), each one of ``accepted``."""
+    if key not in meta:
+        return None
+    value = meta[key]
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(isinstance(v, str) for v in value):
+        raise TargetError(f"conformance[{key!r}]: expected a list of names such as {example}, got {value!r}; "
+                          f"accepted names: {', '.join(map(repr, accepted))}")
+    bad = [v for v in value if v not in accepted]
+    if bad:
+        raise TargetError(f"conformance[{key!r}]: unknown {', '.join(map(repr, bad))}; accepted: "
+                          f"{', '.join(map(repr, accepted))}")
+    return list(value)
+
+
+def _cell(meta: dict) -> str:
+    from lstm_spec.spec import builtin_cells, did_you_mean
+
+    from .problem import reference_module
+
+    cell = meta.get("cell", "lstm")
+    if not isinstance(cell, str):
+        raise TargetError(f"conformance['cell']: expected a cell name (a string), got {cell!r}; accepted: "
+                          f"{', '.join(builtin_cells())}")
+    try:
+        reference_module(cell)
+    except ImportError:
+        raise TargetError(f"conformance['cell']: unknown cell {cell!r}; {did_you_mean(cell)}accepted (cells with a "
+                          f"generated reference): {', '.join(builtin_cells())}") from None
+    return cell
+
+
+def _gate_order(meta: dict, gates: tuple) -> tuple:
+    """The declared gate order as our gate letters: a string ('ifco') or a tuple of letters; PyTorch's
+    g (the candidate) is accepted for our c when the cell has a gate c and no gate g."""
+    order = meta.get("gate_order", ())
+    alias = "c" in gates and "g" not in gates
+    seq = tuple(order) if isinstance(order, (str, list, tuple)) else None
+    if seq is not None and all(isinstance(g, str) for g in seq):
+        seq = tuple("c" if alias and g == "g" else g for g in seq)
+        if not seq or sorted(seq) == sorted(gates):
+            return seq
+    spelled = "".join(gates) if all(len(g) == 1 for g in gates) else gates
+    also = (" (g, PyTorch's letter for the candidate, is accepted for our c"
+            + (": PyTorch's 'ifgo' is our 'ifco')" if sorted(gates) == sorted("ifco") else ")")) if alias else ""
+    raise TargetError(f"conformance['gate_order']: expected a permutation of the gates of the cell, as a string "
+                      f"{spelled!r} or a tuple {gates!r}{also}, got {order!r}")
+
+
+def _dummy(cell: str):
+    """The canonical parameters (and a two-bias split) of ``cell`` on a tiny case: which names it has."""
+    from .problem import make_problem
+
+    problem = make_problem(Case(cell, (1, 1, 2, 2), "float64", 0))
+    return problem.params[0], problem.bias_ih[0], problem.states
+
+
+def _layout(meta: dict, gates: tuple) -> Layout:
+    params = meta.get("params", "per_gate")
+    if params not in ("per_gate", "stacked"):
+        raise TargetError(f"conformance['params']: expected 'per_gate' or 'stacked', got {params!r}")
+    biases = meta.get("biases", 1)
+    if biases not in (1, 2) or isinstance(biases, (bool, np.bool_)) or not isinstance(biases, (int, np.integer)):
+        raise TargetError(f"conformance['biases']: expected 1 or 2, got {biases!r}")
+    return Layout(params, _gate_order(meta, gates), _flag(meta, "transposed", False), int(biases),
+                  _flag(meta, "batch_major", False))
+
+
+def _text(meta: dict, key: str) -> str:
+    value = meta.get(key, "")
+    if not isinstance(value, str):
+        raise TargetError(f"conformance[{key!r}]: expected a string, got {value!r}")
+    return value
+
+
 class ProtocolTarget(Target):
     """A user's implementation: an object with a ``conformance`` dict and ``forward`` (and optionally
-    ``backward``); see conformance/PROTOCOL.md."""
+    ``backward``); see conformance/PROTOCOL.md. The declaration is validated here, when the target loads."""
 
     def __init__(self, obj, label: str = ""):
         meta = getattr(obj, "conformance", None)
@@ -245,40 +360,82 @@ class ProtocolTarget(Target):
                               "conformance/PROTOCOL.md")
         if not callable(getattr(obj, "forward", None)):
             raise TargetError(f"{label}: expected a callable `forward(params, x, **initial_states)`")
-        known = {"cell", "params", "gate_order", "transposed", "biases", "batch_major", "dtypes", "features",
-                 "name", "description"}
-        unknown = sorted(set(meta) - known)
-        if unknown:
-            raise TargetError(f"{label}: unknown conformance key(s) {unknown}; known: {sorted(known)}")
+        try:
+            self._declare(obj, meta)
+        except (TargetError, LayoutError) as exc:
+            raise TargetError(f"{label}: {exc}") from None
         self.obj = obj
         self.name = meta.get("name") or label or type(obj).__name__
-        cell = meta.get("cell", "lstm")
+        self.description = meta.get("description") or self._describe(meta)
+
+    def _declare(self, obj, meta: dict) -> None:
+        unknown = sorted(map(str, set(meta) - set(_KEYS)))
+        if unknown:
+            raise TargetError(f"unknown conformance key(s) {unknown}; accepted: {', '.join(map(repr, _KEYS))}")
+        for key in ("name", "description"):
+            _text(meta, key)
+        cell = _cell(meta)
+        params, bias_ih, states = _dummy(cell)
         self.cells = (cell,)
-        self.dtypes = tuple(meta.get("dtypes", ("float32", "float64")))
-        order = meta.get("gate_order", ())
-        try:
-            self.layout = Layout(meta.get("params", "per_gate"), tuple(order), bool(meta.get("transposed", False)),
-                                 int(meta.get("biases", 1)), bool(meta.get("batch_major", False)))
-        except Exception as exc:
-            raise TargetError(f"{label}: {exc}") from exc
+        self.layout = _layout(meta, gate_names(params))
         self.biases = self.layout.biases
-        feats = set(meta.get("features", ()))
-        bad = feats - {"reverse", "lengths"}
-        if bad:
-            raise TargetError(f"{label}: unknown feature(s) {sorted(bad)}; known: lengths, reverse")
-        if callable(getattr(obj, "backward", None)):
+        self.dtypes = tuple(_names(meta, "dtypes", _DTYPES, '["float32", "float64"]') or _DTYPES)
+        feats = set(_names(meta, "features", _FEATURES, '["reverse", "lengths"]') or ())
+        has_backward = callable(getattr(obj, "backward", None))
+        if has_backward:
             feats.add("gradients")
         self.features = frozenset(feats)
+        self.initial_states = _flag(meta, "initial_states", True)
+        self.states = list(states)
+        self.param_names = list(to_layout(params, self.layout, bias_ih))  # also checks the gate order
+        self.grad_names = self.param_names + ["x"] + ([f"{s}0" for s in states] if self.initial_states else [])
+        listed = meta.get("gradients") if isinstance(meta.get("gradients"), (list, tuple)) else ()
+        stateful = [f"{s}0" for s in states if f"{s}0" in listed]
+        if stateful and not self.initial_states:
+            raise TargetError(f"conformance['gradients'] lists {', '.join(map(repr, stateful))} but "
+                              "conformance['initial_states'] is False (no initial states, no gradient of them)")
+        declared = _names(meta, "gradients", ["parameters", *self.grad_names], '["parameters", "x"]')
+        if declared is not None and not has_backward:
+            raise TargetError("conformance['gradients'] is declared but the object has no `backward` method")
+        if declared is None and not self.initial_states:
+            declared = ["parameters", "x"]
+        self.declared = None if declared is None else \
+            sorted({n for d in declared for n in (self.param_names if d == "parameters" else [d])},
+                   key=self.grad_names.index)
+        self.provided = None if declared is None else self._quantities(params, bias_ih)
+
+    def _quantities(self, params: dict, bias_ih: dict) -> set:
+        """The result quantities (``d W_f``, ``d x``, ...) the declared gradients give."""
+        layout = to_layout(params, self.layout, bias_ih)
+        canon = grads_from_layout({k: v for k, v in layout.items() if k in self.declared}, self.layout,
+                                  gate_names(params))
+        return {f"d {k}" for k in canon} | {f"d {k}" for k in self.declared if k not in layout}
+
+    def _describe(self, meta: dict) -> str:
         lay = self.layout
-        self.description = meta.get("description") or (
-            f"user implementation, cell {cell}, {lay.params} parameters"
-            + (f" in gate order {''.join(lay.gate_order) or 'of the spec'}" if lay.params == "stacked" else "")
-            + (", transposed" if lay.transposed else "") + f", {lay.biases} bias(es), "
-            + ("batch-major" if lay.batch_major else "time-major")
-            + ("" if "gradients" in feats else ", forward only"))
+        order = meta.get("gate_order", "")
+        spelled = "".join(order) if not isinstance(order, str) else order
+        said = (f" in gate order {spelled}" + (" (g: the candidate, our c)" if "g" in spelled and "g" not in
+                lay.gate_order else "") if spelled else " in the spec's gate order")
+        return (f"user implementation, cell {self.cells[0]}, {lay.params} parameters"
+                + (said if lay.params == "stacked" else "")
+                + (", transposed" if lay.transposed else "") + f", {lay.biases} bias(es), "
+                + ("batch-major" if lay.batch_major else "time-major")
+                + ("" if "gradients" in self.features else ", forward only")
+                + ("" if self.declared is None else f", gradients {', '.join(self.declared)} (declared)")
+                + ("" if self.initial_states else ", no initial states (declared)"))
+
+    def adapt(self, case: Case) -> Case:
+        return case if self.initial_states else replace(case, zero_states=True)
+
+    def untested(self, quantities) -> list:
+        """The quantities of ``quantities`` this target does not provide (its declaration says so)."""
+        if self.provided is None:
+            return []
+        return [q for q in quantities if q.startswith("d ") and q not in self.provided]
 
     def _kwargs(self, problem: Problem, slot: int) -> dict:
-        kw = {f"{s}0": problem.init[slot][s] for s in problem.states}
+        kw = {f"{s}0": problem.init[slot][s] for s in problem.states} if self.initial_states else {}
         if problem.lengths is not None:
             kw["lengths"] = problem.lengths
         if problem.case.direction == "reverse":
@@ -299,49 +456,82 @@ class ProtocolTarget(Target):
                 problem.extra.setdefault("mutations", []).append(f"{self.name}.{method} modified its argument {change}")
         return out
 
+    def _seq(self, a):
+        """A time-major sequence in the target's order (and back: the swap is its own inverse)."""
+        return np.ascontiguousarray(np.swapaxes(a, 0, 1)) if self.layout.batch_major else a
+
     def run(self, problem: Problem) -> dict:
-        lay = self.layout
-        states = problem.states
-        bm = (lambda a: np.ascontiguousarray(np.swapaxes(a, 0, 1))) if lay.batch_major else (lambda a: a)  # noqa: E731
-        params = to_layout(problem.params[0], lay, problem.bias_ih[0])
-        x = bm(problem.x)
+        """The forward's results, then the backward's: when the backward fails (raises, breaks the protocol),
+        :class:`BackwardFailed` carries the forward's results, which are still compared."""
+        params = to_layout(problem.params[0], self.layout, problem.bias_ih[0])
+        x = self._seq(problem.x)
+        res = self._forward(problem, params, x)
+        if "gradients" in self.features:
+            try:
+                res.update(self._backward(problem, params, x))
+            except BaseException as exc:
+                if users_interrupt(exc):
+                    raise
+                raise BackwardFailed(self.name, exc, res) from None
+        return res
+
+    def _forward(self, problem: Problem, params: dict, x) -> dict:
         out = self._call(problem, "forward", params, x, **self._kwargs(problem, 0))
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise TargetError(f"{self.name}.forward: expected (y, final states), got {_describe(out)}")
         y, final = out
-        final = self._states(final, states, "forward")
+        final = self._states(final, problem.states, "forward")
         y = _result(y, f"{self.name}.forward: y")
-        if lay.batch_major and y.ndim != 3:
+        if self.layout.batch_major and y.ndim != 3:
             raise TargetError(f"{self.name}.forward: y has shape {y.shape}, expected (B, T, H) (batch_major)")
-        res = {"y": bm(y)}
-        for s in states:
+        res = {"y": self._seq(y)}
+        for s in problem.states:
             res[slot_key(f"{s}_T", "")] = _result(final[s], f"{self.name}.forward: final state {s}")
-        if "gradients" in self.features:
-            g = self._call(problem, "backward", params, x, dy=bm(problem.dy), d_final=dict(problem.d_final[0]),
-                           **self._kwargs(problem, 0))
-            if not isinstance(g, dict):
-                raise TargetError(f"{self.name}.backward: expected a dict of gradients, got {_describe(g)}")
-            g = {k: _result(v, f"{self.name}.backward: gradient {k!r}") for k, v in g.items()}
-            special = {"x"} | {f"{s}0" for s in states}
-            try:
-                canon = grads_from_layout({k: v for k, v in g.items() if k not in special}, lay,
-                                          gate_names(problem.params[0]))
-            except LayoutError as exc:
-                raise TargetError(f"{self.name}.backward: {exc}") from exc
-            for k, v in canon.items():
-                res[f"d {k}"] = v
-            if "x" in g:
-                if lay.batch_major and g["x"].ndim != 3:
-                    raise TargetError(f"{self.name}.backward: gradient 'x' has shape {g['x'].shape}, expected "
-                                      "(B, T, D) (batch_major)")
-                res["d x"] = bm(g["x"])
-            for s in states:
-                if f"{s}0" in g:
-                    res[f"d {s}0"] = g[f"{s}0"]
         return res
+
+    def _backward(self, problem: Problem, params: dict, x) -> dict:
+        lay, states = self.layout, problem.states
+        g = self._call(problem, "backward", params, x, dy=self._seq(problem.dy), d_final=dict(problem.d_final[0]),
+                       **self._kwargs(problem, 0))
+        if not isinstance(g, dict):
+            raise TargetError(f"{self.name}.backward: expected a dict of gradients, got {_describe(g)}")
+        self._check_names(g)
+        g = {k: _result(v, f"{self.name}.backward: gradient {k!r}") for k, v in g.items()}
+        special = {"x"} | {f"{s}0" for s in states}
+        try:
+            canon = grads_from_layout({k: v for k, v in g.items() if k not in special}, lay,
+                                      gate_names(problem.params[0]))
+        except LayoutError as exc:
+            raise TargetError(f"{self.name}.backward: {exc}") from exc
+        res = {f"d {k}": v for k, v in canon.items()}
+        if "x" in g:
+            if lay.batch_major and g["x"].ndim != 3:
+                raise TargetError(f"{self.name}.backward: gradient 'x' has shape {g['x'].shape}, expected "
+                                  "(B, T, D) (batch_major)")
+            res["d x"] = self._seq(g["x"])
+        res.update({f"d {s}0": g[f"{s}0"] for s in states if f"{s}0" in g})
+        return res
+
+    def _check_names(self, g: dict) -> None:
+        """Every returned gradient has a name of the protocol (and of the declaration, if any): a
+        ProtocolError naming the expected ones, never a gradient silently dropped."""
+        unknown = [k for k in g if k not in self.grad_names]
+        if unknown:
+            expected = ", ".join(map(repr, self.grad_names))
+            raise ProtocolError(f"{self.name}.backward returned gradient(s) under unknown name(s) "
+                                f"{', '.join(map(repr, unknown))}; expected names: {expected}")
+        extra = [k for k in g if self.declared is not None and k not in self.declared]
+        if extra:
+            raise ProtocolError(f"{self.name}.backward returned {', '.join(map(repr, extra))}, not in its declared "
+                                f"conformance['gradients'] ({', '.join(map(repr, self.declared))}): declare "
+                                "it or do not return it")
 
     def _states(self, final, states, where):
         if isinstance(final, dict):
+            unknown = [k for k in final if k not in states]
+            if unknown:
+                raise ProtocolError(f"{self.name}.{where}: final state(s) under unknown name(s) "
+                                    f"{', '.join(map(repr, unknown))}; expected names: {', '.join(map(repr, states))}")
             missing = [s for s in states if s not in final]
             if missing:
                 raise TargetError(f"{self.name}.{where}: final states lack {missing}")
@@ -359,6 +549,9 @@ def _import(spec: str, mod_name: str):
         if not path.is_file():
             raise TargetError(f"target {spec!r}: no such file {path}")
         name = f"lstm_spec_user_{path.stem}"
+        folder = str(path.resolve().parent)  # the modules beside the file import, as under `python file.py`
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         mspec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(mspec)
         sys.modules[name] = module
