@@ -21,7 +21,7 @@ from .compare import Row, compare
 from .localise import localise
 from .problem import Case, Problem, expected, make_problem, reference_module
 from .signatures import Diagnosis, diagnose
-from .targets import BackwardFailed, ProtocolError, Target, TargetError, describe, users_interrupt, watching_interrupts
+from .targets import FORWARD, ProtocolError, Target, TargetError, describe, users_interrupt, watching_interrupts
 
 # (T, B, D, H): T = 1 and B = 1 together, B = 1, D != H (both ways), D = H, a longer sequence
 SHAPES = [(1, 1, 3, 2), (2, 1, 2, 3), (4, 3, 5, 3), (6, 2, 4, 4)]
@@ -106,14 +106,16 @@ def invoke(target: Target, problem: Problem) -> Outcome:
         if not isinstance(got, dict):
             error = f"{type(target).__name__}.run returned {type(got).__name__}, expected a dict of quantities"
             got = None
-    except BackwardFailed as exc:  # the forward's results are still compared
-        got, error, protocol = exc.got, str(exc), exc.protocol
     except TargetError as exc:
         error, protocol = str(exc), isinstance(exc, ProtocolError)
     except BaseException as exc:  # SystemExit, KeyboardInterrupt, ... of the target: the case's result
         if users_interrupt(exc):
             raise
         error = f"the target raised {describe(exc)}"
+    where, forward = problem.extra.pop(FORWARD, ("", None))
+    if error and forward is not None:  # the backward failed: the forward's results are still compared
+        got = forward
+        error += ("" if where in error else f" in {where}") + " (the forward's results are compared)"
     mutations = list(problem.extra.get("mutations", []))
     for name, now, before in kept:
         if now.shape != before.shape or not np.array_equal(now, before):

@@ -29,15 +29,7 @@ class ProtocolError(TargetError):
     name the protocol does not know): the case errs and `conform` exits with 2."""
 
 
-class BackwardFailed(TargetError):
-    """The backward of a target failed after its forward gave results (``got``), which are still compared.
-    ``protocol``: the failure is a :class:`ProtocolError`."""
-
-    def __init__(self, name: str, exc: BaseException, got: dict):
-        self.got = got
-        self.protocol = isinstance(exc, ProtocolError)
-        why = str(exc) if isinstance(exc, TargetError) else f"the target raised {describe(exc)} in {name}.backward"
-        super().__init__(f"{why} (the forward's results are compared)")
+FORWARD = "forward results"  # key of Problem.extra: the forward's results while the backward runs (ProtocolTarget.run)
 
 
 class Unavailable(TargetError):
@@ -461,19 +453,16 @@ class ProtocolTarget(Target):
         return np.ascontiguousarray(np.swapaxes(a, 0, 1)) if self.layout.batch_major else a
 
     def run(self, problem: Problem) -> dict:
-        """The forward's results, then the backward's: when the backward fails (raises, breaks the protocol),
-        :class:`BackwardFailed` carries the forward's results, which are still compared."""
+        """The forward's results, then the backward's. While the backward runs, ``problem.extra[FORWARD]``
+        holds (where, the forward's results): when the backward fails (raises, breaks the protocol), the
+        runner still compares them (runner.invoke)."""
         params = to_layout(problem.params[0], self.layout, problem.bias_ih[0])
         x = self._seq(problem.x)
         res = self._forward(problem, params, x)
-        if "gradients" in self.features:
-            try:
-                res.update(self._backward(problem, params, x))
-            except BaseException as exc:
-                if users_interrupt(exc):
-                    raise
-                raise BackwardFailed(self.name, exc, res) from None
-        return res
+        if "gradients" not in self.features:
+            return res
+        problem.extra[FORWARD] = (f"{self.name}.backward", res)
+        return {**res, **self._backward(problem, params, x)}
 
     def _forward(self, problem: Problem, params: dict, x) -> dict:
         out = self._call(problem, "forward", params, x, **self._kwargs(problem, 0))
