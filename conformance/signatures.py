@@ -494,7 +494,8 @@ def _diagnoses(groups, failing, problem) -> list[Diagnosis]:
         return []
     full = groups[0][0].full(failing)
     if full:
-        exact = [g for g in groups if not all(_fitted(m) for m in g)]
+        exact = [[m for m in g if not _fitted(m)] for g in groups]  # a fitted value only where nothing exact is
+        exact = [g for g in exact if g]
         return [_one(g, problem) for g in (exact or groups)[:SHOWN_GROUPS]]
     d = _one(groups[0], problem)
     best = groups[0][0]

@@ -258,3 +258,15 @@ def test_recompute_variant_of_a_forward_mutation_is_named():
              if m.variant == "recompute" and m.kind == "activation removed" and "f[t]" in m.old)
     ok, names = _named(problem, m)
     assert ok, names
+
+
+def test_an_exact_explanation_is_not_grouped_with_fitted_ones():
+    """Parameter gradients divided by B: named as such, without the clip bound fitted to the same numbers
+    (a fitted value in the text would make one line per case of the run summary)."""
+    problem = make_problem(Case("lstm", (4, 3, 5, 3), "float64", 20))
+    want = expected(problem)
+    got = {k: (v / 3 if k.startswith("d ") and k not in ("d x", "d h0", "d c0") else v) for k, v in want.items()}
+    failing = [r.quantity for r in compare(problem, got, want, TOL) if not r.within]
+    ds = diagnose(problem, _Target(), got, failing, TOL)
+    assert ds and "divided by the batch size B = 3" in ds[0].detail, ds
+    assert "clipped" not in ds[0].detail, ds
