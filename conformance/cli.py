@@ -9,7 +9,8 @@ DEFAULT_TIMEOUT = 300.0  # seconds per case; the slowest built-in adapter (flax,
 
 
 def cmd_conform(args) -> int:
-    """Exit status 0: conforms, 1: a case fails or errs, 2: a bad target or option, 3: a built-in adapter's
+    """Exit status 0: conforms, 1: a case fails or errs, 2: a bad target, option or a result that breaks the
+    protocol (Report.exit_code), 3: a built-in adapter's
     framework is not installed. The target's code never chooses it (sys.exit, KeyboardInterrupt and any
     other exception of the target are its failures; conformance/PROTOCOL.md, section 6)."""
     import math
@@ -66,7 +67,7 @@ def cmd_conform(args) -> int:
             print(format_report(report, verbose=args.verbose, timings=args.timings))
         # the time goes to stderr: stdout, the report, is the same in every run with the same seed
         print(f"lstm-spec conform: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        return 0 if report.passed else 1
+        return report.exit_code
 
 
 def cmd_vectors(args) -> int:

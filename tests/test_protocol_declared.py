@@ -297,3 +297,20 @@ def test_the_independent_params_only_targets_conform_once_declared(file, obj):
     assert report.passed and report.exit_code == 0, format_report(report, verbose=False)
     assert "not tested: d x, d h0, d c0" in format_report(report, verbose=False)
 
+
+
+def test_the_command_exits_2_for_a_result_under_an_unknown_name(tmp_path, capsys):
+    """A gradient returned as `dW` breaks the protocol: the command's exit status is 2, naming the expected."""
+    from lstm_spec.cli import main
+
+    f = tmp_path / "renamed.py"
+    f.write_text(
+        "from lstm_spec.conformance.examples import NumpyLSTM\n"
+        "class Renamed(NumpyLSTM):\n"
+        "    def backward(self, *a, **k):\n"
+        "        g = super().backward(*a, **k)\n"
+        "        g['dW'] = g.pop('W')\n"
+        "        return g\n"
+        "impl = Renamed()\n")
+    assert main(["conform", f"{f}:impl", "--quiet", "--timeout", "0", "--quick", "--dtype", "float64"]) == 2
+    assert "'W'" in capsys.readouterr().out
