@@ -60,7 +60,7 @@ class Case:
         if self.ndir == 1 and self.layers == 1:
             return [""]
         dirs = ["fwd", "bwd"] if self.ndir == 2 else ["fwd" if self.direction == "forward" else "bwd"]
-        return [f"l{l} {d}" for l in range(self.layers) for d in dirs]
+        return [f"l{layer} {d}" for layer in range(self.layers) for d in dirs]
 
     @property
     def single(self) -> bool:
@@ -224,11 +224,15 @@ def expected(problem: Problem, module=None, dtype="float64", biases: int = 1, wi
     module = module or problem.module
     case = problem.case
     dt = np.dtype(dtype)
-    conv = lambda d: {k: np.asarray(v, dtype=dt) for k, v in d.items()}  # noqa: E731
+    def conv(d):
+        return {k: np.asarray(v, dtype=dt) for k, v in d.items()}
+
     st = problem.states
     ndir = case.ndir
     direction = direction or case.direction
-    reverse_of = lambda d: direction == "reverse" or (direction == "bidirectional" and d == 1)  # noqa: E731
+    def reverse_of(d):
+        return direction == "reverse" or (direction == "bidirectional" and d == 1)
+
     H = problem.output_size
     inp = problem.x.astype(dt)
     layer_inputs, runs = [], []

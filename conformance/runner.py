@@ -20,7 +20,7 @@ from lstm_spec.checks.tolerances import TOLERANCES
 from .compare import Row, compare
 from .localise import localise
 from .problem import Case, Problem, expected, make_problem, reference_module
-from .signatures import Diagnosis, diagnose
+from .signatures import diagnose
 from .targets import FORWARD, ProtocolError, Target, TargetError, describe, users_interrupt, watching_interrupts
 
 # (T, B, D, H): T = 1 and B = 1 together, B = 1, D != H (both ways), D = H, a longer sequence
@@ -155,7 +155,7 @@ def run_case(target: Target, case: Case, diagnose_failures: bool = True, worker=
         want = {q: v for q, v in want.items() if not q.startswith("d ")}
     try:
         rows = compare(problem, got, want, tol, dtype=case.dtype)
-    except Exception as exc:  # noqa: BLE001 - results nobody can compare are reported, not raised
+    except Exception as exc:  # results nobody can compare are reported, not raised
         return CaseResult(case, "error", detail=f"the target's results cannot be compared: {describe(exc)}",
                           seconds=time.perf_counter() - t0, **done)
     ok = all(r.passed for r in rows) and not mutated and not outcome.error
@@ -168,7 +168,7 @@ def run_case(target: Target, case: Case, diagnose_failures: bool = True, worker=
             res.localisation = _localise(target, problem, got, tol, worker, biases)
         try:
             res.diagnoses = diagnose(problem, target, got, [r.quantity for r in res.failing], tol)
-        except Exception:  # noqa: BLE001 - no diagnosis is still a report
+        except Exception:  # no diagnosis is still a report
             res.diagnoses = []
     res.seconds = time.perf_counter() - t0
     return res
@@ -186,7 +186,7 @@ def _localise(target: Target, problem: Problem, got: dict, tol: float, worker, b
             return out.got
     try:
         return localise(problem, target, tol, got=got, run=run)
-    except Exception:  # noqa: BLE001 - no localisation is still a report
+    except Exception:  # no localisation is still a report
         return None
 
 
@@ -212,7 +212,7 @@ def redirect_output(fd: int):
     _flush_output()
     saved = (os.dup(1), os.dup(2))
     streams = (sys.stdout, sys.stderr)
-    text = open(fd, "w", closefd=False, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+    text = open(fd, "w", closefd=False, encoding="utf-8", errors="backslashreplace")
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -268,7 +268,7 @@ def _plain_value(value) -> tuple:
     of a numeric, boolean or string dtype as (dtype, shape, bytes); anything else by its type's name."""
     try:
         a = np.asarray(value)
-    except BaseException:  # noqa: BLE001 - what does not convert is reported by the comparison
+    except BaseException:  # what does not convert is reported by the comparison
         return ("opaque", type(value).__name__, None)
     if a.dtype.kind in "biufcSUmM" and a.dtype.fields is None:
         return ("array", a.dtype.str, a.shape, a.tobytes())
@@ -344,7 +344,7 @@ def _worker_main(conn, ref, output: str) -> None:
     _worker_setup(output)
     try:
         target = _worker_target(ref)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+    except BaseException as exc:  # reported to the parent
         _send(conn, ("error", f"cannot load the target in the worker process: {describe(exc)}"))
         return
     _send(conn, ("ready", ""))
@@ -363,7 +363,7 @@ def _worker_main(conn, ref, output: str) -> None:
         _flush_output()
         try:
             message = _plain(out)
-        except BaseException as exc:  # noqa: BLE001 - e.g. a key whose str() raises
+        except BaseException as exc:  # e.g. a key whose str() raises
             message = _plain(Outcome(None, f"the target's results cannot be sent back: {describe(exc)}",
                                      out.mutations))
         _send(conn, message)
@@ -453,7 +453,7 @@ class Worker:
                 why = "" if kind == "ready" else text
         except (EOFError, OSError):
             why = f"the worker process died while loading the target ({self._ended()})"
-        except Exception as exc:  # noqa: BLE001 - not a message of ours
+        except Exception as exc:  # not a message of ours
             why = f"the worker process sent an unreadable message: {describe(exc)}"
         if why:
             self.stop()
@@ -476,7 +476,7 @@ class Worker:
                 out, ended = _outcome(_receive(self.conn)), False
         except (EOFError, OSError):
             out = Outcome(None, f"the target's process died during the case ({self._ended()})")
-        except Exception as exc:  # noqa: BLE001 - not plain data: the worker's messages are not trusted
+        except Exception as exc:  # not plain data: the worker's messages are not trusted
             out = Outcome(None, f"the target's results cannot be read back: {describe(exc)}")
         out.output = self._tail()
         if ended:
@@ -656,6 +656,13 @@ def header(target: Target) -> list[str]:
 _CLASSES = (("outputs", "y, final states"), ("params", "parameter gradients"), ("inputs", "d x, d initial states"))
 
 
+def _table(head: tuple, body: list, indent: str) -> list[str]:
+    """Rows of text as left-aligned columns, the head first."""
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
+    return [indent + "  ".join(str(c).ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()
+            for cols in [head, *body]]
+
+
 def _quantity_class(quantity: str) -> str:
     base = quantity.split("[")[0].split("@")[0]
     if not base.startswith("d "):
@@ -699,9 +706,7 @@ def summary_table(report: Report) -> list[str]:
         extra = ([f"{len(skipped)} skipped: {'; '.join(why)}"] if skipped else []) + (
             [f"{n} errors"] if (n := sum(r.status == "error" for r in results)) else [])
         body.append((fam, f"{len(ran)}/{len(results)}" + (f" ({', '.join(extra)})" if extra else "")) + tuple(cells))
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
-    line = lambda cols: "  " + "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
-    return [line(head)] + [line(b) for b in body]
+    return _table(head, body, "  ")
 
 
 def _case_block(r: CaseResult, title: str, verbose: bool) -> list[str]:
@@ -722,10 +727,7 @@ def _case_block(r: CaseResult, title: str, verbose: bool) -> list[str]:
         head = ("quantity", "max abs", "rel", "worst element", "tolerance", "result")
         body = [(x.quantity, _fmt(x.max_abs), _fmt(x.rel), x.worst, f"{x.tolerance:g}",
                  "pass" if x.passed else "FAIL") for x in rows]
-        widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
-        fmt = lambda cols: "    " + "  ".join(str(c).ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
-        out.append(fmt(head))
-        out += [fmt(b) for b in body]
+        out += _table(head, body, "    ")
         out += [f"    {x.quantity}: {x.detail}" for x in rows if x.detail and not x.passed]
     if r.status != "pass" and not r.protocol and any(not x.within for x in r.rows):
         if r.diagnoses:

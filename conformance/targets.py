@@ -211,7 +211,7 @@ def _result(value, what: str) -> np.ndarray:
         raise TargetError(f"{what}: expected an array, got {_describe(value)}{hint}")
     try:
         return _as_np(value)
-    except Exception as exc:  # noqa: BLE001 - an object that does not convert is the target's fault
+    except Exception as exc:  # an object that does not convert is the target's fault
         raise TargetError(f"{what}: expected an array, got {_describe(value)} ({type(exc).__name__}: {exc})") from exc
 
 
@@ -437,7 +437,7 @@ class ProtocolTarget(Target):
     def _call(self, problem: Problem, method: str, *args, **kwargs):
         """Call ``method`` of the user's object on private copies of the arguments, then record in
         ``problem.extra["mutations"]`` every argument it changed (named as the user sees it)."""
-        named = dict(zip(_ARG_NAMES[method], args), **kwargs)
+        named = dict(zip(_ARG_NAMES[method], args, strict=False), **kwargs)  # optional trailing arguments
         sent = {k: _private_copy(v) for k, v in named.items()}
         kept = {k: _private_copy(v) for k, v in named.items()}
         positional = [sent[k] for k in _ARG_NAMES[method][:len(args)]]  # called as the protocol shows it
@@ -528,7 +528,7 @@ class ProtocolTarget(Target):
         if not isinstance(final, (tuple, list)) or len(final) != len(states):
             raise TargetError(f"{self.name}.{where}: expected the final states as a dict {states} or a tuple "
                               f"in the order {tuple(states)}")
-        return dict(zip(states, final))
+        return dict(zip(states, final, strict=True))  # the length is checked above
 
 
 def _import(spec: str, mod_name: str):
