@@ -39,7 +39,7 @@ def _named(problem, m) -> tuple[bool, list]:
 def _round_trip(cell, shape, every=1):
     problem = make_problem(Case(cell, shape, "float64", 7))
     muts = explain.mutations(problem.module)
-    assert len(muts) > 100
+    assert len(muts) > 50  # rnn_tanh, the smallest cell, has 88
     muts = muts[::every]
     missed = []
     for m in muts:
