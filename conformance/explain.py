@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from lstm_spec.checks.mutants import load_module
 
 from .compare import compare
@@ -119,7 +120,8 @@ def _parse(module) -> Source:
     src.backward_loop = _body(lines, bloop)
     ret = next(k for k in range(bloop, len(lines)) if lines[k].strip() == "grads = {")
     end = next(k for k in range(ret, len(lines)) if lines[k].strip() == "}")
-    after = [k for k in range(src.backward_loop[-1] + 1, ret) if lines[k].strip() and not lines[k].strip().startswith("#")]
+    after = [k for k in range(src.backward_loop[-1] + 1, ret)
+             if lines[k].strip() and not lines[k].strip().startswith("#")]
     src.after_loop = after
     src.returned = list(range(ret + 1, end))
     _names(src, fwd, bwd)
@@ -430,7 +432,7 @@ def _carries(src: Source, add):
             continue
         lhs = [v.strip() for v in m.group(2).split(",")]
         rhs = [v.strip() for v in m.group(3).split(",")]
-        for j, (n, v) in enumerate(zip(lhs, rhs)):
+        for j, (n, v) in enumerate(zip(lhs, rhs, strict=False)):
             s = n[2:-5]
             st = next((text for text in src.statements.values() if re.search(rf"\b{n}\b", text)), n)
             for repl, what in ((f"d_final['{s}']", "kept at the final-state cotangent"), (f"0 * {v}", "zero")):
@@ -447,10 +449,11 @@ def _carries(src: Source, add):
         if len(lhs) > 1:  # every carry at once (one loop forgets them all)
             for what, rep in (("kept at the final-state cotangents", lambda n, v: f"d_final['{n[2:-5]}']"),
                               ("zero", lambda n, v: f"0 * {v}")):
-                carry = (k, f"{m.group(1)}{m.group(2)} = {', '.join(rep(n, v) for n, v in zip(lhs, rhs))}")
+                vals = ", ".join(rep(n, v) for n, v in zip(lhs, rhs, strict=False))
+                carry = (k, f"{m.group(1)}{m.group(2)} = {vals}")
                 kind = f"no carry passed on ({what})"
                 add(kind, "backward", k, [carry])
-                rets = [(r, src.lines[r].replace(n, v)) for n, v in zip(lhs, rhs) for r in src.returned
+                rets = [(r, src.lines[r].replace(n, v)) for n, v in zip(lhs, rhs, strict=False) for r in src.returned
                         if re.search(rf"'{n[2:-5]}0': {n},", src.lines[r])]
                 if rets:
                     add(kind + ", the step-0 gradients still returned", "backward", k, [carry] + rets)

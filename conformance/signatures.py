@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from lstm_spec.checks.mutants import load_module
 from lstm_spec.checks.tolerances import TOLERANCES
 
@@ -109,7 +110,7 @@ def _permuted(problem, target, got):
     for perm in itertools.permutations(gates):
         if perm == tuple(gates):
             continue
-        src = dict(zip(gates, perm))  # the target computes gate g with the parameters of gate src[g]
+        src = dict(zip(gates, perm, strict=False))  # the target computes gate g with the parameters of gate src[g]
 
         def fn(p, src=src):
             orig = {k: v.copy() for k, v in p.items()}
@@ -131,7 +132,8 @@ def _forget_bias(problem, target, got):
     forward, and with the reference's gradients (a backward that recomputes the gates without k)."""
     if "b_f" not in problem.params[0] or got.get("y") is None:
         return
-    shifted = lambda k: _with_params(problem, lambda p: p.__setitem__("b_f", p["b_f"] + k))
+    def shifted(k):
+        return _with_params(problem, lambda p: p.__setitem__("b_f", p["b_f"] + k))
     k = _fit(lambda k: _ref(shifted(k), target, with_grads=False)["y"], np.asarray(got["y"], np.float64))
     if k is None or abs(k) < 1e-9:
         return
@@ -139,13 +141,15 @@ def _forget_bias(problem, target, got):
     yield f"forget_bias = {k:.4g} added to z_f at every step", res, None
     if target.has_gradients:
         if explain._recomputable(explain.source(problem.module)):
-            add = lambda p: {**p, "b_f": p["b_f"] + k}
+            def add(p):
+                return {**p, "b_f": p["b_f"] + k}
             mod = explain.Recomputed(problem.module, problem.module, add)
             detail = (f"forget_bias = {k:.4g} added to z_f in the forward only (the backward recomputes the gates "
                       f"from the stored states without it)")
             yield detail, _ref(problem, target, module=mod), None
         base = _ref(problem, target)
-        detail = f"forget_bias = {k:.4g} added to z_f in the forward only (the backward runs its own forward without it)"
+        detail = (f"forget_bias = {k:.4g} added to z_f in the forward only (the backward runs its own forward "
+                  "without it)")
         yield (detail, {q: (base[q] if q.startswith("d ") else v) for q, v in res.items()}, None)
 
 
@@ -154,7 +158,8 @@ def _fit(model, target: np.ndarray, starts=(-2.0, -1.0, -0.5, 0.5, 1.0, 2.0), st
     best of a few starts); None when the shapes differ."""
     if model(0.0).shape != target.shape:
         return None
-    err = lambda k: float(np.sum((model(k) - target) ** 2))
+    def err(k):
+        return float(np.sum((model(k) - target) ** 2))
     k = min(starts, key=err)
     for _ in range(steps):
         r, h = model(k) - target, 1e-6
@@ -172,7 +177,8 @@ def _fit(model, target: np.ndarray, starts=(-2.0, -1.0, -0.5, 0.5, 1.0, 2.0), st
 def _lengths_ignored(problem, target, got):
     if problem.lengths is None or not problem.case.single or problem.case.direction != "forward":
         return
-    detail = "sequence lengths ignored for the final states (the state runs through the padded steps: the states after step T)"
+    detail = ("sequence lengths ignored for the final states (the state runs through the padded steps: the states "
+              "after step T)")
     yield (detail, _ref(problem.with_(lengths=None), target), None)
 
 
@@ -213,7 +219,8 @@ def _bias_dropped(problem, target, got):
 def _reversed(problem, target, got):
     if not problem.case.single:
         return
-    flip = lambda r: {k: (v[::-1] if k == "y" else v) for k, v in r.items()}
+    def flip(r):
+        return {k: (v[::-1] if k == "y" else v) for k, v in r.items()}
     res = flip(_ref(problem.with_(dy=problem.dy[::-1].copy()), target))
     yield "outputs returned in reversed time order", res, None
     other = "forward" if problem.case.direction == "reverse" else "reverse"
@@ -229,7 +236,8 @@ def _final_off_by_one(problem, target, got):
         return
     mod = problem.module
     st = problem.states
-    f64 = lambda d: {k: np.asarray(v, np.float64) for k, v in d.items()}
+    def f64(d):
+        return {k: np.asarray(v, np.float64) for k, v in d.items()}
     params, init, x = f64(problem.params[0]), f64(problem.init[0]), problem.x.astype(np.float64)
     T = x.shape[0]
     dy = problem.dy.astype(np.float64)
@@ -298,12 +306,13 @@ def _clipped(problem, target, got):
         parts = [base] if scope == "batch" else _per_sample(problem, target)
         per = [[np.asarray(r[k], np.float64) for k in keys] for r in parts]
         for how, label in _CLIP_RULES:
-            model = lambda c, how=how, per=per: np.concatenate([g.ravel() for g in _clip_sum(per, how, c)])
+            def model(c, how=how, per=per):
+                return np.concatenate([g.ravel() for g in _clip_sum(per, how, c)])
             c = _fit(model, want, starts=_clip_starts(per, how))
             if c is None or c <= 0 or np.allclose(model(c), model(1e300)):
                 continue
             res = dict(base)
-            res.update(zip(keys, _clip_sum(per, how, c)))
+            res.update(zip(keys, _clip_sum(per, how, c), strict=False))
             where = _SCOPE["one"] if one_row else _SCOPE[scope]
             yield f"parameter gradients clipped {label} to {c:.4g}, {where}", res, None
 
@@ -324,7 +333,7 @@ def _clip_sum(per: list, how: str, c: float) -> list:
             gs = [g * min(1.0, c / n) if n > 0 else g for g in gs]
         else:
             gs = [g * min(1.0, c / n) if (n := float(np.sqrt(np.sum(g * g)))) > 0 else g for g in gs]
-        out = gs if out is None else [a + b for a, b in zip(out, gs)]
+        out = gs if out is None else [a + b for a, b in zip(out, gs, strict=False)]
     return out
 
 
@@ -344,7 +353,8 @@ def _per_sample(problem, target) -> list:
     """The reference's quantities for each batch row alone (a problem with B = 1 per row)."""
     out = []
     for b in range(problem.case.shape[1]):
-        row = lambda d, b=b: [{k: v[b:b + 1] for k, v in slot.items()} for slot in d]
+        def row(d, b=b):
+            return [{k: v[b:b + 1] for k, v in slot.items()} for slot in d]
         one = problem.with_(x=problem.x[:, b:b + 1], dy=problem.dy[:, b:b + 1], init=row(problem.init),
                             d_final=row(problem.d_final),
                             lengths=None if problem.lengths is None else problem.lengths[b:b + 1])
@@ -423,7 +433,8 @@ SIGNATURES = [
     Signature("t0_terms_missing", "t = 0 terms missing",
               "the first step's terms are left out of the backward pass (invisible with zero initial states)",
               lambda p, t, g: itertools.chain(
-                  _mutated("t0_recurrent_term", "recurrent weight gradients lack the t = 0 term (h0 taken as 0)")(p, t, g),
+                  _mutated("t0_recurrent_term",
+                           "recurrent weight gradients lack the t = 0 term (h0 taken as 0)")(p, t, g),
                   _mutated("loop_skips_t0", "the backward loop stops before t = 0")(p, t, g))),
     Signature("grad_averaged", "gradients averaged instead of summed",
               "parameter gradients divided by the batch size or the number of steps", _averaged),

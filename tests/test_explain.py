@@ -5,6 +5,7 @@ get no diagnosis."""
 
 import numpy as np
 import pytest
+
 from lstm_spec.conformance import explain
 from lstm_spec.conformance.compare import compare
 from lstm_spec.conformance.problem import Case, expected, make_problem, reference_module
