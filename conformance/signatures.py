@@ -1,8 +1,8 @@
 """Diagnosis: the known bug signatures of LSTM implementations, each a way to re-run the reference
 *with that bug applied*. When a case fails, every signature that applies is tried; one that
 reproduces the target's numbers (every quantity it predicts within the case's tolerance, including
-the failing ones) names the bug. Sources: ../shared/anchors.md section 4 and the issue trackers cited
-there.
+the failing ones) names the bug. Sources: LSTM bugs reported in the public issue trackers of the
+frameworks and of hand-written implementations (each entry's explanation says which).
 
 Forward-side bugs transform the problem (parameters, direction, outputs) and run the generated
 reference; backward-side bugs run a *mutated copy of the generated module* (one line of its derived
