@@ -43,7 +43,8 @@ class Counter:
         if not self.enabled:
             return
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, last=text)
+            last = text if len(text) <= 48 else text[:47] + "…"  # the counts and the estimate stay visible
+            self._bar.update(self._task, advance=1, last=last)
         else:
             print(f"  [{self.done}/{self.total}] {text}", file=self.stream, flush=True)
 

@@ -701,12 +701,16 @@ def summary_table(report: Report) -> list[str]:
             worst = max((x.rel for _, x in rows if not x.passed), default=0.0)
             cells.append("-" if not rows else "pass" if not bad else
                          f"FAIL {len(bad)}/{len(with_rows)} (rel {_fmt(worst)})")
-        skipped = [r for r in results if r.status == "skip"]
-        why = sorted({r.detail for r in skipped})
-        extra = ([f"{len(skipped)} skipped: {'; '.join(why)}"] if skipped else []) + (
+        skipped = sum(r.status == "skip" for r in results)
+        extra = ([f"{skipped} skipped"] if skipped else []) + (
             [f"{n} errors"] if (n := sum(r.status == "error" for r in results)) else [])
         body.append((fam, f"{len(ran)}/{len(results)}" + (f" ({', '.join(extra)})" if extra else "")) + tuple(cells))
-    return _table(head, body, "  ")
+    reasons: dict = {}  # why cases were skipped, once each under the table (the table stays narrow)
+    for r in report.results:
+        if r.status == "skip":
+            reasons[r.detail] = reasons.get(r.detail, 0) + 1
+    notes = [f"  skipped: {why} ({n} case{'s' if n > 1 else ''})" for why, n in reasons.items()]
+    return _table(head, body, "  ") + notes
 
 
 def _case_block(r: CaseResult, title: str, verbose: bool) -> list[str]:
