@@ -47,34 +47,49 @@ class FlaxLSTM(Target):
             return "OptimizedLSTMCell is an LSTM"
         return super().supports(case)
 
+    def _compiled(self, case: Case, with_lengths: bool):
+        """The forward and its VJP for one configuration, jitted once and reused by every call with the same
+        shapes (the cases, and the localiser's many probes of a failing case: one XLA compilation each, not
+        one per call)."""
+        key = (case.cell, case.shape, case.dtype, case.variant, case.direction, with_lengths)
+        cache = self.__dict__.setdefault("_jitted", {})
+        if key not in cache:
+            T, B, D, H = case.shape
+            dt = jnp.float64 if case.dtype == "float64" else jnp.float32
+            gru = case.cell == "gru_reset_after"
+            if gru:
+                cell = nn.GRUCell(features=H, param_dtype=dt, dtype=dt)
+            else:
+                cls = nn.OptimizedLSTMCell if case.variant == "optimized" else nn.LSTMCell
+                cell = cls(features=H, param_dtype=dt, dtype=dt)
+            rnn = nn.RNN(cell, return_carry=True, reverse=case.direction == "reverse", keep_order=True)
+
+            def step(params, x, h0, c0, lengths, dy, dh, dc):
+                def f(params, x, h0, c0):
+                    carry = h0 if gru else (c0, h0)
+                    carry, y = rnn.apply({"params": {"cell": params}}, x, initial_carry=carry, seq_lengths=lengths)
+                    return (y, carry, 0 * carry) if gru else (y, carry[1], carry[0])
+
+                out, vjp = jax.vjp(f, params, x, h0, c0)
+                return out, vjp((dy, dh, dc))
+
+            cache[key] = jax.jit(step)
+        return cache[key]
+
     def run(self, problem: Problem) -> dict:
         case = problem.case
-        T, B, D, H = case.shape
         dt = jnp.float64 if case.dtype == "float64" else jnp.float32
         gru = case.cell == "gru_reset_after"
-        if gru:
-            cell = nn.GRUCell(features=H, param_dtype=dt, dtype=dt)
-        else:
-            cls = nn.OptimizedLSTMCell if case.variant == "optimized" else nn.LSTMCell
-            cell = cls(features=H, param_dtype=dt, dtype=dt)
-        rnn = nn.RNN(cell, return_carry=True, reverse=case.direction == "reverse", keep_order=True)
         tree = to_flax_gru(problem.params[0]) if gru else to_flax_lstm(problem.params[0])
         tree = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dt), tree)
         lengths = None if problem.lengths is None else jnp.asarray(problem.lengths)
-
-        def f(params, x, h0, c0):
-            carry = h0 if gru else (c0, h0)
-            carry, y = rnn.apply({"params": {"cell": params}}, x, initial_carry=carry, seq_lengths=lengths)
-            hT, cT = (carry, 0 * carry) if gru else (carry[1], carry[0])
-            return y, hT, cT
-
         x = jnp.asarray(np.swapaxes(problem.x, 0, 1))
         h0 = jnp.asarray(problem.init[0]["h"])
         c0 = jnp.zeros_like(h0) if gru else jnp.asarray(problem.init[0]["c"])
-        (y, hT, cT), vjp = jax.vjp(f, tree, x, h0, c0)
         dy = jnp.asarray(np.swapaxes(problem.dy, 0, 1))
         dc = jnp.zeros_like(h0) if gru else jnp.asarray(problem.d_final[0]["c"])
-        gp, gx, gh0, gc0 = vjp((dy, jnp.asarray(problem.d_final[0]["h"]), dc))
+        (y, hT, cT), (gp, gx, gh0, gc0) = self._compiled(case, lengths is not None)(
+            tree, x, h0, c0, lengths, dy, jnp.asarray(problem.d_final[0]["h"]), dc)
         res = {"y": np.swapaxes(np.asarray(y), 0, 1), "h_T": np.asarray(hT),
                "d x": np.swapaxes(np.asarray(gx), 0, 1), "d h0": np.asarray(gh0)}
         gp = jax.tree_util.tree_map(np.asarray, gp)
