@@ -38,9 +38,16 @@ _FILE_MARKS = {
 # whole files or single tests over about 20 s on 2 cores (measured with --durations; see CONTRIBUTING.md)
 _SLOW = {
     "test_cells.py": None,          # sympy.diff form of checks (a) and (b) for every cell
-    "test_cli.py": ("test_verify",),  # runs the whole `lstm-spec verify`
+    "test_cli.py": ("test_verify_prints_table_and_passes",),  # runs the whole `lstm-spec verify`
     "test_docs.py": None,           # builds the site
     "test_docs_pages.py": None,     # builds the site
+    # single tests measured over 20 s on 2 cores (CI run of this session, --durations)
+    "test_regularisation.py": ("test_a_users_layer_normalised_rnn_goes_through_the_same_checks",),
+    "test_conform_misbehaving.py": ("test_report_is_the_same_in_two_processes",),
+    "test_conform.py": ("test_catalogue_diagnoses_are_specific", "test_framework_adapter"),
+    "test_symbolic_checks.py": ("test_b_generated_code_equals_sympy_diff_of_unrolled_loss_exactly",
+                                "test_b_longer_sequence_and_batch_at_random_points"),
+    "test_conform_suite.py": ("test_broken_target_fails_with_diagnosis_and_reproducer",),
 }
 # files whose tests name the framework they run (e.g. test_framework_adapter_conforms[keras-keras])
 _FRAMEWORK_FILES = {"test_conform.py", "test_torch.py", "test_regularisation.py", "test_bidirectional.py",
