@@ -332,8 +332,10 @@ def _check_request(cells, seed) -> list[str]:
     cells = list(dict.fromkeys(cells or available))  # a cell named twice is written once
     unknown = [c for c in cells if c not in available]
     if unknown:
+        from lstm_spec.spec import did_you_mean
+
         raise VectorsError(f"--cell {unknown[0]!r}: not a cell vectors can write (a built-in cell whose only "
-                           f"input is x); choose from {', '.join(available)}")
+                           f"input is x); {did_you_mean(unknown[0], available)}choose from {', '.join(available)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise VectorsError(f"--seed {seed}: expected an integer from 0 to {MAX_SEED}")
     return cells

@@ -20,9 +20,9 @@ def builtin_cells() -> list[str]:
     return sorted(p.stem for p in SPEC_DIR.glob(f"*{SPEC_SUFFIX}"))
 
 
-def did_you_mean(name: str) -> str:
-    """'did you mean 'lstm'? ' for a mistyped built-in cell name, else ''."""
-    close = difflib.get_close_matches(name, builtin_cells(), n=3)
+def did_you_mean(name: str, choices=None) -> str:
+    """'did you mean 'lstm'? ' for a mistyped cell name (among ``choices``, default the built-in cells), else ''."""
+    close = difflib.get_close_matches(name, builtin_cells() if choices is None else list(choices), n=3)
     return f"did you mean {' or '.join(map(repr, close))}? " if close else ""
 
 

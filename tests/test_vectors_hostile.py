@@ -401,3 +401,9 @@ def test_too_many_cells_is_named_not_expanded(small, tmp_path):
     _save_manifest(d, m)
     (problem,) = vectors.check_vectors(d)
     assert "'cells': expected an object of 1 to 1000 cell names" in problem
+
+
+def test_a_mistyped_cell_gets_a_suggestion_among_the_cells_vectors_writes():
+    with pytest.raises(vectors.VectorsError, match="did you mean 'lstm'\\?") as err:
+        vectors._check_request(["lstmm"], 0)
+    assert "lstm_mse" not in str(err.value).split("choose from")[0]
