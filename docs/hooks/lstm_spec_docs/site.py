@@ -18,7 +18,7 @@ import os
 import re
 import shlex
 
-from . import api, catalogue, errata, formulas, numbers, quickstart
+from . import api, catalogue, errata, figures, formulas, layouts_doc, numbers, quickstart
 from .text import spec_html
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
@@ -64,7 +64,8 @@ def cell_page(name: str) -> str:
                   "backward are deterministic; `lstm_spec.reference.masks.dropout_mask` draws them, and so do "
                   "the numeric checks. p is the probability that an entry is 0.", "",
                   numbers.table(["input", "p", "values", "over time"], rows), ""]
-    lines += ["## Forward pass, one time step", "", f"<!-- lstm-spec: forward {name} -->", ""]
+    lines += ["## Forward pass, one time step", "", f"<!-- lstm-spec: forward {name} -->", "",
+              "## The computational graph of one step", "", f"<!-- lstm-spec: figure graph {name} -->", ""]
     if formulas.stacked_formulas(d):
         lines += ["In the stacked 4H layout (blocks in the order of `lstm_spec.layouts.GATES`):", "",
                   f"<!-- lstm-spec: stacked {name} -->", ""]
@@ -231,6 +232,13 @@ def expand(args: list[str]) -> str:
         return quickstart.usage_md()
     if what == "diagnosis-examples":
         return quickstart.diagnosis_examples_md()
+    if what == "figure":  # figure graph CELL | figure unrolled | figure layouts: drawn by dot (figures.py)
+        return {"graph": lambda: figures.step_figure(rest[1]), "unrolled": figures.unrolled_figure,
+                "layouts": figures.layout_figure}[rest[0]]()
+    if what == "layout-rows-documented":  # rows appended to the layout table: frameworks without a converter
+        return "\n".join(layouts_doc.extra_rows_md())
+    if what == "layout-sources":
+        return layouts_doc.sources_md()
     raise ValueError(f"unknown directive {what!r}")
 
 
@@ -286,6 +294,7 @@ def on_files(files, config):
 
     files.append(File.generated(config, "img/bench.svg", content=bench_report.plot_svg(bench_report.load(BENCH_JSON))))
     files.append(File.generated(config, "assets/mathjax/tex-svg-full.js", abs_src_path=mathjax_file()))
+    figures.prerender(figures.all_sources())  # dot, in parallel, for the figures not yet cached
     return files
 
 
