@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lstm_spec.checks.tolerances import rel_error, tolerance
+
 from . import problem as pr
 from .worker import IMPLEMENTATIONS, thread_env
 
@@ -117,7 +119,7 @@ def relative_spread(s: dict) -> float:
 
 
 def compare_grads(got: dict, want: dict) -> tuple[float, str]:
-    """Largest normwise relative error over the arrays (checks/tolerances.py's measure) and its array."""
+    """Largest normwise relative error (checks.tolerances.rel_error) over the arrays, and its array."""
     missing = sorted(set(want) - set(got))
     if missing:
         return float("inf"), f"missing {missing}"
@@ -128,16 +130,13 @@ def compare_grads(got: dict, want: dict) -> tuple[float, str]:
         g, w = got[k], want[wk]
         if g.shape != w.shape:
             return float("inf"), f"{k}: shape {g.shape}, expected {w.shape}"
-        scale = float(np.max(np.abs(w))) or 1.0
-        err = float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))) / scale
-        if not np.isfinite(err) or err > worst:
-            worst, where = (err if np.isfinite(err) else float("inf")), k
+        err = rel_error(g, w)
+        if err > worst:
+            worst, where = err, k
     return worst, where
 
 
 def check_tolerance(dtype: str) -> float:
-    from lstm_spec.checks.tolerances import tolerance
-
     return tolerance("bench", dtype)
 
 

@@ -70,6 +70,12 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("localise", "float32"): Tolerance(
         3e-3, "as for float64, the target's forward run in float32 (steps <= 5e-2): float32 rounding over the "
               "step leaves about 1e-3 of noise"),
+    ("diagnosis_fit_zero", "float64"): Tolerance(
+        1e-9, "conform's diagnosis: a constant fitted to the target's outputs (e.g. a forget bias added to z_f) "
+              "smaller than this is no constant at all, and that signature is not tried"),
+    ("diagnosis_fit_step", "float64"): Tolerance(
+        1e-13, "conform's diagnosis: the Gauss-Newton fit of such a constant stops when its step is below this, "
+               "relative to max(1, |k|): a few units of float64 rounding"),
     ("fuzz_complex_step", "complex128"): Tolerance(
         1e-7, "the spec fuzzer: complex step agrees with a right gradient to ~1e-13; a wrong one is off by far "
               "more, so a loose bound reports only real findings"),

@@ -16,7 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from .cases import SHAPES, random_instance, rel_error, run
+from .cases import SHAPES, random_instance, run
+from .tolerances import rel_error
 
 # The CPU-only wheel of the pin comes from PyTorch's own index; from PyPI, torch==2.13.0 on Linux x86_64 is the
 # build that pulls the CUDA libraries (several GB). Either works for the checks.

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lstm_spec.checks.tolerances import rel_error
+
 from .problem import Problem, valid_mask
 
 
@@ -16,7 +18,7 @@ class Row:
 
     quantity: str
     max_abs: float
-    rel: float  # normwise: max |got - want| / max |want|
+    rel: float  # normwise: checks.tolerances.rel_error(got, want)
     worst: str  # where the largest difference is
     tolerance: float
     detail: str = ""  # e.g. a shape mismatch
@@ -119,8 +121,7 @@ def compare(problem: Problem, got: dict, want: dict, tolerance: float, quantitie
         diff = np.abs(g - w)
         idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
         mx = float(diff[idx])
-        scale = float(np.max(np.abs(w)))
-        rel = mx / scale if scale > 0 else mx
+        rel = rel_error(g, w)
         detail = f"got {g[idx]:.6g}, expected {w[idx]:.6g}" if rel > tolerance else ""
         rows.append(Row(q, mx, rel, position(problem, q, idx) if mx > 0 else "-", tolerance,
                         "; ".join(x for x in (defect, detail) if x), defect=defect))

@@ -26,10 +26,12 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from lstm_spec.checks.tolerances import error_scale, rel_error, step_errors, tolerance
+
 from .compare import compare
 from .problem import Problem, expected, make_problem
 
-FD_FLOOR = {"float64": 1e-7, "float32": 3e-3}  # smallest discrepancy called "not the gradient"
+FD_FLOOR = {dt: tolerance("localise", dt) for dt in ("float64", "float32")}  # smallest "not the gradient"
 FD_STEP = {"float64": 2e-3, "float32": 5e-2}  # largest of the three central-difference steps (rms(v) = 1)
 DIRECTIONS = 2  # random directions per returned gradient
 SHOWN = 5  # gradients named in the verdict line (largest discrepancy first)
@@ -40,7 +42,7 @@ class Check:
     """One returned gradient against directional derivatives of the target's own forward."""
 
     quantity: str
-    rel: float  # max |<g, v> - D_v L| / max |D_v L| over the directions
+    rel: float  # rel_error(<g, v>, D_v L) over the directions: max |<g, v> - D_v L| / max |D_v L|
     noise: float  # the finite differences' own error estimate, same scale
     consistent: bool
 
@@ -229,19 +231,18 @@ def _plain(loc, runner, problem, got, want, tol):
 
 
 # -------------------------------------------------------------------------------------- where in time
-def _step_rel(got, want) -> np.ndarray | None:
-    """Per leading index t: max |got[t] - want[t]| / max |want| (None when not comparable)."""
+def _per_step(got, want) -> np.ndarray | None:
+    """Per leading index t: max |got[t] - want[t]| / max |want| (checks.tolerances.step_errors; None when
+    not comparable)."""
     g = np.asarray(got) if got is not None else None
     w = np.asarray(want, np.float64)
     if g is None or g.shape != w.shape or g.dtype.kind not in "iuf":
         return None
-    diff = np.abs(g.astype(np.float64) - w).reshape(w.shape[0], -1).max(axis=1)
-    scale = float(np.abs(w).max()) or 1.0
-    return np.where(np.isfinite(diff), diff / scale, np.inf)
+    return step_errors(g, w)
 
 
 def _where_forward(loc, got, want, tol):
-    rel = _step_rel(got.get("y"), want["y"])
+    rel = _per_step(got.get("y"), want["y"])
     if rel is not None:
         bad = np.nonzero(rel > tol)[0]
         loc.forward_step = int(bad[0]) if bad.size else None
@@ -249,13 +250,13 @@ def _where_forward(loc, got, want, tol):
 
 
 def _pass_keys(got, want, q, tol):
-    rel = _step_rel(got.get(q), want[q])
+    rel = _per_step(got.get(q), want[q])
     return [q] if rel is not None and rel.max() <= tol else []
 
 
 def _where_backward(loc, got, want, tol):
     """The first step, counting from the last, where the per-step input gradient d x departs."""
-    rel = _step_rel(got.get("d x"), want["d x"]) if "d x" in want else None
+    rel = _per_step(got.get("d x"), want["d x"]) if "d x" in want else None
     if rel is None:
         loc.backward_how = "not provided" if got.get("d x") is None else "not comparable"
         return
@@ -351,11 +352,8 @@ def _check(runner, problem: Problem, q: str, g: np.ndarray, rng, dtype: str) -> 
         gv.append(float(np.sum(g.astype(np.float64) * v)))
         dv.append(d)
         noise.append(err)
-    scale = max(abs(a) for a in gv + dv)
-    if scale == 0 or not math.isfinite(scale):
-        return Check(q, 0.0 if scale == 0 else math.inf, 0.0, scale == 0)
-    rel = max(abs(a - b) for a, b in zip(gv, dv, strict=True)) / scale
-    nrel = max(noise) / scale
+    rel = rel_error(gv, dv)
+    nrel = max(noise) / error_scale(dv) if math.isfinite(rel) else 0.0
     return Check(q, rel, nrel, rel <= max(FD_FLOOR[dtype], 10 * nrel))
 
 

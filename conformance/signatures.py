@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lstm_spec.checks.mutants import load_module
-from lstm_spec.checks.tolerances import TOLERANCES
+from lstm_spec.checks.tolerances import TOLERANCES, tolerance
 
 from . import explain
 from .compare import compare
@@ -135,7 +135,7 @@ def _forget_bias(problem, target, got):
     def shifted(k):
         return _with_params(problem, lambda p: p.__setitem__("b_f", p["b_f"] + k))
     k = _fit(lambda k: _ref(shifted(k), target, with_grads=False)["y"], np.asarray(got["y"], np.float64))
-    if k is None or abs(k) < 1e-9:
+    if k is None or abs(k) < tolerance("diagnosis_fit_zero", "float64"):
         return
     res = _ref(shifted(k), target)
     yield f"forget_bias = {k:.4g} added to z_f at every step", res, None
@@ -169,7 +169,7 @@ def _fit(model, target: np.ndarray, starts=(-2.0, -1.0, -0.5, 0.5, 1.0, 2.0), st
             break
         dk = float(np.sum(J * r)) / jj
         k -= dk
-        if abs(dk) < 1e-13 * max(1.0, abs(k)):
+        if abs(dk) < tolerance("diagnosis_fit_step", "float64") * max(1.0, abs(k)):
             break
     return k
 

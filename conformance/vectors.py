@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import lstm_spec
+from lstm_spec.checks.tolerances import rel_error, tolerance
 
 from .problem import Case, Problem, expected, make_problem
 from .runner import default_cases
@@ -37,7 +38,6 @@ from .runner import default_cases
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 GENERATOR = "lstm-spec "  # how the manifest's "generator" starts: the mark of a directory `vectors` wrote
-CHECK_TOLERANCE = 1e-12  # stored float64 results against the reference recomputed on the stored inputs
 MAX_SEED = 2**32 - 1
 # limits for reading a directory nobody vouches for (the largest real ones are far below them)
 MAX_MANIFEST_BYTES = 64 << 20  # the manifest of every built-in cell: 1.9 MB
@@ -378,7 +378,7 @@ def _write_into(tmp: Path, cells: list[str], seed: int) -> dict:
                         "bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)})
     manifest = {"schema_version": SCHEMA_VERSION, "generator": f"{GENERATOR}{lstm_spec.__version__}",
                 "seed": seed, "layout": LAYOUT, "cells": cell_info, "cases": entries,
-                "check_tolerance": CHECK_TOLERANCE}
+                "check_tolerance": tolerance("vectors", "float64")}
     with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=1)
         fh.write("\n")
@@ -664,8 +664,6 @@ def _recompute(name: str, arrays: dict, case: Case) -> list[str]:
             bad.append(f"{name}: array {k!r} missing")
         elif arrays[k].shape != v.shape or arrays[k].dtype != v.dtype:
             bad.append(f"{name}: array {k!r} is {_fmt(arrays[k])}, the case implies {_fmt(v)}")
-        elif v.size:
-            err, scale = float(np.max(np.abs(arrays[k] - v))), float(np.max(np.abs(v)))
-            if err > CHECK_TOLERANCE * max(scale, 1.0):
-                bad.append(f"{name}: {k} differs from the reference by {err:.2e} (stale or modified values)")
+        elif (err := rel_error(arrays[k], v)) > tolerance("vectors", "float64"):
+            bad.append(f"{name}: {k} differs from the reference by {err:.2e} relative (stale or modified values)")
     return bad

@@ -4,7 +4,8 @@ claims to compute (complex step through a stop-gradient), and its difference fro
 import numpy as np
 import pytest
 
-from lstm_spec.checks.cases import random_instance, rel_error, run
+from lstm_spec.checks.cases import random_instance, run
+from lstm_spec.checks.tolerances import rel_error
 from lstm_spec.reference import lstm, lstm_cell_only_bptt
 from lstm_spec.reference.truncation import truncated_bptt, truncated_objective
 

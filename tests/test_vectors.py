@@ -45,7 +45,7 @@ def test_round_trip(vec, capsys):
 
 
 def test_vectors_agree_with_reference(vec):
-    from lstm_spec.checks.cases import rel_error
+    from lstm_spec.checks.tolerances import rel_error
     from lstm_spec.reference import lstm
 
     m = json.loads((vec / "manifest.json").read_text())
