@@ -18,8 +18,11 @@ import os
 import re
 import shlex
 
-from . import api, catalogue, errata, figures, formulas, layouts_doc, numbers, quickstart
+from . import api, catalogue, errata, figures, formulas, layouts_doc, numbers, quickstart, student
 from .text import spec_html
+
+STUDENT = {"explode-table": student.explode_table, "clip-table": student.clip_table,
+           "multilayer-check": student.multilayer_md, "concat-adjoint": student.concat_adjoint_md}
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
 DIRECTIVE = re.compile(r"<!-- lstm-spec: (.+?) -->")
@@ -239,6 +242,8 @@ def expand(args: list[str]) -> str:
         return "\n".join(layouts_doc.extra_rows_md())
     if what == "layout-sources":
         return layouts_doc.sources_md()
+    if what in STUDENT:  # the students' pages: numbers by the reference (student.py)
+        return STUDENT[what](*rest)
     raise ValueError(f"unknown directive {what!r}")
 
 
@@ -294,6 +299,7 @@ def on_files(files, config):
 
     files.append(File.generated(config, "img/bench.svg", content=bench_report.plot_svg(bench_report.load(BENCH_JSON))))
     files.append(File.generated(config, "assets/mathjax/tex-svg-full.js", abs_src_path=mathjax_file()))
+    files.append(File.generated(config, "img/exploding-gradients.svg", content=student.plot_explode()))
     figures.prerender(figures.all_sources())  # dot, in parallel, for the figures not yet cached
     return files
 
