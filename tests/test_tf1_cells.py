@@ -15,12 +15,7 @@ import numpy as np
 import pytest
 
 from lstm_spec.checks.cases import random_instance
-from lstm_spec.checks.tolerances import TOLERANCES
-
-try:  # rel_error is moving from checks.cases to checks.tolerances
-    from lstm_spec.checks.tolerances import rel_error
-except ImportError:
-    from lstm_spec.checks.cases import rel_error
+from lstm_spec.checks.tolerances import TOLERANCES, rel_error
 
 tf = pytest.importorskip("tensorflow", reason='TensorFlow missing: pip install "lstm-spec[test]"')
 pytestmark = pytest.mark.keras  # "needs TensorFlow" (the project's TensorFlow marker)
@@ -126,8 +121,9 @@ def errors(cell: str, options: dict, shape, seed: int) -> dict:
 def clip_pieces(module, inst) -> dict:
     """For each clip of the cell: (values clipped, values inside) over the instance."""
     _, _, cache = module.forward(inst.params, **inst.seq, **{f"{s}0": v for s, v in inst.init.items()})
-    return {key: (int((np.abs(cache[key]) > b).sum()), int((np.abs(cache[key]) < b).sum()))
-            for key, b in module.KINKS}
+    defaults = getattr(module.SIGNATURE, "constants", None) or {}  # a bound may name a constant of the spec
+    bounds = [(key, float(defaults[b] if isinstance(b, str) else b)) for key, b in module.KINKS]
+    return {key: (int((np.abs(cache[key]) > b).sum()), int((np.abs(cache[key]) < b).sum())) for key, b in bounds}
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T={}".format(s[0]))
