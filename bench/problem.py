@@ -12,8 +12,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from lstm_spec.layouts.gates import LSTM_GATES
+
 DTYPES = ("float32", "float64")
-GATE_NAMES = ("f", "i", "c", "o")  # the canonical cell's parameter suffixes (spec/lstm.toml)
+GATE_NAMES = LSTM_GATES  # the canonical cell's parameter suffixes (spec/lstm.toml)
 
 
 @dataclass(frozen=True)

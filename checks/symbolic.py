@@ -56,6 +56,7 @@ from lstm_spec.derivations.functions import (
 from lstm_spec.derivations.reverse import Derivation
 from lstm_spec.derivations.rules import symbol_array
 from lstm_spec.reference._runtime import symbolic
+from lstm_spec.spec import is_builtin
 
 ATOM_FUNCTIONS = (Sigmoid, sympy.tanh, Clip, ClipMask, Exp, LogSumExpN, StopGradient, Rsqrt)
 REDUCTIONS = (UnitSum, LogSumExp, UnitMean, UnitCount)
@@ -837,7 +838,7 @@ STEP_SIZES = {"lstm_layer_norm": {"D": 1, "H": 1}}
 
 def _default_sizes(cell) -> dict:
     """Small explicit sizes with D != H: inputs' dimension 3, every other dimension 2 (STEP_SIZES aside)."""
-    if cell.name in STEP_SIZES and cell.relpath.startswith("spec/"):
+    if cell.name in STEP_SIZES and is_builtin(cell):
         return {**STEP_SIZES[cell.name], "1": 1}
     sizes = {}
     for name, q in cell.inputs.items():

@@ -76,6 +76,12 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("diagnosis_fit_step", "float64"): Tolerance(
         1e-13, "conform's diagnosis: the Gauss-Newton fit of such a constant stops when its step is below this, "
                "relative to max(1, |k|): a few units of float64 rounding"),
+    ("diagnosis_fit_same", "float64"): Tolerance(
+        1e-9, "conform's diagnosis: a fitted clip bound within this of the spec's own bound (relative) is the "
+              "spec's, and that signature is not reported"),
+    ("diagnosis_fit_same_eps", "float64"): Tolerance(
+        1e-6, "conform's diagnosis: a fitted layer-norm epsilon within this of the spec's (relative) is the spec's: "
+              "epsilon moves the outputs little, so its fit is coarser than a clip bound's"),
     ("fuzz_complex_step", "complex128"): Tolerance(
         1e-7, "the spec fuzzer: complex step agrees with a right gradient to ~1e-13; a wrong one is off by far "
               "more, so a loose bound reports only real findings"),

@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from lstm_spec.layouts.gates import LSTM_GATES, TORCH_GRU_ORDER, TORCH_LSTM_ORDER
+
 from .cases import SHAPES, random_instance, run
 from .tolerances import rel_error
 
@@ -49,7 +51,7 @@ def _split(torch, b, seed):
     return 0.3 * b + s, 0.7 * b - s
 
 
-def _lstm_weights(torch, p, dims, seed, gates=("i", "f", "c", "o")):
+def _lstm_weights(torch, p, dims, seed, gates=TORCH_LSTM_ORDER):
     def cat(k):
         return torch.cat([p[f"{k}_{g}"] for g in gates])
     if "bW_f" in p:  # two-bias layout: ours map one to one
@@ -64,7 +66,7 @@ def _lstm_weights(torch, p, dims, seed, gates=("i", "f", "c", "o")):
 
 def _gru_weights(torch, p, dims, seed):
     def cat(k):
-        return torch.cat([p[f"{k}_{g}"] for g in ("r", "z", "n")])
+        return torch.cat([p[f"{k}_{g}"] for g in TORCH_GRU_ORDER])
     r_ih, r_hh = _split(torch, p["b_r"], seed)
     z_ih, z_hh = _split(torch, p["b_z"], seed + 1)
     return {"weight_ih": cat("W"), "weight_hh": cat("U"), "bias_ih": torch.cat([r_ih, z_ih, p["b_n"]]),
@@ -180,12 +182,12 @@ def _run_zoneout(torch, p, seq, init, dims):
 
 def _gate_products(torch, p, v, kind):
     """The four gates' products W_g v (kind "W") or U_g v (kind "U") as one vector of 4H units (f, i, c, o)."""
-    return torch.nn.functional.linear(v, torch.cat([p[f"{kind}_{g}"] for g in "fico"]))
+    return torch.nn.functional.linear(v, torch.cat([p[f"{kind}_{g}"] for g in LSTM_GATES]))
 
 
 def _run_semeniuta(torch, p, seq, init, dims):
     x, m = seq["x"], seq["m"]
-    b = torch.cat([p[f"b_{g}"] for g in "fico"])
+    b = torch.cat([p[f"b_{g}"] for g in LSTM_GATES])
 
     def step(t, h, c):
         zf, zi, zc, zo = (_gate_products(torch, p, x[t], "W") + _gate_products(torch, p, h, "U") + b).chunk(4, -1)
@@ -202,7 +204,7 @@ def _run_layer_norm(torch, p, seq, init, dims, eps=LAYER_NORM_EPS):
     ln = torch.nn.functional.layer_norm
     x = seq["x"]
     def cat(k):
-        return torch.cat([p[f"{k}_{g}"] for g in "fico"])
+        return torch.cat([p[f"{k}_{g}"] for g in LSTM_GATES])
     gx, gh, b = cat("gx"), cat("gh"), cat("b")
     H = p["b_f"].shape[0]
 

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lstm_spec.spec import Cell, SpecError, builtin_cells, did_you_mean, load
+from lstm_spec.spec import Cell, SpecError, builtin_cells, did_you_mean, is_builtin, load
 from lstm_spec.spec.cells import SPEC_SUFFIX
 
 from .codegen import generate_module
@@ -68,10 +68,6 @@ def output_dir() -> Path:
     """Where the generated modules live: the package's reference/ folder (the repository's own
     reference/ for an editable install)."""
     return REFERENCE_DIR
-
-
-def is_builtin(cell: Cell) -> bool:
-    return cell.relpath.startswith("spec/")
 
 
 def default_path(cell: Cell, out: Path | None = None) -> Path:

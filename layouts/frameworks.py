@@ -39,12 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .gates import FLAX_LSTM_NAMES, GRU_GATES, KERAS_GRU_ORDER, KERAS_LSTM_ORDER, ONNX_GRU_ORDER, ONNX_LSTM_ORDER
 from .stacked import LayoutError, from_stacked, require, to_stacked
-
-LSTM_GATES = ("f", "i", "c", "o")
-KERAS_LSTM_ORDER = ("i", "f", "c", "o")
-ONNX_LSTM_ORDER = ("i", "o", "f", "c")
-FLAX_LSTM_NAMES = {"i": "i", "f": "f", "c": "g", "o": "o"}  # our gate -> Flax's letter
 
 
 def _blocks(params, kind, order):
@@ -54,7 +50,7 @@ def _blocks(params, kind, order):
 
 def _gru_params(params, extra=()):
     """The per-gate GRU arrays W_g, U_g, b_g (g = r, z, n, plus ``extra``), checked: present, one dtype."""
-    return require(params, [f"{k}_{g}" for k in ("W", "U", "b") for g in ("r", "z", "n")] + list(extra))
+    return require(params, [f"{k}_{g}" for k in ("W", "U", "b") for g in GRU_GATES] + list(extra))
 
 
 # ----------------------------------------------------------------------------------------- Keras 3
@@ -143,8 +139,6 @@ def from_flax_lstm(tree: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- GRU
-KERAS_GRU_ORDER = ("z", "r", "n")
-ONNX_GRU_ORDER = ("z", "r", "n")
 
 
 def _split(params, bias_ih, order):
@@ -197,7 +191,7 @@ def to_flax_gru(params: dict) -> dict:
     without, hn with bias = b_hn)."""
     _gru_params(params, ("b_hn",))
     out = {}
-    for g in ("r", "z", "n"):
+    for g in GRU_GATES:
         out[f"i{g}"] = {"kernel": np.asarray(params[f"W_{g}"]).T.copy(), "bias": np.asarray(params[f"b_{g}"]).copy()}
         out[f"h{g}"] = {"kernel": np.asarray(params[f"U_{g}"]).T.copy()}
     out["hn"]["bias"] = np.asarray(params["b_hn"]).copy()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-GATES = ("i", "f", "c", "o")  # PyTorch, Keras and cuDNN order (PyTorch calls the candidate g)
+from .gates import TORCH_LSTM_ORDER
+
+GATES = TORCH_LSTM_ORDER  # the default stacked order: PyTorch, Keras and cuDNN (PyTorch calls the candidate g)
 KINDS = ("W", "U", "b")
 
 

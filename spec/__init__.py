@@ -12,12 +12,18 @@ from pathlib import Path
 from .cells import SPEC_DIR, SPEC_SUFFIX, Cell, Quantity, load_file
 from .language import SpecError
 
-__all__ = ["Cell", "Quantity", "SpecError", "builtin_cells", "did_you_mean", "load", "load_all"]
+__all__ = ["Cell", "Quantity", "SpecError", "builtin_cells", "did_you_mean", "is_builtin", "load", "load_all"]
 
 
 def builtin_cells() -> list[str]:
     """Names of the cells shipped in spec/, sorted."""
     return sorted(p.stem for p in SPEC_DIR.glob(f"*{SPEC_SUFFIX}"))
+
+
+def is_builtin(cell: Cell) -> bool:
+    """Whether ``cell`` is a built-in cell: its spec file is in this folder (the one place that decides it;
+    its generated module then lives in the package's reference/)."""
+    return cell.relpath.startswith("spec/")
 
 
 def did_you_mean(name: str, choices=None) -> str:

@@ -1,4 +1,6 @@
-"""One home for the normwise relative error and for every tolerance: checks/tolerances.py (issue 16, item 4).
+"""One home per concept (issue 16, item 4): the normwise relative error and every tolerance in
+checks/tolerances.py; each system's gate order in layouts/gates.py; "is this a built-in cell" in
+lstm_spec.spec.is_builtin.
 
 The AST test reads every hand-written module of the package (the folders pyproject's package-dir maps into
 lstm_spec, and the docs hooks) and fails on
@@ -268,3 +270,64 @@ def test_every_tolerance_in_the_table_has_a_reason():
     assert all(t.reason and t.value >= 0 for t in TOLERANCES.values())
     assert tolerance("vectors", "float64") == 1e-12 and tolerance("localise", "float64") == 1e-7
     assert tolerances.__doc__ and "zero rule" in tolerances.__doc__
+
+
+# ------------------------------------------------------------------------------------------- gate orders
+GATE_SETS = ({"f", "i", "c", "o"}, {"r", "z", "n"})
+GATE_HOME = ROOT / "layouts" / "gates.py"
+# plays a user's implementation, which writes its own order as a user would (the protocol's gate_order)
+USER_CODE = {"conformance/examples.py"}
+
+
+def _is_order(letters) -> bool:
+    return len(letters) in (3, 4) and len(set(letters)) == len(letters) and set(letters) in GATE_SETS
+
+
+def gate_orders(source: str, rel: str = "<planted>") -> list[str]:
+    """Gate orders written out: a string such as "ifco" or a tuple or list of gate letters."""
+    out = []
+    for n in ast.walk(ast.parse(source)):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and _is_order(n.value):
+            out.append(f"{rel}:{n.lineno}: the gate order {n.value!r}")
+        elif isinstance(n, ast.Tuple | ast.List) and n.elts and all(
+                isinstance(e, ast.Constant) and isinstance(e.value, str) and len(e.value) == 1 for e in n.elts):
+            letters = "".join(e.value for e in n.elts)
+            if _is_order(letters):
+                out.append(f"{rel}:{n.lineno}: the gate order {tuple(letters)}")
+    return out
+
+
+def test_gate_orders_are_written_once_in_layouts():
+    found = [f for path in _modules() if path != GATE_HOME and str(path.relative_to(ROOT)) not in USER_CODE
+             for f in gate_orders(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
+    assert not found, "gate orders belong in layouts/gates.py (import them):\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("planted", ['ORDER = "iofc"', 'for g in "fico": pass', 'G = ("i", "f", "c", "o")',
+                                     'G = ["z", "r", "n"]'])
+def test_a_planted_gate_order_is_found(tmp_path, planted):
+    path = tmp_path / "planted.py"
+    path.write_text(planted + "\n", encoding="utf-8")
+    assert gate_orders(path.read_text(encoding="utf-8"))
+
+
+def test_the_orders_are_what_the_frameworks_document():
+    from lstm_spec.layouts import gates
+    from lstm_spec.layouts.stacked import GATES
+
+    assert GATES == gates.TORCH_LSTM_ORDER == ("i", "f", "c", "o") and gates.ONNX_LSTM_ORDER == ("i", "o", "f", "c")
+    assert gates.KERAS_GRU_ORDER == ("z", "r", "n") and gates.LSTM_GATES == ("f", "i", "c", "o")
+
+
+# ------------------------------------------------------------------------------------ built-in cells
+def test_built_in_is_decided_in_one_place():
+    """Only lstm_spec.spec.is_builtin reads a cell's path to tell a built-in cell (derivations.build re-uses it)."""
+    from lstm_spec.derivations import build
+    from lstm_spec.spec import is_builtin, load
+
+    pattern = re.compile(r"relpath\.startswith\(|relative_to\(SPEC_DIR\)")
+    homes = {ROOT / "spec" / "__init__.py", ROOT / "spec" / "cells.py"}  # cells.py: Cell.relpath itself
+    found = [str(p.relative_to(ROOT)) for p in _modules() if p not in homes
+             and pattern.search(p.read_text(encoding="utf-8"))]
+    assert not found, f"use lstm_spec.spec.is_builtin: {found}"
+    assert build.is_builtin is is_builtin and is_builtin(load("lstm"))

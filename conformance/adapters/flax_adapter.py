@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402 - after float64 is enabled in JAX
 from flax import linen as nn  # noqa: E402 - after float64 is enabled in JAX
 
 from lstm_spec.layouts.frameworks import from_flax_lstm, to_flax_gru, to_flax_lstm  # noqa: E402 - after float64 is enabled in JAX
+from lstm_spec.layouts.gates import GRU_GATES  # noqa: E402 - after float64 is enabled in JAX
 
 from ..problem import Case, Problem  # noqa: E402 - after float64 is enabled in JAX
 from ..targets import Target  # noqa: E402 - after float64 is enabled in JAX
@@ -94,7 +95,7 @@ class FlaxLSTM(Target):
                "d x": np.swapaxes(np.asarray(gx), 0, 1), "d h0": np.asarray(gh0)}
         gp = jax.tree_util.tree_map(np.asarray, gp)
         if gru:
-            for g in ("r", "z", "n"):
+            for g in GRU_GATES:
                 res[f"d W_{g}"], res[f"d b_{g}"] = gp[f"i{g}"]["kernel"].T, gp[f"i{g}"]["bias"]
                 res[f"d U_{g}"] = gp[f"h{g}"]["kernel"].T
             res["d b_hn"] = gp["hn"]["bias"]

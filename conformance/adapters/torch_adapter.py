@@ -18,12 +18,14 @@ import warnings
 import numpy as np
 import torch
 
+from lstm_spec.layouts.gates import TORCH_GRU_ORDER, TORCH_LSTM_ORDER
+
 from ..problem import Case, Problem, slot_key
 from ..targets import Target
 from . import available_cells
 
 KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-ORDERS = {"lstm": ("i", "f", "c", "o"), "projection": ("i", "f", "c", "o"), "gru_reset_after": ("r", "z", "n")}
+ORDERS = {"lstm": TORCH_LSTM_ORDER, "projection": TORCH_LSTM_ORDER, "gru_reset_after": TORCH_GRU_ORDER}
 MODULES = {"lstm": ("nn.LSTM", "nn.LSTMCell"), "projection": ("nn.LSTM",), "gru_reset_after": ("nn.GRU", "nn.GRUCell")}
 
 

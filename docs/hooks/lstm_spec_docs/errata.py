@@ -21,10 +21,11 @@ import numpy as np
 
 from lstm_spec.checks.numeric import check_derivatives
 from lstm_spec.checks.tolerances import tolerance
+from lstm_spec.layouts.gates import LSTM_GATES
 from lstm_spec.reference import lstm
 from lstm_spec.reference._runtime import Signature
 
-GATES = ("f", "i", "c", "o")
+GATES = LSTM_GATES
 CELL_PARAMS = {}
 for _g in GATES:
     CELL_PARAMS[f"W{_g}c"] = ("H", "H")

@@ -9,8 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lstm_spec.layouts.frameworks import FLAX_LSTM_NAMES, KERAS_LSTM_ORDER, LSTM_GATES, ONNX_LSTM_ORDER
-from lstm_spec.layouts.stacked import GATES as TORCH_ORDER
+from lstm_spec.layouts.gates import (
+    CUDNN_LSTM_ORDER,
+    FLAX_LSTM_NAMES,
+    KERAS_LSTM_ORDER,
+    LSTM_GATES,
+    MXNET_LSTM_ORDER,
+    ONNX_LSTM_ORDER,
+    TF1_LSTM_ORDER,
+)
+from lstm_spec.layouts.gates import TORCH_LSTM_ORDER as TORCH_ORDER
 
 
 @dataclass(frozen=True)
@@ -41,17 +49,17 @@ LSTM_LAYOUTS = (
     FrameworkLayout("Flax linen LSTMCell", tuple(FLAX_LSTM_NAMES), "ii, if, ig, io (D, H); hi, hf, hg, ho (H, H)",
                     "on the h side only", "https://flax.readthedocs.io/en/latest/api_reference/flax.linen/"
                     "_autosummary/flax.linen.LSTMCell.html", dict(FLAX_LSTM_NAMES), stacked=False),
-    FrameworkLayout("TF1 tf.compat.v1.nn.rnn_cell.LSTMCell", ("i", "c", "f", "o"),
+    FrameworkLayout("TF1 tf.compat.v1.nn.rnn_cell.LSTMCell", TF1_LSTM_ORDER,
                     "kernel (D + H, 4H): one matrix over [x; h], blocks are columns",
                     "bias (4H,), plus forget_bias (default 1.0) added to the f block at every step, not stored",
                     "https://www.tensorflow.org/api_docs/python/tf/compat/v1/nn/rnn_cell/LSTMCell",
                     {"c": "j"}, converter=False),
-    FrameworkLayout("cuDNN (CUDNN_LSTM)", ("i", "f", "c", "o"),
+    FrameworkLayout("cuDNN (CUDNN_LSTM)", CUDNN_LSTM_ORDER,
                     "8 matrices: linLayerID 0-3 on the input, 4-7 on h",
                     "two: one per matrix (input side and recurrent side), added",
                     "https://docs.nvidia.com/deeplearning/cudnn/latest/api/cudnn-adv-library.html"
                     "#cudnngetrnnweightparams", {"c": "c′"}, converter=False),
-    FrameworkLayout("MXNet (gluon.rnn.LSTM, the RNN operator)", ("i", "f", "c", "o"),
+    FrameworkLayout("MXNet (gluon.rnn.LSTM, the RNN operator)", MXNET_LSTM_ORDER,
                     "i2h_weight (4H, D), h2h_weight (4H, H)", "i2h_bias + h2h_bias, (4H,) each",
                     "https://mxnet.apache.org/versions/1.9.1/api/python/docs/api/gluon/rnn/index.html"
                     "#mxnet.gluon.rnn.LSTM", {"c": "g"}, converter=False),

@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 
+from lstm_spec.layouts.gates import LSTM_GATES
 from lstm_spec.reference import lstm, rnn_tanh
 
 from .text import spec_html
@@ -108,7 +109,7 @@ def worked_example_md(part: str) -> str:
     w = worked_example()
     p, cache, steps = w["params"], w["cache"], w["steps"]
     if part == "parameters":
-        rows = [(g, mat(p[f"W_{g}"]), mat(p[f"U_{g}"]), mat(p[f"b_{g}"])) for g in ("f", "i", "c", "o")]
+        rows = [(g, mat(p[f"W_{g}"]), mat(p[f"U_{g}"]), mat(p[f"b_{g}"])) for g in LSTM_GATES]
         x_t, v_t = labels("x_t", "v_t (= dL/dy_t)")
         return (table(["gate", "W (2 x 2)", "U (2 x 2)", "b"], rows) + "\n\n"
                 + table(["", "t = 1", "t = 2"], [(x_t, fmt(w["x"][0]), fmt(w["x"][1])),
