@@ -53,7 +53,7 @@ from lstm_spec.derivations.functions import (
     UnitMean,
     UnitSum,
 )
-from lstm_spec.derivations.reverse import Derivation
+from lstm_spec.derivations.reverse import Derivation, Statement
 from lstm_spec.derivations.rules import symbol_array
 from lstm_spec.reference._runtime import symbolic
 from lstm_spec.spec import is_builtin
@@ -749,7 +749,7 @@ def _step_at_points(d: Derivation, sizes: dict, stop_after, only) -> dict:
     """Check (a) on a PointTape at the points of seeds 3 and 4: the adjoint of each value's node (one
     reverse accumulation from L) against the derived statement evaluated at the same point."""
     S = d.symbols
-    differ, checked = set(), {}
+    differ, checked, shown = set(), {}, set()
     for seed in (3, 4):
         tape = PointTape(seed)
         inputs, prev, seeds = _step_leaves(d, sizes, tape)
@@ -763,7 +763,10 @@ def _step_at_points(d: Derivation, sizes: dict, stop_after, only) -> dict:
             checked[sym] = len(got)
             if [adj[n.index] for n in _flat(base[sym])] != got:
                 differ.add(sym)
+        if only is None:
+            shown |= set(displayed_differ(d, derived, lambda a, b, tp=tape: tp.value_of(a) == tp.value_of(b), tape))
     failures = [S.info[s].name for s in d.adjoint_of if s in differ][:stop_after or None]
+    failures += sorted(shown)
     return {"error": len(failures), "checked": sum(checked.values()), "failures": failures}
 
 
@@ -806,7 +809,31 @@ def _step_by_sympy(d: Derivation, sizes: dict, exact: str, stop_after, only) -> 
             if not same(g, sympy.diff(L, f).xreplace(at)):
                 failures.append(info.name)
                 break
+    if only is None:
+        failures += displayed_differ(d, derived, same, SYMPY)
     return {"error": len(failures), "checked": checked, "failures": failures}
+
+
+def displayed_differ(d: Derivation, derived: dict, same, alg=SYMPY) -> list[str]:
+    """(a) for what people read: every statement of the textbook form (render.textbook_statements: temporaries
+    and aliases written in place, loss layers in closed form, ...) evaluated on the explicit step equals the
+    derived statement of the same target there (``derived``: _derived_step), entry by entry (``same``). Since
+    (a) proves the derived statements, this proves the displayed ones. Returns "shown <name>" per difference."""
+    from lstm_spec.derivations.printing import unfold
+    from lstm_spec.derivations.render import textbook_statements
+
+    S, out = d.symbols, []
+    original = {st.target: st for st in d.statements}
+    for st in textbook_statements(d):
+        if st == original.get(st.target):
+            continue  # printed as derived
+        want = derived[st.target]
+        n = 1 if _is_matrix(want) else len(want)
+        shown = Statement(st.target, st.kind, unfold(st.elementwise), st.matvec, st.outer)
+        got = _evaluate_statement(shown, derived, S, n, alg)
+        if not all(same(a, b) for a, b in zip(_flat(got), _flat(want), strict=True)):
+            out.append(f"shown {S.info[st.target].name}")
+    return out
 
 
 def _evaluate_statement(st, env, S, n, alg=SYMPY):

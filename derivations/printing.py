@@ -11,9 +11,27 @@ import sympy
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
-from .functions import FUNCTIONS, Identity, Sigmoid, UnitCount, kind_of
+from .functions import FUNCTIONS, Identity, Sigmoid, UnitCount, UnitSum, kind_of
 
 ADJOINT_KINDS = ("adj", "next", "cot")
+
+
+class Softmax(sympy.Function):
+    """softmax(v) = exp(v - logsumexp(v)), a name the textbook display (render.textbook_statements) gives the
+    derivative of a logsumexp; never in the generated code. Its arguments are v and the symbol that holds
+    logsumexp(v); :meth:`unfold` gives the expression it stands for."""
+
+    nargs = 2
+
+    def unfold(self):
+        from .functions import Exp
+
+        return Exp(self.args[0] - self.args[1])
+
+
+def unfold(expr):
+    """``expr`` with every display-only name (Softmax) replaced by what it stands for."""
+    return expr.replace(lambda e: isinstance(e, Softmax), lambda e: e.unfold())
 
 
 def unit_count_dimension(e, shape_of) -> str:
@@ -38,9 +56,11 @@ def reads(expr):
 _UNITS = sympy.Symbol("ℕ")  # a placeholder for a unit count, only inside reads()
 
 
-def reorder(expr, symbols):
+def reorder(expr, symbols, textbook: bool = False):
     """Rebuild ``expr`` unevaluated with adjoint factors first in products and terms carrying
-    incoming adjoints first in sums (printing with order='none' keeps that order)."""
+    incoming adjoints first in sums (printing with order='none' keeps that order). ``textbook``: also
+    the positive terms of a sum before the negative ones (``c_new - c[t-1]``, not ``-c[t-1] + c_new``);
+    the generated code keeps SymPy's order (its arithmetic, and so its rounding, is not changed)."""
 
     def rank_factor(f):
         if f.is_Number:
@@ -61,9 +81,11 @@ def reorder(expr, symbols):
         if isinstance(e, sympy.Add):
             terms = list(e.as_ordered_terms())
             incoming = [walk(a) for a in terms if _is_incoming(a, symbols)]
-            numbers = [walk(a) for a in terms if a.is_Number and not _is_incoming(a, symbols)]
-            rest = [walk(a) for a in terms if not a.is_Number and not _is_incoming(a, symbols)]
-            return sympy.Add(*(incoming + numbers + rest), evaluate=False)
+            rest = [a for a in terms if a.is_Number and not _is_incoming(a, symbols)]
+            rest += [a for a in terms if not a.is_Number and not _is_incoming(a, symbols)]
+            if textbook:
+                rest.sort(key=lambda a: bool(a.could_extract_minus_sign()))  # stable: positive terms first
+            return sympy.Add(*(incoming + [walk(a) for a in rest]), evaluate=False)
         return e.func(*args, evaluate=False) if isinstance(e, sympy.Pow) else e.func(*args)
 
     return walk(expr)
@@ -137,6 +159,9 @@ class PlainPrinter(CodePrinter):
     def _print_Rational(self, e):
         return f"{e.p}/{e.q}"
 
+    def _print_Softmax(self, e):
+        return f"softmax({self._print(e.args[0])})"
+
 
 # SymPy dispatches on the class name first: route every function kind (functions.FUNCTIONS) to
 # _print_Function (PlainPrinter inherits the routing and names functions its own way)
@@ -162,20 +187,33 @@ class MathPrinter(LatexPrinter):
 
     def _print_Mul(self, e):
         """Factors joined by ⊙; factors with a negative integer power form a denominator, \\frac{...}{...}
-        (LatexPrinter also hands a lone negative power, x^-1, here)."""
+        (LatexPrinter also hands a lone negative power, x^-1, here). A rational coefficient p/q is written
+        into the fraction, a minus sign in front: ``-\\frac{δs ⊙ s^3}{2}``, ``\\frac{δv ⊙ e}{2 H}``."""
         factors = list(e.args) if isinstance(e, sympy.Mul) else [e]
-        sign = ""
-        if factors and factors[0] == -1:
-            sign, factors = "-", factors[1:]
-        coeff = ""
-        if factors and factors[0].is_Number:
-            coeff, factors = self._print(factors[0]) + " ", factors[1:]
+        coeff = sympy.Mul(*[f for f in factors if f.is_Number])
+        factors = [f for f in factors if not f.is_Number]
+        sign = "-" if coeff.is_negative else ""
+        if not coeff.is_Rational:  # pragma: no cover - the derivation's numbers are rationals
+            return sign + self._print(abs(coeff)) + " " + self._print_Mul(sympy.Mul(*factors, evaluate=False))
+        p, q = abs(coeff.p), coeff.q  # an integer coefficient has q = 1
         num = [f for f in factors if not (f.is_Pow and f.exp.is_Integer and f.exp < 0)]
         den = [sympy.Pow(f.base, -f.exp) for f in factors if f.is_Pow and f.exp.is_Integer and f.exp < 0]
-        text = r" \odot ".join(self._factor(f) for f in num) or "1"
-        if den:
-            text = r"\frac{%s}{%s}" % (text, r" \odot ".join(self._factor(f) for f in den))
-        return sign + coeff + text
+        text = r" \odot ".join(self._factor(f) for f in num)
+        text = (f"{p} " + text if text else str(p)) if p != 1 else text or "1"
+        if den or q != 1:
+            below = r" \odot ".join(self._factor(f) for f in den)
+            below = (f"{q} " + below if below else str(q)) if q != 1 else below
+            text = r"\frac{%s}{%s}" % (text, below)
+        return sign + text
+
+    def _print_Softmax(self, e, exp=None):
+        return r"\operatorname{softmax}\left(%s\right)" % self._print(e.args[0])
+
+    def _print(self, expr, **kwargs):
+        """A sum over units of one quantity without parentheses: Σ_k target_t (UnitSum._latex would add them)."""
+        if isinstance(expr, UnitSum) and isinstance(expr.args[0], sympy.Symbol):
+            return r"\sum_{k} %s" % self._print(expr.args[0])
+        return super()._print(expr, **kwargs)
 
     def _factor(self, f):
         text = self._print(f)
@@ -185,7 +223,7 @@ class MathPrinter(LatexPrinter):
         return r"\sigma\left(%s\right)" % self._print(e.args[0])
 
 
-__all__ = ["CodePrinter", "PlainPrinter", "MathPrinter", "reorder", "Sigmoid", "Identity"]
+__all__ = ["CodePrinter", "PlainPrinter", "MathPrinter", "reorder", "unfold", "Softmax", "Sigmoid", "Identity"]
 
 
 # ----------------------------------------------------------------------------------------- spec ASTs

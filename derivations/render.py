@@ -7,8 +7,11 @@ from dataclasses import dataclass
 
 import sympy
 
-from .functions import FUNCTIONS
-from .printing import MathPrinter, PlainPrinter, print_ast, reorder
+from lstm_spec.spec.language import Call, Name
+from lstm_spec.spec.language import children as _children
+
+from .functions import FUNCTIONS, Exp, LogSumExp, UnitSum
+from .printing import MathPrinter, PlainPrinter, Softmax, print_ast, reorder
 from .reverse import Derivation, Statement
 
 _KIND_TITLE = {
@@ -33,8 +36,9 @@ def latex_name(derivation: Derivation, name: str, time: str | None) -> str:
     """LaTeX for a quantity; ``time`` is "t", "t-1" or None (parameters)."""
     cell = derivation.cell
     aux = {fe.lhs: fe for fe in derivation.forward if fe.aux}
-    if name in aux:  # an auxiliary is shown as what it is: tanh(c_t)
-        return forward_latex(derivation, aux[name].ast, time or "t")
+    if name in aux:  # an auxiliary is shown as what it is: tanh(c_t); a sum in parentheses, (f c + i c~)
+        text = forward_latex(derivation, aux[name].ast, time or "t")
+        return text if isinstance(aux[name].ast, (Call, Name)) else r"\left(%s\right)" % text
     if name in cell.latex:
         base, sub = cell.latex[name], None
     elif "_" in name:
@@ -87,8 +91,8 @@ def latex_names(d: Derivation) -> dict:
                 d, info.operand, "t-1" if info.prev else "t")
         elif info.kind == "next":
             names[sym] = r"\delta %s^{(t+1)}" % latex_name(d, info.name, "t")
-        elif info.kind == "cot":
-            names[sym] = r"\delta y_{t}"
+        elif info.kind == "cot":  # a loss read by nothing else: its cotangent is its adjoint, δloss_t
+            names[sym] = r"\delta " + latex_name(d, d.cell.output, "t") if _output_is_a_loss(d) else r"\delta y_{t}"
         elif info.kind == "cse":
             names[sym] = r"\tau_{%s}" % info.name[3:]  # a common subexpression (not to be read as a gate)
         else:
@@ -136,17 +140,23 @@ def forward_equations(d: Derivation, latex: bool = False) -> list[Rendered]:
     return out
 
 
-def backward_equations(d: Derivation, latex: bool = False) -> list[Rendered]:
+def backward_equations(d: Derivation, latex: bool = False, textbook: bool | None = None) -> list[Rendered]:
+    """Every backward statement, printed. ``textbook`` (default: as ``latex``): the form people read,
+    :func:`textbook_statements`; otherwise the statements of the generated code, temporaries included
+    (the generated module's header prints those)."""
+    textbook = latex if textbook is None else textbook
     names = latex_names(d) if latex else plain_names(d)
     fn_names = {FUNCTIONS[k].sympy_function: n for n, k in d.cell.functions.items()}
     printer = MathPrinter(names, d.shape) if latex else PlainPrinter(names, fn_names, d.shape)
-    return [Rendered(names[st.target], _statement(st, d, printer, names, latex), st.kind) for st in d.statements]
+    statements = textbook_statements(d) if textbook else d.statements
+    return [Rendered(names[st.target], _statement(st, d, printer, names, latex, textbook), st.kind)
+            for st in statements]
 
 
-def _statement(st: Statement, d: Derivation, printer, names, latex: bool) -> str:
+def _statement(st: Statement, d: Derivation, printer, names, latex: bool, textbook: bool = False) -> str:
     parts = []
     if st.elementwise != 0 or not (st.matvec or st.outer):
-        text = printer.doprint(reorder(st.elementwise, d.symbols))
+        text = printer.doprint(reorder(st.elementwise, d.symbols, textbook))
         if st.kind == "param_vector":
             text = (r"\sum_{t} %s" if latex else "sum_t %s") % (
                 r"\left(%s\right)" % text if latex and isinstance(st.elementwise, sympy.Add) else
@@ -158,6 +168,111 @@ def _statement(st: Statement, d: Derivation, printer, names, latex: bool) -> str
     for dl, v in st.outer:
         parts.append(r"\sum_{t} %s\, {%s}^\top" % (names[dl], names[v]) if latex else f"sum_t {names[dl]} {names[v]}^T")
     return " + ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------- textbook form
+def textbook_statements(d: Derivation) -> list[Statement]:
+    """The backward statements as a textbook writes them (the docs and ``lstm-spec derive`` print these; the
+    generated code keeps the derivation's own): every temporary of common-subexpression elimination and every
+    adjoint that is only a multiple of another (``δm = δv / 4``) or that depends on the output's cotangent
+    alone (a loss layer's, down to the adjoint a matrix product reads) is written into the statements that
+    read it; per-sample factors are taken out of sums over units; the derivative of logsumexp is named the
+    softmax; no gradient is listed for a data input (:func:`data_inputs`). Check (a) proves each of these
+    equal to the derived statement it replaces (checks.symbolic.check_step)."""
+    info = d.symbols.info
+    named = {dl for st in d.statements for _, dl in st.matvec} | {dl for st in d.statements for dl, _ in st.outer}
+    data = data_inputs(d)
+    inlined: dict = {}
+    out = []
+    for st in d.statements:
+        el = st.elementwise.xreplace(inlined) if inlined else st.elementwise
+        if el != st.elementwise or el.has(UnitSum, Exp):
+            el = _textbook_expression(el, d)
+        if st.kind == "cse" or (st.kind in ("value", "term") and not st.matvec and st.target not in named
+                                and _written_in_place(el, info)):
+            inlined[st.target] = el
+        elif not (st.kind == "input" and info[info[st.target].of].name in data):
+            out.append(Statement(st.target, st.kind, el, st.matvec, st.outer))
+    return out
+
+
+def _written_in_place(expr, info) -> bool:
+    """An adjoint that reads as well in the statements using it: a multiple of one quantity (an alias), or
+    an expression of the output's cotangent and forward values alone (a loss layer's adjoints)."""
+    coeff, rest = expr.as_coeff_Mul()
+    if isinstance(rest, sympy.Symbol) and coeff.is_Rational:
+        return True
+    kinds = {info[s].kind for s in expr.free_symbols}
+    return "cot" in kinds and not kinds & {"adj", "next", "cse"}
+
+
+def _textbook_expression(expr, d: Derivation):
+    """Per-sample factors out of unit sums (Σ_k δy target_k = δy Σ_k target_k), exp(v - logsumexp(v)) as
+    softmax(v), common factors out of sums when that is shorter."""
+    lse = {d.symbols.value(fe.lhs): fe.expr.args[0] for fe in d.forward if isinstance(fe.expr, LogSumExp)}
+
+    def softmax(e):
+        for s, v in lse.items():
+            if sympy.expand(e.args[0] - (v - s)) == 0:
+                return Softmax(v, s)
+        return e
+
+    expr = expr.replace(lambda e: isinstance(e, UnitSum), lambda e: _out_of_sum(e.args[0], d))
+    expr = expr.replace(lambda e: isinstance(e, Exp), softmax)
+    return min([expr, sympy.factor_terms(expr)], key=sympy.count_ops)
+
+
+def _out_of_sum(arg, d: Derivation):
+    """UnitSum(arg) with the factors that are one value per sample (numbers, the loss's cotangent) in front."""
+    outside, inside = [], []
+    for f in sympy.Mul.make_args(arg):
+        (outside if f.is_Number or _per_sample(f, d) else inside).append(f)
+    if not inside:
+        return UnitSum(arg)  # a sum of a per-sample value: H copies of it, kept as written
+    return sympy.Mul(*outside) * UnitSum(sympy.Mul(*inside))
+
+
+def _per_sample(expr, d: Derivation) -> bool:
+    """Whether an expression is one value per sample: every quantity it reads outside a reduction is."""
+    if isinstance(expr, tuple(fk.sympy_function for fk in FUNCTIONS.values() if fk.reduction)):
+        return True
+    if isinstance(expr, sympy.Symbol):
+        return d.shape(expr) == ("1",)
+    return all(_per_sample(a, d) for a in expr.args)
+
+
+def data_inputs(d: Derivation) -> set[str]:
+    """The inputs that only a loss reads (a target, a label): the cell's output is read by no equation and
+    is not a state, and no state depends on the input. Their gradients are computed (and checked) but
+    nobody trains on them: the textbook form lists none."""
+    if not _output_is_a_loss(d):
+        return set()
+    reads = {eq.lhs: _names_in(eq.rhs) for eq in d.cell.equations}
+    feeds_a_state = set()
+    for s in d.cell.states:
+        todo = [s]
+        while todo:
+            n = todo.pop()
+            if n not in feeds_a_state:
+                feeds_a_state.add(n)
+                todo += reads.get(n, ())
+    return set(d.cell.inputs) - feeds_a_state
+
+
+def _output_is_a_loss(d: Derivation) -> bool:
+    """The output is not a state and no equation reads it (the adjoint of it is its cotangent)."""
+    cell = d.cell
+    return cell.output not in cell.states and not any(cell.output in _names_in(eq.rhs) for eq in cell.equations)
+
+
+def _names_in(node) -> set[str]:
+    out, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, Name):
+            out.add(n.name)
+        todo += _children(n)
+    return out
 
 
 def describe_latex(d: Derivation) -> str:
@@ -193,7 +308,7 @@ def describe(d: Derivation, latex: bool = False) -> str:
     for r in forward_equations(d, latex):
         lines.append(f"  {r}" + ("    (auxiliary, named by the derivation)" if r.kind == "aux" else ""))
     lines += ["", "Backward, one time step (d_q = dL/dq, elementwise products; sums over the batch):"]
-    for r in backward_equations(d, latex):
+    for r in backward_equations(d, latex, textbook=True):
         lines.append(f"  {r}")
     states = ", ".join(cell.states)
     lines += [

@@ -111,8 +111,9 @@ def forward(d) -> list[tuple[str, str]]:
 
 
 def backward(d) -> list[tuple[str, str, str]]:
-    """(plain target, kind, LaTeX "target = expression") for every backward statement."""
-    plain = backward_equations(d, latex=False)
+    """(plain target, kind, LaTeX "target = expression") for every backward statement, in the textbook form
+    (render.textbook_statements: what check (a) proves for display; the generated code keeps temporaries)."""
+    plain = backward_equations(d, latex=False, textbook=True)
     tex = backward_equations(d, latex=True)
     return [(p.target, t.kind, str(t)) for p, t in zip(plain, tex, strict=True)]
 
@@ -152,7 +153,7 @@ def stacked_formulas(d) -> list[str]:
     dz = col([r"\delta " + n(f"z_{g}", "t") for g in gates])
     W = col([n(f"W_{g}") for g in gates])
     U = col([n(f"U_{g}") for g in gates])
-    plain = {r.target: r.expression for r in backward_equations(d, latex=False)}
+    plain = {r.target: r.expression for r in backward_equations(d, latex=False, textbook=True)}
     back = []
     for mat, vec, t, key in (("W", W, "t", "d_x"), ("U", U, "t-1", "d_h_prev")):
         terms = set(plain.get(key, "").split(" + "))
