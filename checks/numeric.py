@@ -95,7 +95,8 @@ def rounding_noise(module, inst: Instance, rel: float, runs: int = 3, seed: int 
         for k in spread:
             spread[k] = np.maximum(spread[k], np.abs(np.asarray(grads[k], float) - np.asarray(base[k], float)))
     factor = tolerance("rounding_noise_factor", "any")
-    return {k: factor * v for k, v in spread.items()}
+    # a perturbed run that overflows or turns NaN: the gradient is not determined at this precision at all
+    return {k: np.where(np.isnan(v), np.inf, factor * v) for k, v in spread.items()}
 
 
 def _perturbed(inst: Instance, holder: dict, key: str, delta) -> Instance:
@@ -141,7 +142,7 @@ def check_derivatives(module, method: str, shapes=None, seed: int = 0) -> dict:
     if method == "finite_difference" and getattr(module, "STOP_GRADIENT", False):
         return {"skipped": "not applicable: the cell's gradient is that of a truncated objective "
                            "(stop_gradient), which finite differences cannot see; complex step checks it"}
-    tol = tolerance("finite_difference", "float64")
+    tol = tolerance(*_METHOD_TOLERANCE[method])
     worst, where, unresolved, compared = 0.0, "", 0, 0
     try:
         for err, share, label in _comparisons(module, method, shapes, seed):
@@ -152,10 +153,19 @@ def check_derivatives(module, method: str, shapes=None, seed: int = 0) -> dict:
     except Exception as exc:  # a broken module fails the check with the reason, it does not crash it
         return {"error": float("inf"), "worst": f"{type(exc).__name__}: {exc}"}
     if unresolved:
-        where = "; ".join(filter(None, [where, (
-            f"{unresolved} of {compared} comparisons below the resolution of finite differences (their estimated "
-            f"error exceeds {tol:g} of the derivative's scale): complex step checks those")]))
+        where = "; ".join(filter(None, [where, f"{unresolved} of {compared} comparisons " + _UNRESOLVED[method]
+                                        .format(tol=tol)]))
     return {"error": worst, "worst": where}
+
+
+_METHOD_TOLERANCE = {"complex_step": ("complex_step", "complex128"),
+                     "finite_difference": ("finite_difference", "float64")}
+_UNRESOLVED = {
+    "finite_difference": "below the resolution of finite differences (their estimated error exceeds {tol:g} of the "
+                         "derivative's scale): complex step checks those",
+    "complex_step": "below the resolution of float64 (the backward's own rounding spread exceeds {tol:g} of the "
+                    "gradient's scale: the gradient is not determined at this precision)",
+}
 
 
 def _comparisons(module, method, shapes, seed):
