@@ -135,7 +135,7 @@ def test_multilayer_loops_fix_the_slides_and_agree_with_the_two_layer_cell():
 def test_multilayer_check_fails_for_the_slides_layer_loop(monkeypatch):
     """Negative control: the slides' `for l = L-1:0` (the top layer skipped) must show as a difference."""
     source = (DOCS / "examples" / "multilayer_bptt.py").read_text(encoding="utf-8")
-    broken = source.replace("for l in range(L - 1, -1, -1):", "for l in range(L - 2, -1, -1):")
+    broken = source.replace("for k in range(L - 1, -1, -1):", "for k in range(L - 2, -1, -1):")
     assert broken != source
     module = type(sys)("multilayer_bptt")
     exec(compile(broken, "broken", "exec"), module.__dict__)

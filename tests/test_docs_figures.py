@@ -21,8 +21,9 @@ if not os.environ.get("CI"):  # under CI the docs tools are installed: a missing
     if shutil.which("dot") is None:
         pytest.skip("Graphviz's dot is not installed (apt-get install graphviz)", allow_module_level=True)
 
-from lstm_spec.spec import builtin_cells, load  # noqa: E402
 from lstm_spec_docs import figures, site  # noqa: E402
+
+from lstm_spec.spec import builtin_cells, load  # noqa: E402
 
 EDGE = re.compile(r'<g id="[^"]*" class="edge">\s*<title>(.*?)</title>(.*?)</g>', re.S)
 NODE = re.compile(r'<g id="[^"]*" class="node">\s*<title>(.*?)</title>', re.S)

@@ -107,7 +107,8 @@ def inline_svg(svg: str, prefix: str) -> str:
     svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}-{m.group(1)}"', svg)
     m = re.search(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"', svg)
     if m:
-        svg = svg.replace(m.group(0), f'<svg role="img" style="width: {m.group(1)}pt; max-width: 100%; height: auto"', 1)
+        sized = f'<svg role="img" style="width: {m.group(1)}pt; max-width: 100%; height: auto"'
+        svg = svg.replace(m.group(0), sized, 1)
     return "\n".join(line for line in svg.splitlines() if line.strip())  # a blank line would end the HTML block
 
 
@@ -221,10 +222,12 @@ def step_graph(name: str) -> str:
         role = _role(cell, n)
         base, prev = n.removesuffix("[t-1]"), n.endswith("[t-1]")
         time = "t-1" if prev else ("t" if role in ("output", "input") else None)
-        shape = "box" if role in ("parameter", "constant") else ("doublecircle" if role == "output" and n in cell.states else "ellipse")
+        shape = ("box" if role in ("parameter", "constant") else
+                 "doublecircle" if role == "output" and n in cell.states else "ellipse")
         extra = f', color="{colours[base]}", penwidth=2' if prev else ""
         tip = next((" ".join(eq.text.split()) for eq in cell.equations if eq.lhs == n), f"{n}: {role}")
-        lines.append(f'  "{n}" [label={label(cell, base, time)}, shape={shape}, fillcolor="{ROLE_FILL[role]}", '
+        text = f"<{html.escape(n)}>" if role == "constant" else label(cell, base, time)  # a constant: its name
+        lines.append(f'  "{n}" [label={text}, shape={shape}, fillcolor="{ROLE_FILL[role]}", '
                      f'tooltip="{_dot_escape(tip)}"{extra}];')
     sources = [n for n in nodes if _role(cell, n) in ("input", "state")]
     lines.append("  { rank=source; " + " ".join(f'"{n}";' for n in sources) + " }")
@@ -256,9 +259,10 @@ def step_caption(name: str) -> str:
     colours = state_colours(cell)
     keys = ", ".join(f"{_swatch(colours[s])} into {spec_html(s + '_{t-1}')}" for s in cell.states)
     stop = any(not g for _, _, g in step_edges(name))
+    consts = ", the spec's named constants in violet ones" if getattr(cell, "constants", None) else ""
     return (f"One step of <code>{name}</code>, drawn by Graphviz from the {len(cell.equations)} equations of "
             f"its spec: an arrow for every name an equation reads (inputs and previous states on the left, "
-            f"parameters in grey boxes, the new states double-circled). Coloured arrows are the paths along "
+            f"parameters in grey boxes{consts}, the new states double-circled). Coloured arrows are the paths along "
             f"which the adjoints travel back, against the arrows, from the step's outputs to the previous "
             f"states: {keys}; an arrow of two colours lies on both paths."
             + (" Dashed grey: read through a stop-gradient, no adjoint flows back." if stop else "")
@@ -299,7 +303,7 @@ def unrolled_graph(T: int = 6) -> str:
              'fontname="Helvetica", fontsize=12, newrank=true];', '  node [fontname="Helvetica", fontsize=11, '
              'style=filled, fillcolor="#fff8e1", height=0.28, width=0.45, margin="0.02,0.01"];',
              '  edge [arrowsize=0.6];']
-    for key, title, name, chunk in TRUNCATION_PANELS:
+    for key, title, name, chunk in reversed(TRUNCATION_PANELS):  # dot stacks the clusters bottom-up
         cell = load(name)
         colours = state_colours(cell)
         lines += [f"  subgraph cluster_{key} {{", f'    label="{title}"; labeljust=l; color="#bdbdbd";']
@@ -328,7 +332,7 @@ def unrolled_figure() -> str:
                "<code>lstm</code> and <code>lstm_cell_only_bptt</code>. An arrow from step t−1 to step t is "
                "there when the state at t−1 feeds that state at t; it is coloured when an adjoint flows back "
                "along it (against the arrow) and dashed grey when the value goes forward and nothing comes "
-               "back: at the chunk boundaries (after steps 3 and 6: <code>h.detach()</code>) and, at every "
+               "back: at the chunk boundary (after step 3: <code>h.detach()</code>) and, at every "
                "step, through the stop-gradient on the gates' recurrent input. Each loss L<sub>t</sub> "
                "reads h<sub>t</sub>.")
     return figure_html(render(unrolled_graph()), "unrolled", "truncation", caption)

@@ -29,7 +29,8 @@ def random_lstm(seed: int, scale: float) -> dict:
     p = {}
     for n, ds in lstm.SIGNATURE.parameters.items():
         if len(ds) == 2:
-            p[n] = rng.standard_normal([dims[d] for d in ds]) / np.sqrt(dims[ds[-1]]) * (scale if n[0] == "U" else 1.0)
+            scaled = scale if n[0] == "U" else 1.0
+            p[n] = rng.standard_normal([dims[d] for d in ds]) / np.sqrt(dims[ds[-1]]) * scaled
         else:
             p[n] = np.zeros(dims[ds[0]])
     return p
@@ -57,7 +58,8 @@ def explode_measurements() -> dict:
 def explode_table() -> str:
     rows = []
     for s, norms in explode_measurements().items():
-        rows.append((f"{s:g}", *(f"{np.median(norms[:, k]):.3g} / {norms[:, k].max():.3g}" for k in range(len(LENGTHS)))))
+        cells = (f"{np.median(norms[:, k]):.3g} / {norms[:, k].max():.3g}" for k in range(len(LENGTHS)))
+        rows.append((f"{s:g}", *cells))
     return table(["scale of U", *(f"T = {T}" for T in LENGTHS)], rows)
 
 
@@ -72,7 +74,8 @@ def plot_explode() -> bytes:
     for (s, norms), colour in zip(explode_measurements().items(), ("#1f77b4", "#ff7f0e", "#d62728"), strict=True):
         for row in norms:
             ax.semilogy(LENGTHS, row, "-", color=colour, alpha=0.3, lw=1)
-        ax.semilogy(LENGTHS, np.median(norms, axis=0), "o-", color=colour, lw=2, label=f"U scaled by {s:g} (median of 5 seeds)")
+        ax.semilogy(LENGTHS, np.median(norms, axis=0), "o-", color=colour, lw=2,
+                    label=f"U scaled by {s:g} (median of {len(SEEDS)} seeds)")
     ax.set_xlabel("sequence length T (loss on the last step only)")
     ax.set_ylabel("‖∇θ L‖ (global norm, reference backward)")
     ax.set_title(f"Gradient norm against T, canonical LSTM, H = {H}, D = {D}; thin lines: single seeds")
@@ -100,7 +103,8 @@ def clip_table(max_norm: float = 1.0, value: float = 0.01) -> str:
     by_norm, before = clip_by_global_norm({k: grads[k] for k in keys}, max_norm)
     by_value = {k: np.clip(grads[k], -value, value) for k in keys}
     rows = [("none", f"{before:.4g}", "1"),
-            (f"global norm to {max_norm:g} (`clip_by_global_norm`)", f"{global_norm(by_norm):.4g}", f"{cosine(by_norm):.6f}"),
+            (f"global norm to {max_norm:g} (`clip_by_global_norm`)", f"{global_norm(by_norm):.4g}",
+             f"{cosine(by_norm):.6f}"),
             (f"each entry to ±{value:g} (`np.clip`)", f"{global_norm(by_value):.4g}", f"{cosine(by_value):.6f}")]
     return (f"The largest gradient measured above (U scaled by {SCALES[-1]:g}, seed {seed}, T = {T}):\n\n"
             + table(["clipping", "norm after", "cosine with the true gradient"], rows))
@@ -118,7 +122,7 @@ def multilayer_problem(T=5, B=2, K=3, seed=0):
     rng = np.random.default_rng(seed)
     dims = {"D": 3, "H": 4}
     p2 = {n: 0.5 * rng.standard_normal([dims[d] for d in ds]) for n, ds in lstm_stacked2.SIGNATURE.parameters.items()}
-    layers = [{k[:1] + k[2:]: v for k, v in p2.items() if k[1] == str(l)} for l in (1, 2)]  # W1_f -> W_f
+    layers = [{k[:1] + k[2:]: v for k, v in p2.items() if k[1] == str(layer)} for layer in (1, 2)]  # W1_f -> W_f
     Wy, by = rng.standard_normal((K, dims["H"])), rng.standard_normal(K)
     x = rng.standard_normal((T, B, dims["D"]))
     target = np.eye(K)[rng.integers(0, K, (T, B))]
@@ -133,8 +137,8 @@ def multilayer_differences() -> list[tuple[str, float]]:
     y, _, cache = lstm_stacked2.forward(p2, x)
     soft = example("multilayer_bptt").softmax(y @ Wy.T + by)
     ref = lstm_stacked2.backward(cache, (soft - target) @ Wy)
-    rows = [(f"layer {l + 1} parameters", max(float(np.abs(grads[l][k[:1] + k[2:]] - ref[k]).max())
-                                             for k in p2 if k[1] == str(l + 1))) for l in range(2)]
+    rows = [(f"layer {n + 1} parameters", max(float(np.abs(grads[n][k[:1] + k[2:]] - ref[k]).max())
+                                             for k in p2 if k[1] == str(n + 1))) for n in range(2)]
     return rows + [("input gradient δx", float(np.abs(dx - ref["x"]).max()))]
 
 
@@ -156,7 +160,9 @@ def concat_adjoint_md(cell: str = "lstm") -> str:
     def n(name, time=None):
         return latex_name(d, name, time)
     xh = r"\begin{bmatrix} %s \\ %s \end{bmatrix}" % (n("x", "t"), n("h", "t-1"))
-    terms = " + ".join(r"\begin{bmatrix} %s & %s \end{bmatrix}^\top \delta %s" % (n(f"W_{g}"), n(f"U_{g}"), n(f"z_{g}", "t"))
-                       for g in gates)
-    tex = rf"\delta {xh} = {terms} = \begin{{bmatrix}} \delta {n('x', 't')} \\ \delta {n('h', 't-1')}^{{(t)}} \end{{bmatrix}}"
-    return f'<div class="arithmatex lstm-concat-adjoint" data-cell="{cell}">\\[ {html.escape(tex, quote=False)} \\]</div>'
+    terms = " + ".join(r"\begin{bmatrix} %s & %s \end{bmatrix}^\top \delta %s"
+                       % (n(f"W_{g}"), n(f"U_{g}"), n(f"z_{g}", "t")) for g in gates)
+    halves = rf"\begin{{bmatrix}} \delta {n('x', 't')} \\ \delta {n('h', 't-1')}^{{(t)}} \end{{bmatrix}}"
+    tex = rf"\delta {xh} = {terms} = {halves}"
+    return (f'<div class="arithmatex lstm-concat-adjoint" data-cell="{cell}">'
+            f'\\[ {html.escape(tex, quote=False)} \\]</div>')
