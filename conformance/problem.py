@@ -49,6 +49,8 @@ class Case:
     layers: int = 1
     variant: str = ""  # which API of the target runs it (e.g. "nn.LSTMCell"); "" for the target's main one
     zero_states: bool = False  # the initial states are zero (a target that takes none: Target.adapt)
+    zero_d_final: bool = False  # the cotangents of the final states are zero (a backward that takes none)
+    last_output_loss: bool = False  # dy is zero except at each sequence's last valid step (a loss on it only)
 
     @property
     def ndir(self) -> int:
@@ -133,7 +135,9 @@ def bias_names(module) -> list[str]:
 
 def make_problem(case: Case, module=None) -> Problem:
     """Random non-uniform weights and biases, non-zero initial states (zero with ``case.zero_states``),
-    random cotangents on every output (zero at padded steps), all rounded to the case's dtype."""
+    random cotangents on every output (zero at padded steps; on the final states zero with
+    ``case.zero_d_final``; on y zero before each sequence's last step with ``case.last_output_loss``), all
+    rounded to the case's dtype."""
     module = module or reference_module(case.cell)
     sig = module.SIGNATURE
     T, B, D, H = case.shape
@@ -156,6 +160,8 @@ def make_problem(case: Case, module=None) -> Problem:
         bias_ih.append({n: (0.5 * rng.standard_normal(p[n].shape)).astype(dt) for n in bias_names(module)})
     if case.zero_states:  # drawn all the same: every other array is the one of the case with states
         init = [{n: np.zeros_like(v) for n, v in s.items()} for s in init]
+    if case.zero_d_final:
+        d_final = [{n: np.zeros_like(v) for n, v in s.items()} for s in d_final]
     x = rng.standard_normal((T, B, D)).astype(dt)
     dy = rng.standard_normal((T, B, case.ndir * out_dim)).astype(dt)
     lengths = None
@@ -164,6 +170,9 @@ def make_problem(case: Case, module=None) -> Problem:
         if lengths.shape != (B,) or lengths.min() < 0 or lengths.max() > T:
             raise ValueError(f"case {case.name}: lengths must be B = {B} integers in 0..{T}")
         dy = dy * (np.arange(T)[:, None] < lengths[None, :])[:, :, None].astype(dt)
+    if case.last_output_loss:  # the last valid step of each sequence (in the original time order)
+        last = (lengths if lengths is not None else np.full(B, T)) - 1
+        dy = dy * (np.arange(T)[:, None] == last[None, :])[:, :, None].astype(dt)
     return Problem(case, module, params, x, init, dy, d_final, bias_ih, dims, lengths)
 
 

@@ -558,6 +558,12 @@ class Report:
         if not t.initial_states:
             out.append("the t = 0 terms with non-zero initial states (declared conformance['initial_states'] "
                        "False: every case starts from zero states)")
+        if t.has_gradients and not getattr(t, "d_final", True):
+            out.append("cotangents on the final states (declared conformance['d_final'] False: the backward "
+                       "takes none; every case's are zero)")
+        if t.has_gradients and getattr(t, "loss", "sequence") == "last":
+            out.append("cotangents on the outputs before the last step (declared conformance['loss'] 'last': "
+                       "dy is zero there in every case)")
         return out
 
     def counts(self) -> dict:
@@ -649,6 +655,14 @@ def header(target: Target) -> list[str]:
     if not target.initial_states:
         lines.append("  initial states: zero in every case (declared: the target takes none); the t = 0 terms "
                      "with non-zero initial states are not tested")
+    if not getattr(target, "batch", True):
+        lines.append("  batch: none (declared): the target is called once per batch element, its results "
+                     "joined (parameter gradients summed)")
+    if target.has_gradients and not getattr(target, "d_final", True):
+        lines.append("  cotangents on the final states: zero in every case (declared: the backward takes none)")
+    if target.has_gradients and getattr(target, "loss", "sequence") == "last":
+        lines.append("  loss on the last output only (declared): the backward gets dy of the last valid step, "
+                     "(B, H); dy is zero before it")
     return lines
 
 

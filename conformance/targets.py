@@ -15,8 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_spec.layouts.frameworks import Layout, LayoutError, gate_names, grads_from_layout, to_layout
-from lstm_spec.layouts.gates import LSTM_GATES
+from lstm_spec.layouts.frameworks import (
+    SEQ_AXES,
+    Layout,
+    LayoutError,
+    gate_names,
+    grads_from_layout,
+    seq_from_layout,
+    seq_to_layout,
+    state_from_layout,
+    state_to_layout,
+    to_layout,
+)
 
 from .problem import Case, Problem, slot_key
 
@@ -161,6 +171,9 @@ class Target:
         return self.biases
 
     initial_states = True  # False: the target takes no initial states; its cases start from zero states
+    d_final = True  # False: its backward takes no cotangents on the final states; its cases have zero ones
+    loss = "sequence"  # "last": its backward takes the cotangent of the last output only; dy is zero before
+    batch = True  # False: it runs one sequence per call (no batch dimension); the harness loops over the batch
 
     def adapt(self, case: Case) -> Case:
         """``case`` as this target runs it (a target without initial states: from zero states)."""
@@ -253,10 +266,58 @@ def _changed(now, before, name: str) -> str:
     return ""
 
 
-_KEYS = ("cell", "params", "gate_order", "transposed", "biases", "batch_major", "dtypes", "features", "gradients",
-         "initial_states", "name", "description")
 _FEATURES = ("lengths", "reverse")
 _DTYPES = ("float32", "float64")
+# Every key of a declaration (conformance/PROTOCOL.md section 1) -> its accepted values: a tuple of the
+# values themselves (checked by _choice, the default first) or a text saying them (checked where the key
+# is read). A key not in this table is refused at load; a new key is added here, then read in _declare.
+_KEYS = {
+    "cell": "a cell name (`lstm-spec list`)",
+    "params": ("per_gate", "stacked", "combined"),
+    "gate_order": "a permutation of the cell's gates",
+    "concat": ("xh", "hx"),
+    "transposed": "True or False",
+    "biases": "1 or 2",
+    "bias_shape": ("vector", "row"),
+    "batch_major": "True or False",
+    "axes": "a permutation of T, B, F (time, batch, features)",
+    "batch": "True or False",
+    "dtypes": _DTYPES,
+    "features": _FEATURES,
+    "gradients": "a list of the gradients backward returns",
+    "initial_states": "True or False",
+    "d_final": "True or False",
+    "loss": ("sequence", "last"),
+    "name": "a string",
+    "description": "a string",
+}
+
+
+def _choice(meta: dict, key: str):
+    """A key whose accepted values _KEYS lists (the first is the default): its declared value."""
+    accepted = _KEYS[key]
+    value = meta.get(key, accepted[0])
+    if not any(value == a and type(value) is type(a) for a in accepted):
+        raise TargetError(f"conformance[{key!r}]: expected {' or '.join(map(repr, accepted))}, got {value!r}")
+    return value
+
+
+def _axes(meta: dict, batch: bool) -> tuple:
+    """The declared axes of x and y: a permutation of T, B, F (of T, F without a batch dimension), as a
+    string "BFT" or a tuple; () when not declared (batch_major decides)."""
+    if "axes" not in meta:
+        return ()
+    value, want = meta["axes"], ("T", "B", "F") if batch else ("T", "F")
+    seq = tuple(value) if isinstance(value, (str, list, tuple)) else ()
+    if not all(isinstance(a, str) for a in seq) or sorted(seq) != sorted(want):
+        without = "" if batch else " (no batch dimension: conformance['batch'] is False)"
+        raise TargetError(f"conformance['axes']: expected a permutation of {', '.join(want)} (time, "
+                          f"{'batch, ' if batch else ''}features){without}, as a string {''.join(want)!r} or a tuple "
+                          f"{want!r}, got {value!r}")
+    if "batch_major" in meta and bool(meta["batch_major"]) != (seq.index("B") < seq.index("T")):
+        raise TargetError(f"conformance['batch_major'] is {meta['batch_major']!r} but conformance['axes'] is "
+                          f"{value!r}: declare one of them")
+    return seq
 
 
 def _flag(meta: dict, key: str, default: bool) -> bool:
@@ -310,7 +371,7 @@ def _gate_order(meta: dict, gates: tuple) -> tuple:
             return seq
     spelled = "".join(gates) if all(len(g) == 1 for g in gates) else gates
     also = (" (g, PyTorch's letter for the candidate, is accepted for our c"
-            + (": PyTorch's 'ifgo' is our 'ifco')" if sorted(gates) == sorted(LSTM_GATES) else ")")) if alias else ""
+            + (": PyTorch's 'ifgo' is our 'ifco')" if sorted(gates) == sorted("ifco") else ")")) if alias else ""
     raise TargetError(f"conformance['gate_order']: expected a permutation of the gates of the cell, as a string "
                       f"{spelled!r} or a tuple {gates!r}{also}, got {order!r}")
 
@@ -324,14 +385,34 @@ def _dummy(cell: str):
 
 
 def _layout(meta: dict, gates: tuple) -> Layout:
-    params = meta.get("params", "per_gate")
-    if params not in ("per_gate", "stacked"):
-        raise TargetError(f"conformance['params']: expected 'per_gate' or 'stacked', got {params!r}")
+    params = _choice(meta, "params")
     biases = meta.get("biases", 1)
     if biases not in (1, 2) or isinstance(biases, (bool, np.bool_)) or not isinstance(biases, (int, np.integer)):
         raise TargetError(f"conformance['biases']: expected 1 or 2, got {biases!r}")
-    return Layout(params, _gate_order(meta, gates), _flag(meta, "transposed", False), int(biases),
-                  _flag(meta, "batch_major", False))
+    if "concat" in meta and params != "combined":
+        raise TargetError(f"conformance['concat'] is for a combined kernel: declare \"params\": \"combined\" "
+                          f"(params is {params!r})")
+    batch, batch_major = _flag(meta, "batch", True), _flag(meta, "batch_major", False)
+    if batch_major and not batch:
+        raise TargetError("conformance['batch_major'] is True but conformance['batch'] is False (no batch "
+                          "dimension): declare 'axes' ('TF' or 'FT') instead")
+    return Layout(params, _gate_order(meta, gates), _flag(meta, "transposed", False), int(biases), batch_major,
+                  concat=_choice(meta, "concat"), bias_shape=_choice(meta, "bias_shape"), axes=_axes(meta, batch),
+                  batch=batch)
+
+
+def _input_size(params: dict) -> int:
+    """D: the input width of a cell's canonical parameters (W_g is (H, D))."""
+    return int(np.asarray(params[f"W_{gate_names(params)[0]}"]).shape[1])
+
+
+def _layout_words(lay: Layout) -> str:
+    """The new layout declarations, for a target's description (the header of the report)."""
+    words = [f"combined kernel over [{lay.concat[0]}; {lay.concat[1]}]" if lay.params == "combined" else "",
+             "biases as rows (1, n)" if lay.bias_shape == "row" else "",
+             f"x, y as ({', '.join(lay.seq_axes)})" if lay.axes else "",
+             "no batch dimension (declared): called once per batch element" if not lay.batch else ""]
+    return "".join(f", {w}" for w in words if w)
 
 
 def _text(meta: dict, key: str) -> str:
@@ -371,7 +452,7 @@ class ProtocolTarget(Target):
         params, bias_ih, states = _dummy(cell)
         self.cells = (cell,)
         self.layout = _layout(meta, gate_names(params))
-        self.biases = self.layout.biases
+        self.biases, self.batch = self.layout.biases, self.layout.batch
         self.dtypes = tuple(_names(meta, "dtypes", _DTYPES, '["float32", "float64"]') or _DTYPES)
         feats = set(_names(meta, "features", _FEATURES, '["reverse", "lengths"]') or ())
         has_backward = callable(getattr(obj, "backward", None))
@@ -379,6 +460,14 @@ class ProtocolTarget(Target):
             feats.add("gradients")
         self.features = frozenset(feats)
         self.initial_states = _flag(meta, "initial_states", True)
+        self.d_final = _flag(meta, "d_final", True)
+        self.loss = _choice(meta, "loss")
+        if not has_backward and ("d_final" in meta or "loss" in meta):
+            raise TargetError(f"conformance[{'d_final' if 'd_final' in meta else 'loss'!r}] describes the "
+                              "backward but the object has no `backward` method")
+        if not self.layout.batch and "lengths" in feats:
+            raise TargetError("conformance['features'] lists 'lengths' but conformance['batch'] is False: a target "
+                              "without a batch dimension gets one whole sequence per call (no lengths)")
         self.states = list(states)
         self.param_names = list(to_layout(params, self.layout, bias_ih))  # also checks the gate order
         self.grad_names = self.param_names + ["x"] + ([f"{s}0" for s in states] if self.initial_states else [])
@@ -401,7 +490,7 @@ class ProtocolTarget(Target):
         """The result quantities (``d W_f``, ``d x``, ...) the declared gradients give."""
         layout = to_layout(params, self.layout, bias_ih)
         canon = grads_from_layout({k: v for k, v in layout.items() if k in self.declared}, self.layout,
-                                  gate_names(params))
+                                  gate_names(params), input_size=_input_size(params))
         return {f"d {k}" for k in canon} | {f"d {k}" for k in self.declared if k not in layout}
 
     def _describe(self, meta: dict) -> str:
@@ -412,14 +501,18 @@ class ProtocolTarget(Target):
                 lay.gate_order else "") if spelled else " in the spec's gate order")
         return (f"user implementation, cell {self.cells[0]}, {lay.params} parameters"
                 + (said if lay.params == "stacked" else "")
-                + (", transposed" if lay.transposed else "") + f", {lay.biases} bias(es), "
-                + ("batch-major" if lay.batch_major else "time-major")
+                + (", transposed" if lay.transposed else "") + f", {lay.biases} bias(es)"
+                + ("" if lay.axes or not lay.batch else ", batch-major" if lay.batch_major else ", time-major")
                 + ("" if "gradients" in self.features else ", forward only")
                 + ("" if self.declared is None else f", gradients {', '.join(self.declared)} (declared)")
-                + ("" if self.initial_states else ", no initial states (declared)"))
+                + ("" if self.initial_states else ", no initial states (declared)")
+                + _layout_words(lay) + ("" if self.d_final else ", no cotangents on the final states (declared)")
+                + (", loss on the last output only (declared)" if self.loss == "last" else ""))
 
     def adapt(self, case: Case) -> Case:
-        return case if self.initial_states else replace(case, zero_states=True)
+        return replace(case, zero_states=case.zero_states or not self.initial_states,
+                       zero_d_final=case.zero_d_final or not self.d_final,
+                       last_output_loss=case.last_output_loss or self.loss == "last")
 
     def untested(self, quantities) -> list:
         """The quantities of ``quantities`` this target does not provide (its declaration says so)."""
@@ -427,10 +520,12 @@ class ProtocolTarget(Target):
             return []
         return [q for q in quantities if q.startswith("d ") and q not in self.provided]
 
-    def _kwargs(self, problem: Problem, slot: int) -> dict:
-        kw = {f"{s}0": problem.init[slot][s] for s in problem.states} if self.initial_states else {}
+    def _kwargs(self, problem: Problem, rows: slice) -> dict:
+        """The keyword arguments of ``forward``/``backward`` for the batch ``rows`` (all, or one element)."""
+        kw = {f"{s}0": state_to_layout(problem.init[0][s][rows], self.layout) for s in problem.states} \
+            if self.initial_states else {}
         if problem.lengths is not None:
-            kw["lengths"] = problem.lengths
+            kw["lengths"] = problem.lengths[rows]
         if problem.case.direction == "reverse":
             kw["reverse"] = True
         return kw
@@ -449,40 +544,77 @@ class ProtocolTarget(Target):
                 problem.extra.setdefault("mutations", []).append(f"{self.name}.{method} modified its argument {change}")
         return out
 
-    def _seq(self, a):
-        """A time-major sequence in the target's order (and back: the swap is its own inverse)."""
-        return np.ascontiguousarray(np.swapaxes(a, 0, 1)) if self.layout.batch_major else a
+    def _unseq(self, a: np.ndarray, what: str) -> np.ndarray:
+        """A returned sequence in the target's axes -> time-major (T, B, F). In the default axes a wrong
+        number of axes is left to the comparison (it reports the shape)."""
+        lay = self.layout
+        if lay.batch and lay.seq_axes == SEQ_AXES and a.ndim != 3:
+            return a
+        try:
+            return seq_from_layout(a, lay)
+        except LayoutError as exc:
+            raise TargetError(f"{self.name}.{what}: {exc}") from None
+
+    def _dy(self, problem: Problem, rows: slice) -> np.ndarray:
+        """The cotangent of y for the batch ``rows``, in the target's axes; with a loss on the last output
+        only, that of the last (valid) step, (B, H) like a state."""
+        dy = problem.dy[:, rows]
+        if self.loss != "last":
+            return seq_to_layout(dy, self.layout)
+        T, B = dy.shape[:2]
+        last = problem.lengths[rows] - 1 if problem.lengths is not None else np.full(B, T - 1)
+        return state_to_layout(np.ascontiguousarray(dy[last, np.arange(B)]), self.layout)
 
     def run(self, problem: Problem) -> dict:
-        """The forward's results, then the backward's. While the backward runs, ``problem.extra[FORWARD]``
+        """The forward's results, then the backward's; a target without a batch dimension is called once
+        per batch element and its results joined. While the backward runs, ``problem.extra[FORWARD]``
         holds (where, the forward's results): when the backward fails (raises, breaks the protocol), the
         runner still compares them (runner.invoke)."""
         params = to_layout(problem.params[0], self.layout, problem.bias_ih[0])
-        x = self._seq(problem.x)
-        res = self._forward(problem, params, x)
+        rows = [slice(None)] if self.batch else [slice(b, b + 1) for b in range(problem.x.shape[1])]
+        res = self._join([self._forward(problem, params, r) for r in rows], problem.states, "forward")
         if "gradients" not in self.features:
             return res
         problem.extra[FORWARD] = (f"{self.name}.backward", res)
-        return {**res, **self._backward(problem, params, x)}
+        return {**res, **self._join([self._backward(problem, params, r) for r in rows], problem.states, "backward")}
 
-    def _forward(self, problem: Problem, params: dict, x) -> dict:
-        out = self._call(problem, "forward", params, x, **self._kwargs(problem, 0))
+    def _join(self, parts: list, states, method: str) -> dict:
+        """The results of the batch elements (a target without a batch dimension) as one: sequences and
+        states joined on their batch axis, parameter gradients summed."""
+        if len(parts) == 1:
+            return parts[0]
+        if any(set(p) != set(parts[0]) for p in parts):
+            raise TargetError(f"{self.name}.{method}: different results for different batch elements")
+        batched = {"d x": 1, "y": 1} | {f"{s}_T": 0 for s in states} | {f"d {s}0": 0 for s in states}
+        out = {}
+        for k in parts[0]:
+            vals = [p[k] for p in parts]
+            try:
+                out[k] = np.concatenate(vals, axis=batched[k]) if k in batched else sum(vals[1:], vals[0])
+            except ValueError as exc:
+                raise TargetError(f"{self.name}.{method}: {k}: shapes differ between batch elements ({exc})") from None
+        return out
+
+    def _forward(self, problem: Problem, params: dict, rows: slice) -> dict:
+        x = seq_to_layout(problem.x[:, rows], self.layout)
+        out = self._call(problem, "forward", params, x, **self._kwargs(problem, rows))
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise TargetError(f"{self.name}.forward: expected (y, final states), got {_describe(out)}")
         y, final = out
         final = self._states(final, problem.states, "forward")
-        y = _result(y, f"{self.name}.forward: y")
-        if self.layout.batch_major and y.ndim != 3:
-            raise TargetError(f"{self.name}.forward: y has shape {y.shape}, expected (B, T, H) (batch_major)")
-        res = {"y": self._seq(y)}
+        res = {"y": self._unseq(_result(y, f"{self.name}.forward: y"), "forward: y")}
         for s in problem.states:
-            res[slot_key(f"{s}_T", "")] = _result(final[s], f"{self.name}.forward: final state {s}")
+            a = _result(final[s], f"{self.name}.forward: final state {s}")
+            res[slot_key(f"{s}_T", "")] = state_from_layout(a, self.layout)
         return res
 
-    def _backward(self, problem: Problem, params: dict, x) -> dict:
+    def _backward(self, problem: Problem, params: dict, rows: slice) -> dict:
         lay, states = self.layout, problem.states
-        g = self._call(problem, "backward", params, x, dy=self._seq(problem.dy), d_final=dict(problem.d_final[0]),
-                       **self._kwargs(problem, 0))
+        kw = self._kwargs(problem, rows)
+        if self.d_final:
+            kw["d_final"] = {s: state_to_layout(problem.d_final[0][s][rows], lay) for s in states}
+        x = seq_to_layout(problem.x[:, rows], lay)
+        g = self._call(problem, "backward", params, x, dy=self._dy(problem, rows), **kw)
         if not isinstance(g, dict):
             raise TargetError(f"{self.name}.backward: expected a dict of gradients, got {_describe(g)}")
         self._check_names(g)
@@ -490,16 +622,13 @@ class ProtocolTarget(Target):
         special = {"x"} | {f"{s}0" for s in states}
         try:
             canon = grads_from_layout({k: v for k, v in g.items() if k not in special}, lay,
-                                      gate_names(problem.params[0]))
+                                      gate_names(problem.params[0]), input_size=problem.x.shape[-1])
         except LayoutError as exc:
             raise TargetError(f"{self.name}.backward: {exc}") from exc
         res = {f"d {k}": v for k, v in canon.items()}
         if "x" in g:
-            if lay.batch_major and g["x"].ndim != 3:
-                raise TargetError(f"{self.name}.backward: gradient 'x' has shape {g['x'].shape}, expected "
-                                  "(B, T, D) (batch_major)")
-            res["d x"] = self._seq(g["x"])
-        res.update({f"d {s}0": g[f"{s}0"] for s in states if f"{s}0" in g})
+            res["d x"] = self._unseq(g["x"], "backward: gradient 'x'")
+        res.update({f"d {s}0": state_from_layout(g[f"{s}0"], lay) for s in states if f"{s}0" in g})
         return res
 
     def _check_names(self, g: dict) -> None:

@@ -199,32 +199,94 @@ def to_flax_gru(params: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- protocol
+SEQ_AXES = ("T", "B", "F")  # the canonical order of a sequence (x, y, dy, the gradient of x): time, batch, features
+
+
 @dataclass(frozen=True)
 class Layout:
     """How a user's implementation wants its arrays (the conformance protocol, conformance/PROTOCOL.md).
 
-    params: "per_gate" (W_f, U_f, b_f, ... as in the spec) or "stacked" (W, U, b with the gate blocks
-    of ``gate_order`` on the first axis); transposed: matrices as (in, out), i.e. W_g (D, H) or W
-    (D, nH); biases: 1 (b_g / b) or 2 (b_g_ih + b_g_hh / b_ih + b_hh, both added); batch_major: x and
-    y as (B, T, ...) instead of (T, B, ...). Parameters that are not W/U/b of a gate (peepholes, ...)
-    pass through unchanged."""
+    params: "per_gate" (W_f, U_f, b_f, ... as in the spec), "stacked" (W, U, b with the gate blocks
+    of ``gate_order`` on the first axis) or "combined" (one kernel W (nH, D+H) over the concatenated
+    input, [x; h] or [h; x] as ``concat`` says, and b); transposed: matrices as (in, out), i.e. W_g
+    (D, H), W (D, nH) or the combined W (D+H, nH); biases: 1 (b_g / b) or 2 (b_g_ih + b_g_hh / b_ih +
+    b_hh, both added); bias_shape: "vector" (nH,) / (H,) or "row" (1, nH) / (1, H); axes: x, y and
+    their cotangents as a permutation of ("T", "B", "F") (default: ("B", "T", "F") if batch_major,
+    else ("T", "B", "F")); batch: False for an implementation of one sequence, x (T, D) (axes then a
+    permutation of ("T", "F")) and the states (H,). Parameters that are not W/U/b of a gate
+    (peepholes, ...) pass through unchanged."""
 
     params: str = "per_gate"
     gate_order: tuple = ()
     transposed: bool = False
     biases: int = 1
     batch_major: bool = False
+    concat: str = "xh"
+    bias_shape: str = "vector"
+    axes: tuple = ()
+    batch: bool = True
 
     def __post_init__(self):
-        if self.params not in ("per_gate", "stacked"):
-            raise LayoutError(f"layout params: expected 'per_gate' or 'stacked', got {self.params!r}")
+        if self.params not in ("per_gate", "stacked", "combined"):
+            raise LayoutError(f"layout params: expected 'per_gate', 'stacked' or 'combined', got {self.params!r}")
         if self.biases not in (1, 2) or isinstance(self.biases, bool):
             raise LayoutError(f"layout biases: expected 1 or 2, got {self.biases!r}")
-        for flag in ("transposed", "batch_major"):
+        for flag in ("transposed", "batch_major", "batch"):
             if not isinstance(getattr(self, flag), (bool, np.bool_)):
                 raise LayoutError(f"layout {flag}: expected True or False, got {getattr(self, flag)!r}")
         if not isinstance(self.gate_order, (tuple, list)) or not all(isinstance(g, str) for g in self.gate_order):
             raise LayoutError(f"layout gate_order: expected a tuple of gate letters, got {self.gate_order!r}")
+        for key, accepted in (("concat", ("xh", "hx")), ("bias_shape", ("vector", "row"))):
+            if getattr(self, key) not in accepted:
+                raise LayoutError(f"layout {key}: expected {' or '.join(map(repr, accepted))}, got "
+                                  f"{getattr(self, key)!r}")
+        want = SEQ_AXES if self.batch else ("T", "F")
+        if self.axes and (not isinstance(self.axes, (tuple, list)) or sorted(self.axes) != sorted(want)):
+            raise LayoutError(f"layout axes: expected a permutation of {want}, got {self.axes!r}")
+
+    @property
+    def seq_axes(self) -> tuple:
+        """The order of x, y and their cotangents: a permutation of (T, B, F), or of (T, F) without a batch."""
+        if self.axes:
+            return tuple(self.axes)
+        order = ("B", "T", "F") if self.batch_major else SEQ_AXES
+        return order if self.batch else tuple(a for a in order if a != "B")
+
+
+def seq_to_layout(a, layout: Layout) -> np.ndarray:
+    """A time-major sequence (T, B, F) -> ``layout``'s axis order. Without a batch dimension (``layout.batch``
+    False) ``a`` is one batch element, (T, 1, F), and comes out without its batch axis."""
+    a = np.asarray(a)
+    if not layout.batch:
+        a = a[:, 0]
+    have = SEQ_AXES if layout.batch else ("T", "F")
+    return np.ascontiguousarray(np.transpose(a, [have.index(x) for x in layout.seq_axes]))
+
+
+def seq_from_layout(a, layout: Layout) -> np.ndarray:
+    """A sequence in ``layout``'s axis order -> time-major (T, B, F) (inverse of ``seq_to_layout``; (T, 1, F)
+    without a batch dimension). LayoutError when it has another number of axes."""
+    a = np.asarray(a)
+    order = layout.seq_axes
+    if a.ndim != len(order):
+        raise LayoutError(f"got shape {a.shape}, expected {len(order)} axes ({', '.join(order)})"
+                          f"{'' if layout.batch else ': one sequence, no batch dimension'}")
+    have = SEQ_AXES if layout.batch else ("T", "F")
+    a = np.transpose(a, [order.index(x) for x in have])
+    return a if layout.batch else a[:, None]
+
+
+def state_to_layout(a, layout: Layout) -> np.ndarray:
+    """A state or a state's cotangent (B, ...) -> ``layout``'s: the same, or (...) of the one batch
+    element without a batch dimension."""
+    a = np.asarray(a)
+    return a if layout.batch else np.ascontiguousarray(a[0])
+
+
+def state_from_layout(a, layout: Layout) -> np.ndarray:
+    """Inverse of ``state_to_layout``: (B, ...) (with B = 1 without a batch dimension)."""
+    a = np.asarray(a)
+    return a if layout.batch else a[None]
 
 
 def gate_names(param_names) -> tuple:
@@ -241,6 +303,17 @@ def _order(layout: Layout, gates) -> tuple:
     return order
 
 
+def _bias_out(a, layout: Layout) -> np.ndarray:
+    """A gate bias (n,) as ``layout`` shapes it: (n,) or the row (1, n)."""
+    return a.reshape(1, -1) if layout.bias_shape == "row" else a
+
+
+def _bias_in(a, layout: Layout) -> np.ndarray:
+    """A bias gradient in ``layout``'s shape -> (n,); any other shape is kept (the comparison reports it)."""
+    a = np.asarray(a)
+    return a[0] if layout.bias_shape == "row" and a.ndim == 2 and a.shape[0] == 1 else a
+
+
 def to_layout(params: dict, layout: Layout, bias_ih: dict | None = None) -> dict:
     """Canonical parameters -> the arrays of ``layout``. With two biases, ``bias_ih`` ({b_g: part})
     is the input-side part and the recurrent side gets the rest (default: all on the input side).
@@ -254,7 +327,6 @@ def to_layout(params: dict, layout: Layout, bias_ih: dict | None = None) -> dict
     kinds = [k for k in ("W", "U", "b") if gates and all(f"{k}_{g}" in params for g in gates)]
     gated = {f"{k}_{g}" for k in kinds for g in gates}
     out = {k: np.asarray(v) for k, v in params.items() if k not in gated}
-    t = (lambda a: a.T.copy()) if layout.transposed else (lambda a: a.copy())
     ih = {g: np.asarray((bias_ih or {}).get(f"b_{g}", params[f"b_{g}"])) for g in gates if f"b_{g}" in params}
     for g, part in ih.items():
         b = np.asarray(params[f"b_{g}"])
@@ -262,44 +334,83 @@ def to_layout(params: dict, layout: Layout, bias_ih: dict | None = None) -> dict
             raise LayoutError(f"bias_ih['b_{g}']: got shape {part.shape} and dtype {part.dtype}, expected {b.shape} "
                               f"and {b.dtype} like b_{g} (never broadcast or cast)")
     if layout.params == "per_gate":
-        for g in gates:
-            for k in kinds:
-                a = np.asarray(params[f"{k}_{g}"])
-                if k != "b":
-                    out[f"{k}_{g}"] = t(a)
-                elif layout.biases == 1:
-                    out[f"b_{g}"] = a.copy()
-                else:
-                    out[f"b_{g}_ih"], out[f"b_{g}_hh"] = ih[g].copy(), a - ih[g]
-        return out
+        return {**out, **_per_gate(params, layout, gates, kinds, ih)}
     if not gates:
-        raise LayoutError("stacked layout: the cell has no per-gate W_g parameters to stack; use per_gate")
-    order = _order(layout, gates)
-    for k in kinds:
-        if k != "b":
-            out[k] = t(np.concatenate(_blocks(params, k, order)))
-        elif layout.biases == 1:
-            out["b"] = np.concatenate(_blocks(params, "b", order))
-        else:
-            out["b_ih"] = np.concatenate([ih[g] for g in order])
-            out["b_hh"] = np.concatenate(_blocks(params, "b", order)) - out["b_ih"]
+        raise LayoutError(f"{layout.params} layout: the cell has no per-gate W_g parameters to stack; use per_gate")
+    return {**out, **_stacked(params, layout, _order(layout, gates), kinds, ih)}
+
+
+def _per_gate(params, layout: Layout, gates, kinds, ih) -> dict:
+    out = {}
+    for g in gates:
+        for k in kinds:
+            a = np.asarray(params[f"{k}_{g}"])
+            if k != "b":
+                out[f"{k}_{g}"] = a.T.copy() if layout.transposed else a.copy()
+            elif layout.biases == 1:
+                out[f"b_{g}"] = _bias_out(a.copy(), layout)
+            else:
+                out[f"b_{g}_ih"], out[f"b_{g}_hh"] = _bias_out(ih[g].copy(), layout), _bias_out(a - ih[g], layout)
     return out
 
 
-def grads_from_layout(grads: dict, layout: Layout, gates) -> dict:
+def _stacked(params, layout: Layout, order, kinds, ih) -> dict:
+    """W, U (or the combined W over [x; h] / [h; x]) and b (or b_ih, b_hh), gate blocks in ``order``."""
+    out = {k: np.concatenate(_blocks(params, k, order)) for k in kinds if k != "b"}
+    if layout.params == "combined":
+        if "W" not in out or "U" not in out:
+            raise LayoutError("combined layout: the cell has no W_g and U_g for every gate to combine")
+        out["W"] = np.concatenate([out["W"], out.pop("U")] if layout.concat == "xh" else [out.pop("U"), out["W"]],
+                                  axis=1)
+    if layout.transposed:
+        out = {k: v.T.copy() for k, v in out.items()}
+    if "b" in kinds and layout.biases == 1:
+        out["b"] = _bias_out(np.concatenate(_blocks(params, "b", order)), layout)
+    elif "b" in kinds:
+        b_ih = np.concatenate([ih[g] for g in order])
+        out["b_ih"] = _bias_out(b_ih, layout)
+        out["b_hh"] = _bias_out(np.concatenate(_blocks(params, "b", order)) - b_ih, layout)
+    return out
+
+
+def _uncombine(grads: dict, layout: Layout, input_size: int | None) -> dict:
+    """The gradient of a combined kernel (in its own orientation) -> W and U, also as (nH, D) / (nH, H)."""
+    if "W" not in grads:
+        return grads
+    if not isinstance(input_size, (int, np.integer)) or isinstance(input_size, bool):
+        raise LayoutError("combined layout: the input size D is needed to split the kernel (input_size=...)")
+    a = np.asarray(grads["W"])
+    a = a.T if layout.transposed else a
+    if a.ndim != 2 or a.shape[1] <= input_size:
+        raise LayoutError(f"gradient 'W': got shape {np.asarray(grads['W']).shape}, expected the combined kernel "
+                          f"{'(D+H, nH)' if layout.transposed else '(nH, D+H)'} with D = {input_size}")
+    cut = input_size if layout.concat == "xh" else a.shape[1] - input_size
+    first, second = a[:, :cut], a[:, cut:]
+    w, u = (first, second) if layout.concat == "xh" else (second, first)
+    out = {k: v for k, v in grads.items() if k != "W"}
+    out["W"], out["U"] = (w.T, u.T) if layout.transposed else (w, u)  # as a (transposed) stacked layout has them
+    return out
+
+
+def grads_from_layout(grads: dict, layout: Layout, gates, input_size: int | None = None) -> dict:
     """A target's parameter gradients in ``layout`` -> canonical names; with two biases the keys are
-    ``b_g(ih)`` and ``b_g(hh)`` (each should equal the canonical gradient of b_g)."""
+    ``b_g(ih)`` and ``b_g(hh)`` (each should equal the canonical gradient of b_g). A combined kernel
+    needs ``input_size`` (D) to be split into the W and U parts."""
     t = (lambda a: np.asarray(a).T) if layout.transposed else np.asarray
     out = {}
     if layout.params == "per_gate":
         for k, v in grads.items():
             if k.startswith(("W_", "U_")) and k[2:] in gates:
                 out[k] = t(v)
-            elif k.endswith(("_ih", "_hh")) and k.startswith("b_") and layout.biases == 2:
-                out[f"{k[:-3]}({k[-2:]})"] = np.asarray(v)
+            elif k.endswith(("_ih", "_hh")) and k.startswith("b_") and layout.biases == 2 and k[2:-3] in gates:
+                out[f"{k[:-3]}({k[-2:]})"] = _bias_in(v, layout)
+            elif k.startswith("b_") and k[2:] in gates:
+                out[k] = _bias_in(v, layout)
             else:
                 out[k] = np.asarray(v)
         return out
+    if layout.params == "combined":
+        grads = _uncombine(grads, layout, input_size)
     order = _order(layout, gates)
     n = len(order)
     stacked = {"W": "W", "U": "U"}
@@ -308,8 +419,8 @@ def grads_from_layout(grads: dict, layout: Layout, gates) -> dict:
         if k not in stacked:
             out[k] = np.asarray(v)
             continue
-        a = t(v)
-        if a.shape[0] % n:
+        a = _bias_in(v, layout) if k.startswith("b") else t(v)
+        if a.ndim == 0 or a.shape[0] % n:
             raise LayoutError(f"gradient {k!r}: got shape {np.asarray(v).shape}, expected {n} gate blocks")
         for g, blk in zip(order, np.split(a, n, axis=0), strict=True):
             name = f"{stacked[k]}_{g}"
