@@ -31,10 +31,10 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lstm_spec.spec import load
 from lstm_spec.spec.language import Call, Name, children
 
 from . import formulas
+from .catalogue import spec as load  # the parsed spec, read once per build
 
 # one colour per carried state: cell states in warm colours, the others in cool ones
 CELL_COLOURS = ("#d62728", "#ff7f0e", "#8c564b")
