@@ -117,6 +117,7 @@ def test_pages_embed_their_figures():
     assert out.startswith('<figure class="lstm-figure" data-figure="graph"') and "<svg" in out
     assert "\n\n" not in out, "a blank line would end the raw HTML block in Markdown"
     assert "<?xml" not in out and 'id="graph-gru_reset_after-node1"' in out  # ids unique on the page
+    assert "<title>" not in out and 'class="node" data-name="h[t&#45;1]"' in out  # no DOT ids as page text
 
 
 def test_without_dot_the_build_stops_with_a_clear_message(monkeypatch, tmp_path):

@@ -101,9 +101,11 @@ def prerender(sources: list[str]) -> None:
 
 
 def inline_svg(svg: str, prefix: str) -> str:
-    """dot's SVG made fit for inlining: no XML prologue, ids unique on the page, a natural width that
-    shrinks (keeping its proportions) on a narrow screen."""
+    """dot's SVG made fit for inlining: no XML prologue, no <title> text (the DOT ids move to data-name),
+    ids unique on the page, a natural width that shrinks (keeping its proportions) on a narrow screen."""
     svg = svg[svg.index("<svg"):]
+    # a node's or edge's <title> (its DOT id, e.g. h[t-1]->z_f) would be text on the page: kept as an attribute
+    svg = re.sub(r'(<g id="[^"]*" class="(?:node|edge|graph)"[^>]*)>\s*<title>(.*?)</title>', r'\1 data-name="\2">', svg)
     svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}-{m.group(1)}"', svg)
     m = re.search(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"', svg)
     if m:
