@@ -249,26 +249,50 @@ def test_code_keeps_the_derivations_statements(derivations):
 
 
 # ----------------------------------------------------------------------------------------- check (a)
-@pytest.mark.parametrize("derivative", ["reverse", "sympy"])
-def test_check_a_proves_the_displayed_statements_and_catches_a_wrong_one(derivations, monkeypatch, derivative):
+def _planted(honest, quantity):
+    """textbook_statements with the statement of δ<quantity> doubled: a wrong display, a right derivation."""
+    def planted(d):
+        out = honest(d)
+        k = next(i for i, st in enumerate(out) if d.symbols.info[d.symbols.info[st.target].of].name == quantity)
+        out[k] = type(out[k])(out[k].target, out[k].kind, out[k].elementwise * 2, out[k].matvec, out[k].outer)
+        return out
+    return planted
+
+
+@pytest.mark.parametrize(("cell", "quantity", "derivative"), [("lstm_softmax_ce", "a", "reverse"),
+                                                              ("rnn_tanh", "z", "sympy")])
+def test_check_a_proves_the_displayed_statements_and_catches_a_wrong_one(derivations, monkeypatch, cell, quantity,
+                                                                         derivative):
     """(a) evaluates each displayed statement on the explicit step and compares it with the derived one; a
-    planted error in the display (not in the derivation) is reported as 'shown <name>'."""
+    planted error in the display (not in the derivation) is reported as 'shown <name>', on both of (a)'s paths
+    (sympy.diff: `verify --proof`; the tape: `verify`)."""
     from lstm_spec.checks import symbolic
     from lstm_spec.derivations import render
 
-    d = derivations["lstm_softmax_ce"]
+    d = derivations[cell]
     assert symbolic.check_step(d, exact="points", derivative=derivative)["error"] == 0
-    honest = render.textbook_statements
-
-    def planted(dd):
-        out = honest(dd)
-        k = next(i for i, st in enumerate(out) if dd.symbols.info[st.target].name == "a")
-        out[k] = type(out[k])(out[k].target, out[k].kind, out[k].elementwise * 2, out[k].matvec, out[k].outer)
-        return out
-
-    monkeypatch.setattr(render, "textbook_statements", planted)
+    monkeypatch.setattr(render, "textbook_statements", _planted(render.textbook_statements, quantity))
     res = symbolic.check_step(d, exact="points", derivative=derivative)
-    assert res["error"] == 1 and res["failures"] == ["shown a"], res
+    assert res["error"] == 1 and res["failures"] == [f"shown {quantity}"], res
+
+
+def test_the_displayed_loss_layer_is_proved_by_expansion(derivations, monkeypatch):
+    """The proof path (exact="expand", what `verify --proof` uses) on the statements the display rewrites most:
+    softmax cross-entropy's closed form and the GRU's inlined temporary; a planted error is not proved."""
+    from lstm_spec.checks import symbolic
+    from lstm_spec.derivations import render
+
+    for cell, quantity in (("lstm_softmax_ce", "a"), ("gru_reset_after", "a_z"), ("lstm_layer_norm", "mh")):
+        d = derivations[cell]
+        sizes = symbolic._default_sizes(d.cell)
+        inputs, prev, seeds = symbolic._step_leaves(d, sizes, symbolic.SYMPY)
+        base = symbolic.ExplicitStep(d, sizes).run(inputs, prev)
+        derived = symbolic._derived_step(d, base, seeds, symbolic.SYMPY)
+        same = symbolic.comparator("expand")
+        assert symbolic.displayed_differ(d, derived, same) == [], cell
+        with monkeypatch.context() as m:
+            m.setattr(render, "textbook_statements", _planted(render.textbook_statements, quantity))
+            assert symbolic.displayed_differ(d, derived, same) == [f"shown {quantity}"], cell
 
 
 def test_check_a_proves_every_cells_display(derivations):
