@@ -127,7 +127,10 @@ def test_without_dot_the_build_stops_with_a_clear_message(monkeypatch, tmp_path)
     with pytest.raises(RuntimeError, match="derivation.md: directive .*figure graph lstm.*apt-get install graphviz"):
         site.expand_page("<!-- lstm-spec: figure graph lstm -->", "derivation.md")
     with pytest.raises(figures.FigureError):
-        figures.prerender(figures.all_sources())
+        figures.prerender(figures.all_sources())  # what on_files calls: the build stops there
+    from mkdocs.exceptions import BuildError
+
+    assert issubclass(figures.FigureError, BuildError)  # MkDocs prints its message alone and exits with 1
 
 
 def test_a_drawn_figure_is_cached_by_its_source(monkeypatch, tmp_path):

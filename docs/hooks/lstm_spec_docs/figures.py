@@ -48,7 +48,13 @@ INSTALL_HINT = ("Graphviz's dot was not found on PATH; the documentation draws i
                 "graphviz) and build again")
 
 
-class FigureError(RuntimeError):
+try:  # under MkDocs a PluginError stops the build with its message alone, no traceback
+    from mkdocs.exceptions import PluginError as _BuildStop
+except ImportError:  # pragma: no cover - the hooks without MkDocs (a script, a test)
+    _BuildStop = RuntimeError
+
+
+class FigureError(_BuildStop):
     """A figure could not be drawn (dot missing or failing): the build stops with this message."""
 
 
@@ -100,12 +106,15 @@ def prerender(sources: list[str]) -> None:
         list(pool.map(render, todo))
 
 
+TITLE = re.compile(r'(<g id="[^"]*" class="(?:node|edge|graph)"[^>]*)>\s*<title>(.*?)</title>')
+
+
 def inline_svg(svg: str, prefix: str) -> str:
     """dot's SVG made fit for inlining: no XML prologue, no <title> text (the DOT ids move to data-name),
     ids unique on the page, a natural width that shrinks (keeping its proportions) on a narrow screen."""
     svg = svg[svg.index("<svg"):]
     # a node's or edge's <title> (its DOT id, e.g. h[t-1]->z_f) would be text on the page: kept as an attribute
-    svg = re.sub(r'(<g id="[^"]*" class="(?:node|edge|graph)"[^>]*)>\s*<title>(.*?)</title>', r'\1 data-name="\2">', svg)
+    svg = TITLE.sub(r'\1 data-name="\2">', svg)
     svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}-{m.group(1)}"', svg)
     m = re.search(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"', svg)
     if m:
