@@ -149,3 +149,19 @@ def test_a_drawn_figure_is_cached_by_its_source(monkeypatch, tmp_path):
     assert figures.render(source) == first  # from the cache
     with pytest.raises(DotRan):  # a different source is drawn again
         figures.render(source.replace("cache test", "changed"))
+
+
+@pytest.mark.slow
+def test_every_built_cell_page_shows_its_graph_with_the_spec_names():
+    from lstm_spec_docs import testing
+
+    out = testing.built_site()
+    for name in builtin_cells():
+        text = (out / "cells" / name / "index.html").read_text(encoding="utf-8")
+        m = re.search(rf'<figure class="lstm-figure" data-figure="graph" data-name="{name}".*?</figure>', text, re.S)
+        assert m and "<svg" in m.group(0), f"cells/{name}: no step graph"
+        shown = {html.unescape(n) for n in re.findall(r'class="node" data-name="([^"]*)"', m.group(0))}
+        cell = load(name)
+        assert set(cell.parameters) | {eq.lhs for eq in cell.equations} <= shown, f"cells/{name}: names missing"
+    for page, kind in (("derivation", "graph"), ("truncated-bptt", "unrolled"), ("layouts", "layouts")):
+        assert f'data-figure="{kind}"' in (out / page / "index.html").read_text(encoding="utf-8"), page
