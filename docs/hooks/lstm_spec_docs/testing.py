@@ -65,7 +65,7 @@ def expected_section(d, sec: str) -> list[tuple[str, str]]:
         plain = [r.target for r in forward_equations(d, latex=False) if r.kind != "aux"]
         return list(zip(plain, [str(r) for r in forward_equations(d, latex=True)], strict=True))
     if sec == "backward":
-        plain = [r.target for r in backward_equations(d, latex=False)]
+        plain = [r.target for r in backward_equations(d, latex=False, textbook=True)]
         return list(zip(plain, [str(r) for r in backward_equations(d, latex=True)], strict=True))
     return formulas.section(d, sec)
 
