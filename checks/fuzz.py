@@ -1,6 +1,6 @@
 """Fuzzing the spec loader: spec files are untrusted input.
 
-``python -m lstm_spec.spec.fuzz --n 10000 --seed 0`` writes N generated spec files, loads each one and
+``python -m lstm_spec.checks.fuzz --n 10000 --seed 0`` writes N generated spec files, loads each one and
 counts how it ends: accepted, rejected with a :class:`SpecError`, or a *crash* (any other exception, or
 a file that takes longer than ``--timeout`` seconds). Accepted specs are pushed further: a sample of
 them (``--derive-every``) is derived, turned into a module by the code generator, compiled, and run
@@ -41,8 +41,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cells import SPEC_DIR, load_file
-from .language import SpecError
+from lstm_spec.spec.cells import SPEC_DIR, load_file
+from lstm_spec.spec.language import SpecError
+
+from .tolerances import tolerance
 
 HOSTILE = [
     "__class__", "__import__", "__builtins__", "eval(", "exec(", "import", "os.system", ".real", "x.T",
@@ -273,7 +275,7 @@ def time_limit(seconds: float):
 
 
 CS_SHAPES = [(1, 1, 3, 2), (3, 2, 2, 3), (2, 3, 4, 2)]  # (T, B, D, H): several lengths and batch sizes
-CS_TOL = 1e-7  # complex step agrees with a right gradient to ~1e-13; a wrong one is off by far more
+CS_TOL = tolerance("fuzz_complex_step", "complex128")  # the table says why
 
 
 class GradientMismatch(Exception):
@@ -291,10 +293,11 @@ def push_further(cell, run: bool = True, stage: list | None = None, cs_tol: floa
     outcome = {} if outcome is None else outcome
     import numpy as np
 
-    from lstm_spec.checks import cases
-    from lstm_spec.checks.mutants import load_module
     from lstm_spec.derivations import derive
     from lstm_spec.derivations.codegen import generate_module
+
+    from . import cases
+    from .mutants import load_module
 
     stage.append("derive")
     derivation = derive(cell)
@@ -326,8 +329,8 @@ def _check_gradients(module, tol: float, outcome: dict) -> None:
     the random cell's polynomial, not an error of the derivation) or lies near a clip's kink."""
     import numpy as np
 
-    from lstm_spec.checks import cases
-    from lstm_spec.checks.numeric import check_derivatives
+    from . import cases
+    from .numeric import check_derivatives
 
     result = check_derivatives(module, "complex_step", shapes=CS_SHAPES, seed=0)
     outcome["cs_error"] = result["error"]
@@ -371,7 +374,7 @@ def digests_in_another_process(paths, seed: str, timeout: float = 3600) -> dict[
     import json
     import subprocess
 
-    code = ("import json, sys; from lstm_spec.spec.fuzz import generated_digests; "
+    code = ("import json, sys; from lstm_spec.checks.fuzz import generated_digests; "
             "print(json.dumps(generated_digests(sys.argv[1:])))")
     out = subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True,
                          timeout=timeout, env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
@@ -516,7 +519,7 @@ def _save(crash_dir: Path, label: str, data: bytes, details: str, stage: str) ->
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lstm_spec.spec.fuzz", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lstm_spec.checks.fuzz", description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1000, help="number of generated spec files (default 1000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--derive-every", type=int, default=10,

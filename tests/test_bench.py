@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ from lstm_spec.bench import problem as pr
 from lstm_spec.bench import report
 from lstm_spec.bench.runner import Bench, compare_grads, summary, time_command
 from lstm_spec.bench.worker import CLASSES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "hooks"))
+from lstm_spec_docs import bench_page  # noqa: E402 - the docs hooks are not a package of lstm_spec: on the path above
 
 
 def cli(*args, timeout=300):
@@ -56,13 +60,13 @@ def test_quick_runs_and_every_point_agrees_with_the_reference(quick):
 def test_rendering_the_json_as_tables_and_a_plot(quick):
     _, path = quick
     data = report.load(path)
-    md = report.markdown_table(data)
+    md = bench_page.markdown_table(data)
     lines = md.splitlines()
     assert len(lines) == 2 + len(data["points"])
     assert all(line.count("|") == lines[0].count("|") for line in lines)
     assert "T=16 B=32 D=H=32 float64" in md
-    assert report.plot_svg(data).startswith(b"<?xml")
-    assert "float64, B >= 32" in report.targets_markdown(data)
+    assert bench_page.plot_svg(data).startswith(b"<?xml")
+    assert "float64, B >= 32" in bench_page.targets_markdown(data)
     res = cli("--render", str(path))
     assert res.returncode == 0 and "x jax" in res.stdout, res.stderr
 
@@ -72,7 +76,7 @@ def test_a_skipped_point_is_listed_with_its_reason(quick):
     data = report.load(path)
     data["points"].append({"point": pr.Point(512, 128, 1024, 1024, "float64").as_dict(), "label": "big",
                            "status": "skipped", "reason": "estimated 900 s > --max-seconds 60", "flops": 1})
-    assert "| big | skipped: estimated 900 s > --max-seconds 60 |" in report.markdown_table(data)
+    assert "| big | skipped: estimated 900 s > --max-seconds 60 |" in bench_page.markdown_table(data)
     last = report.text_table(data).splitlines()[-1]
     assert last.startswith("big ") and last.endswith("  skipped: estimated 900 s > --max-seconds 60")
 
@@ -128,7 +132,7 @@ def test_the_mismatch_status_fails_the_command(monkeypatch):
         rec = b.measure(pr.Point(2, 1, 3, 3, "float64"))
     assert rec["status"] == "mismatch" and "torch" in rec["reason"]
     data = {"meta": {}, "points": [rec]}
-    assert "MISMATCH" in report.markdown_table(data)
+    assert "MISMATCH" in bench_page.markdown_table(data)
 
 
 def test_points_over_budget_are_skipped_with_a_reason():
@@ -202,7 +206,7 @@ def test_profile_splits_the_reference_time_and_names_the_floor(tmp_path):
     assert sum(r["parts"].values()) == pytest.approx(r["total"])
     assert all(r["parts"][k] > 0 for k in ("input", "params", "recurrent", "activations"))
     assert r["floor"] > 0 and r["gemm_gflops"] > 0
-    table = report.directive("bench-profile", path)  # the docs' table of it
+    table = bench_page.directive("bench-profile", path)  # the docs' table of it
     assert "T=3 B=2 D=H=8 float64" in table and "recurrent products" in table
     bad = cli("--profile", "--quick")
     assert bad.returncode != 0 and "choose one" in bad.stderr

@@ -6,8 +6,8 @@ import re
 
 import sympy
 
+from lstm_spec.checks import fuzz as spec_fuzz
 from lstm_spec.derivations import names, reverse
-from lstm_spec.spec import fuzz as spec_fuzz
 
 
 def _run(tmp_path, **kw):

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 
 from lstm_spec.checks import cases
+from lstm_spec.checks import fuzz as spec_fuzz
 from lstm_spec.checks.mutants import load_module
 from lstm_spec.checks.numeric import check_derivatives
 from lstm_spec.derivations import derive
 from lstm_spec.derivations.codegen import CodegenError, generate_module
 from lstm_spec.spec import SpecError, load
-from lstm_spec.spec import fuzz as spec_fuzz
 from lstm_spec.spec.cells import SPEC_DIR
 
 from .conftest import write_spec

@@ -224,9 +224,9 @@ def expand(args: list[str]) -> str:
             return f"[{catalogue.title_html(rest[0])}]({prefix}cells/{rest[0]}.md) (`{rest[0]}`)"
         return f"`{rest[0]}` (not in this build)"
     if what.startswith("bench-"):  # bench-table|bench-targets|bench-tools|bench-meta JSON: lstm-spec bench results
-        from lstm_spec.bench import report as bench_report
+        from . import bench_page
 
-        return bench_report.directive(what, ROOT / rest[0])
+        return bench_page.directive(what, ROOT / rest[0])
     if what == "cells":
         return catalogue.families_md()
     if what == "quickstart":
@@ -295,9 +295,9 @@ def on_files(files, config):
         files.append(File.generated(config, uri, content=text))
     files.append(File.generated(config, "img/gradient-flow.svg", content=numbers.plot_flow()))
     files.append(File.generated(config, "img/eigenvalues.svg", content=numbers.plot_eigen()))
-    from lstm_spec.bench import report as bench_report  # the plot of the committed lstm-spec bench result
+    from . import bench_page  # the plot of the committed lstm-spec bench result
 
-    files.append(File.generated(config, "img/bench.svg", content=bench_report.plot_svg(bench_report.load(BENCH_JSON))))
+    files.append(File.generated(config, "img/bench.svg", content=bench_page.plot_svg(bench_page.load(BENCH_JSON))))
     files.append(File.generated(config, "assets/mathjax/tex-svg-full.js", abs_src_path=mathjax_file()))
     files.append(File.generated(config, "img/exploding-gradients.svg", content=student.plot_explode()))
     figures.prerender(figures.all_sources())  # dot, in parallel, for the figures not yet cached
