@@ -261,22 +261,36 @@ def _node_edits(src: Source, node, in_loop: bool):
                     yield "another gate's quantity", ast.Name(other, ast.Load())
 
 
-def _activation_edits(node):
-    """X * (1 - X) [times what comes before] -> 1 or the derivative at the output."""
+def _derivative(node):
+    """(generated function, incoming adjoint L, activation output Y) when ``node`` is an activation's derivative
+    written from its output, as the derived backward writes it: ``L * Y * (1 - Y)`` (sigmoid) or
+    ``L * (1 - Y**2)`` (tanh); else None."""
+    if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult)):
+        return None
     r = node.right
     if not (isinstance(r, ast.BinOp) and isinstance(r.op, ast.Sub) and isinstance(r.left, ast.Constant)
             and r.left.value == 1):
-        return
-    u = ast.unparse
-    if isinstance(r.right, ast.BinOp) and isinstance(r.right.op, ast.Pow):  # tanh: 1 - X**2
-        x = r.right.left
-        yield "activation derivative at the output", _e(f"{u(node.left)} * (1 - np.tanh({u(x)})**2)")
-        return
+        return None
+    if isinstance(r.right, ast.BinOp) and isinstance(r.right.op, ast.Pow):
+        return "tanh", node.left, r.right.left
     left = node.left
     if isinstance(left, ast.BinOp) and isinstance(left.op, ast.Mult) and _same(left.right, r.right):
-        x = u(r.right)
-        yield "activation derivative replaced by 1", left.left
-        yield "activation derivative at the output", _e(f"{u(left.left)} * sigmoid(1 * {x}) * (1 - sigmoid(1 * {x}))")
+        return "sigmoid", left.left, r.right
+    return None
+
+
+def _activation_edits(node):
+    """X * (1 - X) [times what comes before] -> 1 or the derivative at the output."""
+    d = _derivative(node)
+    if d is None:
+        return
+    u = ast.unparse
+    fn, adjoint, y = d
+    if fn == "tanh":
+        yield "activation derivative at the output", _e(f"{u(adjoint)} * (1 - np.tanh({u(y)})**2)")
+        return
+    yield "activation derivative replaced by 1", adjoint
+    yield "activation derivative at the output", _e(f"{u(adjoint)} * sigmoid(1 * {u(y)}) * (1 - sigmoid(1 * {u(y)}))")
 
 
 def _stack_edits(src: Source, a, s, build):
@@ -322,11 +336,13 @@ def _line_edits(src: Source, k: int, in_loop: bool):
     if isinstance(stmt, ast.Assign):
         roots = [stmt.value]
     elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
-        call = stmt.value
-        roots = list(call.args)
-        out = next((kw.value for kw in call.keywords if kw.arg == "out"), None)
-        if out is not None and call.args:  # the activation replaced by the identity
-            yield "activation removed", f"{indent}np.copyto({ast.unparse(out)}, {ast.unparse(call.args[0])})"
+        roots = list(stmt.value.args)
+        act = _activation_call(line)
+        if act is not None:  # the activation replaced by the identity, or by a hard variant
+            yield "activation removed", _variant_line(line, act, "{z}")
+            for name, value, _ in ACTIVATION_VARIANTS.get(act[0], ()):
+                if name != LINEAR:
+                    yield f"{name} instead of {_spec_function(src, k, act[0])}", _variant_line(line, act, value)
     else:
         return
     for root in roots:
@@ -335,6 +351,166 @@ def _line_edits(src: Source, k: int, in_loop: bool):
                 continue
             for kind, rep in _node_edits(src, node, in_loop):
                 yield kind, indent + ast.unparse(_replace(tree, node, rep))
+
+
+# ------------------------------------------------------------------------- hard and linear activations
+LINEAR = "linear (identity)"
+# generated function -> (variant, its value at the argument {z}, its derivative from the output {y}; None: 1)
+ACTIVATION_VARIANTS = {
+    "sigmoid": (("hard sigmoid clip(0.2 z + 0.5, 0, 1) (Keras 2 hard_sigmoid)", "np.clip(0.2 * {z} + 0.5, 0, 1)",
+                 "0.2 * (({y} > 0) & ({y} < 1))"),
+                ("hard sigmoid clip(z / 6 + 0.5, 0, 1) (PyTorch hardsigmoid, Keras 3 hard_sigmoid)",
+                 "np.clip({z} / 6 + 0.5, 0, 1)", "(({y} > 0) & ({y} < 1)) / 6"),
+                (LINEAR, "{z}", None)),
+    "tanh": (("hard tanh clip(z, -1, 1)", "np.clip({z}, -1, 1)", "1.0 * (({y} > -1) & ({y} < 1))"),
+             (LINEAR, "{z}", None)),
+}
+
+
+def _activation_call(line: str):
+    """(function, argument, output) of a generated activation line ``f(z, out=y[t])``; None otherwise."""
+    try:
+        stmt = ast.parse(line.strip()).body[0]
+    except SyntaxError:
+        return None
+    if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and stmt.value.args):
+        return None
+    out = next((kw.value for kw in stmt.value.keywords if kw.arg == "out"), None)
+    return None if out is None else (ast.unparse(stmt.value.func), stmt.value.args[0], out)
+
+
+def _variant_line(line: str, act, value: str) -> str:
+    """The activation line ``line`` computing ``value`` ({z}: its argument) into its output instead."""
+    indent = line[: len(line) - len(line.lstrip())]
+    return f"{indent}np.copyto({ast.unparse(act[2])}, {value.format(z=ast.unparse(act[1]))})"
+
+
+def _spec_function(src: Source, k: int, fn: str) -> str:
+    """The spec's name of the function generated line ``k`` applies ('sigma' for sigmoid), from its statement."""
+    rhs = statement_of(src, k).partition(" = ")[2]
+    name = rhs.partition("(")[0]
+    return name if name.isidentifier() else fn
+
+
+def _derivative_sites(src: Source, out) -> list:
+    """(line, node, adjoint) of the backward's derivatives of the activation whose output is ``out``."""
+    found = []
+    for k in src.backward_loop:
+        try:
+            tree = ast.parse(src.lines[k].strip())
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            d = _derivative(node)
+            if d is not None and _same(d[2], out):
+                found.append((k, tree, node, d[1]))
+    return found
+
+
+def _variant_edits(src: Source, k: int, act, back: list, value: str, deriv: str | None) -> list:
+    """The edits of one activation site: its forward line, and each backward derivative of it."""
+    edits = [(k, _variant_line(src.lines[k], act, value))]
+    for kb, tree, node, adjoint in back:
+        rep = adjoint if deriv is None else _e(f"{ast.unparse(adjoint)} * ({deriv.format(y=ast.unparse(act[2]))})")
+        line = src.lines[kb]
+        edits.append((kb, line[: len(line) - len(line.lstrip())] + ast.unparse(_replace(tree, node, rep))))
+    return edits
+
+
+def _activations(src: Source, add):
+    """An activation replaced by a hard or linear variant in the forward and, consistently, its derivative in
+    the backward (which the derivation writes from the activation's output): at one site, and at every site of
+    the function at once (Keras' recurrent_activation is every gate's)."""
+    sites: dict = {}
+    for k in src.forward_loop:
+        act = _activation_call(src.lines[k])
+        if act is not None and act[0] in ACTIVATION_VARIANTS:
+            back = _derivative_sites(src, act[2])
+            if back and len({kb for kb, *_ in back}) == len(back):
+                sites.setdefault(act[0], []).append((k, act, back))
+    for fn, found in sites.items():
+        spec = _spec_function(src, found[0][0], fn)
+        for name, value, deriv in ACTIVATION_VARIANTS[fn]:
+            every = []
+            for k, act, back in found:
+                edits = _variant_edits(src, k, act, back, value, deriv)
+                every += edits
+                add(f"{name} instead of {_spec_function(src, k, fn)}, its derivative too", "forward", k, edits)
+            if len(found) > 1 and len({j for j, _ in every}) == len(every):
+                add(f"{name} instead of every {spec}, its derivative too", "forward", found[0][0], sorted(every))
+
+
+# -------------------------------------------------------------------------- conventions with a constant
+FITTED = "_FITTED"  # the module-level name a fitted constant is read from
+
+
+def _fitted_edits(src: Source, convention: str):
+    """(edits, the spec's value) making one constant of the module a free one, read from ``FITTED``: 'clip'
+    every clip bound (the forward's clip and the backward's clip_mask); 'eps' the epsilon of rsqrt(v + eps);
+    'eps outside' that epsilon added to the square root, 1 / (sqrt(v) + eps), the backward's derivative of
+    s = rsqrt(...), -s**3 / 2, made the one of that form, -s**3 / (2 (1 - eps s)). None without such constant."""
+    values, outputs, edits = [], [], []
+
+    class Free(ast.NodeTransformer):
+        def visit_Call(self, node):
+            self.generic_visit(node)
+            name = ast.unparse(node.func)
+            if convention == "clip" and name in ("clip", "clip_mask") and len(node.args) == 2:
+                values.append(node.args[1])
+                node.args[1] = ast.Name(FITTED, ast.Load())
+            elif convention.startswith("eps") and name == "rsqrt" and isinstance(node.args[0], ast.BinOp) \
+                    and isinstance(node.args[0].op, ast.Add):
+                v, eps = node.args[0].left, node.args[0].right
+                values.append(eps)
+                if convention == "eps":
+                    return _e(f"rsqrt({ast.unparse(v)} + {FITTED})")
+                return _e(f"(1 / (np.sqrt({ast.unparse(v)}) + {FITTED}))")
+            return node
+
+    class Derivative(ast.NodeTransformer):
+        def visit_BinOp(self, node):
+            self.generic_visit(node)
+            if isinstance(node.op, ast.Pow) and ast.unparse(node.right) == "3" and \
+                    ast.unparse(node.left) in outputs:
+                return _e(f"({ast.unparse(node)} / (1 - {FITTED} * {ast.unparse(node.left)}))")
+            return node
+
+    for k in src.forward_loop + src.backward_loop:
+        line = src.lines[k]
+        try:
+            tree = ast.parse(line.strip())
+        except SyntaxError:
+            continue
+        before = len(values)
+        new = Free().visit(tree) if k in src.forward_loop or convention == "clip" else tree
+        if len(values) > before and isinstance(tree.body[0], ast.Assign) and k in src.forward_loop:
+            outputs.append(ast.unparse(tree.body[0].targets[0]))
+        if convention == "eps outside" and k in src.backward_loop:
+            new = Derivative().visit(new)
+        text = ast.unparse(ast.fix_missing_locations(new))
+        if text != ast.unparse(ast.parse(line.strip())):
+            edits.append((k, line[: len(line) - len(line.lstrip())] + text))
+    spec = {ast.unparse(v) for v in values}
+    if not values or len(spec) > 1:
+        return None
+    names = {**vars(src.module), **(getattr(src.module.SIGNATURE, "constants", None) or {})}  # a named constant
+    return tuple(edits), float(eval(spec.pop(), names))  # noqa: S307 - an expression of our own generated module
+
+
+def fitted_module(module, convention: str, value: float):
+    """(the reference with the constant of ``convention`` (see :func:`_fitted_edits`) set to ``value``, the spec's
+    value); None when the module has no such constant."""
+    key = ("fitted", module.__name__, convention)
+    if key not in _MODULES:
+        _MODULES[key] = _fitted_edits(source(module), convention)
+    found = _MODULES[key]
+    if found is None:
+        return None
+    mod = mutant(module, found[0])
+    if mod is None:
+        return None
+    setattr(mod, FITTED, value)
+    return mod, found[1]
 
 
 # ------------------------------------------------------------------------------------- the mutations
@@ -351,9 +527,13 @@ def mutations(module) -> list[Mutation]:
         if (tuple(edits)) in seen:
             return
         seen.add(tuple(edits))
+        old, shown = src.lines[k], new
+        if len(edits) > 1:  # several lines: shown on one
+            old, shown = (" ; ".join(t.strip() for t in texts) for texts in ([src.lines[j] for j, _ in edits],
+                                                                              [t for _, t in edits]))
         for v in variants:
             out.append(Mutation(f"{kind}|{v}|{k + 1}|{new.strip()}", kind, where, statement_of(src, k), k + 1,
-                                src.lines[k], new, tuple(edits), v))
+                                old, shown, tuple(edits), v))
 
     variants = ("whole", "outputs", "cache") + (("recompute",) if _recomputable(src) else ())
     for k in src.forward_loop:
@@ -365,6 +545,7 @@ def mutations(module) -> list[Mutation]:
     for k in src.after_loop:
         for kind, new in _line_edits(src, k, False):
             add(kind, "backward", k, [(k, new)])
+    _activations(src, add)
     _restricted(src, add)
     _carries(src, add)
     _returned(src, add)
@@ -667,6 +848,10 @@ def explain(problem: Problem, got: dict, failing: list, passing: list, tol: floa
     ``extra``: (source, prediction, tolerance or None) tried first (the catalogue)."""
     base = reference(problem, biases, with_grads)
     tried = [(src_, pred, tol_ or tol) for src_, pred, tol_ in extra or []]
+    full = [Match(_name(s_), [q for q in failing if q in p_], [], p_, s_) for s_, p_, t_ in tried
+            if _reproduces(problem, got, failing, passing, p_, t_)]
+    if full:  # a named convention reproduces the numbers: the mutations would only add indistinguishable ones
+        return _group(problem, full, failing + passing, tol)
     for m in candidates(problem, failing):
         pred = predict(problem, m, biases, with_grads, base)
         if pred is not None:

@@ -277,17 +277,89 @@ def _mutated(how, label):
 
 
 def _averaged(problem, target, got):
+    """Gradients divided by the batch size, the number of steps or both (a loss averaged instead of summed): the
+    parameter gradients only; every gradient (x and the initial states too); the output cotangent dy only (a loss
+    averaged over the outputs y_t, not over the final states' terms)."""
     if not target.has_gradients:
         return
     T, B = problem.case.shape[:2]
     base = _ref(problem, target)
-    for label, n in ((f"batch size B = {B}", B), (f"sequence length T = {T}", T), (f"T * B = {T * B}", T * B)):
+    for label, n, over in ((f"batch size B = {B}", B, "the batch"), (f"sequence length T = {T}", T, "time"),
+                           (f"T * B = {T * B}", T * B, "time and batch")):
         if n == 1:
             continue
         res = dict(base)
         for k in _param_grad_keys(res):
             res[k] = res[k] / n
         yield f"parameter gradients divided by the {label}", res, None
+        every = {k: (v / n if k.startswith("d ") else v) for k, v in base.items()}
+        yield (f"every gradient (parameters, inputs and initial states) divided by the {label} (a loss averaged over "
+               f"{over})"), every, None
+        yield (f"the output cotangent dy divided by the {label} (a loss averaged over {over}; the final states' "
+               "cotangents are not)"), _ref(problem.with_(dy=problem.dy / n), target), None
+
+
+def _clip_bound(problem, target, got):
+    """Every clip of the cell (forward clip, backward clip_mask) at a bound other than the spec's, fitted to the
+    target's outputs (a bound above every clipped value, i.e. no clip, is not this convention)."""
+    if got.get("y") is None:
+        return
+    want = np.asarray(got["y"], np.float64)
+    def model(k):
+        found = explain.fitted_module(problem.module, "clip", k)
+        return _ref(problem, target, module=found[0], with_grads=False)["y"]
+    found = explain.fitted_module(problem.module, "clip", 1.0)
+    if found is None or model(1.0).shape != want.shape:
+        return
+    spec = found[1]
+    k = _fit_piecewise(model, want, spec * 2.0 ** np.arange(-5, 4.01, 0.25))
+    same = tolerance("diagnosis_fit_same", "float64")
+    if k <= 0 or abs(k - spec) <= same * spec or np.allclose(model(k), model(1e300), rtol=0, atol=0):
+        return
+    mod = explain.fitted_module(problem.module, "clip", k)[0]
+    yield f"clip bound {k:.4g} instead of {spec:.4g} (every clip of the cell, forward and backward)", \
+        _ref(problem, target, module=mod), None
+
+
+def _fit_piecewise(model, target: np.ndarray, grid) -> float:
+    """:func:`_fit` for a model with kinks in k (a clip bound): the best of ``grid``, narrowed by golden-section
+    search between its neighbours, then Gauss-Newton within its smooth piece."""
+    def err(k):
+        return float(np.sum((model(k) - target) ** 2))
+    errs = [err(k) for k in grid]
+    j = int(np.argmin(errs))
+    lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
+    g = (np.sqrt(5) - 1) / 2
+    for _ in range(40):
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        lo, hi = (lo, b) if err(a) < err(b) else (a, hi)
+    return _fit(model, target, starts=((lo + hi) / 2,))
+
+
+def _layer_norm_epsilon(problem, target, got):
+    """The epsilon of the normalisations (rsqrt(var + eps)) other than the spec's, fitted to the target's outputs;
+    or added outside the square root, 1 / (sqrt(var) + eps) (forward and, consistently, backward)."""
+    if got.get("y") is None:
+        return
+    want = np.asarray(got["y"], np.float64)
+    for convention in ("eps", "eps outside"):
+        found = explain.fitted_module(problem.module, convention, 0.0)
+        if found is None:
+            return
+        spec = found[1]
+        def model(k, convention=convention):
+            return _ref(problem, target, module=explain.fitted_module(problem.module, convention, k)[0],
+                        with_grads=False)["y"]
+        k = _fit(model, want, starts=(0.0, spec, 1e-3))
+        if k is None or (convention == "eps"
+                         and abs(k - spec) <= tolerance("diagnosis_fit_same_eps", "float64") * spec):
+            continue
+        mod = explain.fitted_module(problem.module, convention, k)[0]
+        detail = (f"layer-norm epsilon {k:.4g} instead of {spec:.4g} (inside the square root: rsqrt(var + eps))"
+                  if convention == "eps" else
+                  f"layer-norm epsilon {k:.4g} outside the square root: 1 / (sqrt(var) + eps) (the spec: "
+                  f"rsqrt(var + {spec:.4g}))")
+        yield detail, _ref(problem, target, module=mod), None
 
 
 def _clipped(problem, target, got):
@@ -437,7 +509,14 @@ SIGNATURES = [
                            "recurrent weight gradients lack the t = 0 term (h0 taken as 0)")(p, t, g),
                   _mutated("loop_skips_t0", "the backward loop stops before t = 0")(p, t, g))),
     Signature("grad_averaged", "gradients averaged instead of summed",
-              "parameter gradients divided by the batch size or the number of steps", _averaged),
+              "parameter gradients, or every gradient, or the output cotangent divided by the batch size or the "
+              "number of steps (a loss averaged over the batch or over time)", _averaged),
+    Signature("clip_bound", "another clip bound",
+              "the cell's clip (ONNX clip, TF cell_clip) at a bound other than the spec's, fitted to the target's "
+              "outputs, forward and backward", _clip_bound, fitted=True),
+    Signature("layer_norm_epsilon", "another layer-norm epsilon",
+              "the normalisation's epsilon other than the spec's (fitted to the target's outputs), or added outside "
+              "the square root", _layer_norm_epsilon, fitted=True),
     Signature("grad_clipped", "silent gradient clipping",
               "parameter gradients clipped (elementwise or by global norm) before being returned", _clipped,
               fitted=True),
