@@ -7,6 +7,9 @@ Keras' layout: kernel (D, 4H) and recurrent_kernel (H, 4H), transposed, gates i,
 (4H,). Inputs are batch-major. Conventions translated here: ``go_backwards`` returns its outputs in
 reversed order (flipped back to original order); masked (padded) steps carry the previous output
 forward (not compared).
+
+TensorFlow takes seconds to import: it is imported at the first case (in conform's worker process), not
+when the adapter loads (conform's main process only reads the cells, the cases and the versions).
 """
 
 from __future__ import annotations
@@ -16,15 +19,24 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from lstm_spec.layouts.frameworks import KERAS_GRU_ORDER, from_keras_lstm, to_keras_gru, to_keras_lstm
 
 from ..problem import Case, Problem
 from ..targets import Target, TargetError
 from . import available_cells
+from ._lazy import require, version
+
+require("keras", "tensorflow")  # missing: load_adapter reports the install command (exit 3)
+
+
+def _frameworks():
+    """keras and tensorflow, imported when the first case runs."""
+    import keras
+    import tensorflow as tf
+
+    return keras, tf
 
 
 def _gru_grads(gk, grk, gb, H):
@@ -49,19 +61,20 @@ class KerasLSTM(Target):
     biases = 1
 
     def __init__(self):
-        if keras.backend.backend() != "tensorflow":
-            raise TargetError(f"the keras adapter needs KERAS_BACKEND=tensorflow, got {keras.backend.backend()}")
+        if os.environ["KERAS_BACKEND"] != "tensorflow":  # the variable decides keras' backend
+            raise TargetError(f"the keras adapter needs KERAS_BACKEND=tensorflow, got {os.environ['KERAS_BACKEND']}")
         self.cells = available_cells(("lstm", "gru_reset_after", "gru_reset_before"))
         self.description = ("Keras 3 keras.layers.LSTM and GRU on the TensorFlow backend (go_backwards, masking), "
                             "CPU; cells " + ", ".join(self.cells))
 
     def versions(self) -> str:
-        return f"keras {keras.__version__}, tensorflow {tf.__version__}"
+        return f"keras {version('keras')}, tensorflow {version('tensorflow')}"
 
     def biases_for(self, case: Case) -> int:
         return 2 if case.cell == "gru_reset_after" else 1
 
     def run(self, problem: Problem) -> dict:
+        keras, tf = _frameworks()
         case = problem.case
         T, B, D, H = case.shape
         dt = case.dtype

@@ -15,15 +15,15 @@ tolerance is looser (("conform:onnxruntime", "float32") in lstm_spec.checks.tole
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
 from lstm_spec.layouts.frameworks import ONNX_LSTM_ORDER, to_onnx_gru
 
 from ..problem import Case, Problem, slot_key
 from ..targets import Target
 from . import available_cells
+from ._lazy import require, version
+
+require("onnx", "onnxruntime")  # missing: load_adapter reports the install command (exit 3); imported per use
 
 
 # cell -> (operator, attributes)
@@ -34,7 +34,12 @@ def _clip_bound(cell: str) -> float:
     from lstm_spec.spec import SPEC_DIR
 
     with open(SPEC_DIR / f"{cell}.toml", "rb") as fh:
-        return float(tomllib.load(fh)["functions"]["clip"]["bound"])
+        spec = tomllib.load(fh)
+    bound = spec["functions"]["clip"]["bound"]
+    if isinstance(bound, str):  # the name of a constant of [constants]: {value = ..., doc = ...} or the value
+        bound = spec["constants"][bound]
+        bound = bound["value"] if isinstance(bound, dict) else bound
+    return float(bound)
 
 
 _ONNX_CELLS = {"lstm": ("LSTM", {}), "peephole": ("LSTM", {}), "cifg_f": ("LSTM", {"input_forget": 1}),
@@ -80,7 +85,7 @@ class OnnxRuntimeLSTM(Target):
                             "forward only; cells " + ", ".join(self.cells))
 
     def versions(self) -> str:
-        return f"onnx {onnx.__version__}, onnxruntime {ort.__version__}"
+        return f"onnx {version('onnx')}, onnxruntime {version('onnxruntime')}"
 
     def supports(self, case: Case) -> str | None:
         why = super().supports(case)
@@ -91,6 +96,9 @@ class OnnxRuntimeLSTM(Target):
         return None
 
     def _model(self, problem: Problem):
+        import onnx  # here and in run: conform's main process loads the adapter without onnx (_lazy)
+        from onnx import TensorProto, helper, numpy_helper
+
         case = problem.case
         T, B, D, _ = case.shape
         H = problem.output_size
@@ -158,6 +166,8 @@ class OnnxRuntimeLSTM(Target):
     def run(self, problem: Problem) -> dict:
         case = problem.case
         model, feed, layout = self._model(problem)
+        import onnxruntime as ort
+
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.log_severity_level = 3
