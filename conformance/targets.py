@@ -28,6 +28,7 @@ from lstm_spec.layouts.frameworks import (
     to_layout,
 )
 
+from . import directions
 from .problem import Case, Problem, slot_key
 
 
@@ -239,6 +240,8 @@ def _private_copy(value):
         return value.copy()
     if isinstance(value, dict):
         return {k: _private_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):  # per-slot parameters or states (directions.py)
+        return type(value)(_private_copy(v) for v in value)
     return value
 
 
@@ -254,6 +257,10 @@ def _changed(now, before, name: str) -> str:
             if change:
                 return change
         return ""
+    if isinstance(before, (list, tuple)):
+        if not isinstance(now, type(before)) or len(now) != len(before):
+            return f"{name} (replaced, or items added or removed)"
+        return next((c for k in range(len(before)) if (c := _changed(now[k], before[k], f"{name}[{k}]"))), "")
     if isinstance(before, np.ndarray):
         if not isinstance(now, np.ndarray) or now.shape != before.shape or now.dtype != before.dtype:
             return f"{name} (replaced or reshaped)"
@@ -288,6 +295,8 @@ _KEYS = {
     "initial_states": "True or False",
     "d_final": "True or False",
     "loss": ("sequence", "last"),
+    "bidirectional": "True, False or a dict with keys output, order, params, states (PROTOCOL.md section 11)",
+    "layers": "an integer >= 1 or a dict with keys count, params, states (PROTOCOL.md section 11)",
     "name": "a string",
     "description": "a string",
 }
@@ -440,7 +449,7 @@ class ProtocolTarget(Target):
             raise TargetError(f"{label}: {exc}") from None
         self.obj = obj
         self.name = meta.get("name") or label or type(obj).__name__
-        self.description = meta.get("description") or self._describe(meta)
+        self.description = meta.get("description") or self._describe(meta) + self.stack.describe()
 
     def _declare(self, obj, meta: dict) -> None:
         unknown = sorted(map(str, set(meta) - set(_KEYS)))
@@ -458,6 +467,11 @@ class ProtocolTarget(Target):
         has_backward = callable(getattr(obj, "backward", None))
         if has_backward:
             feats.add("gradients")
+        try:
+            self.stack = directions.declare(meta)
+        except directions.DeclarationError as exc:
+            raise TargetError(str(exc)) from None
+        feats |= {f for f, on in (("bidirectional", self.stack.bidirectional), ("layers", self.stack.layers > 1)) if on}
         self.features = frozenset(feats)
         self.initial_states = _flag(meta, "initial_states", True)
         self.d_final = _flag(meta, "d_final", True)
@@ -518,7 +532,10 @@ class ProtocolTarget(Target):
         """The quantities of ``quantities`` this target does not provide (its declaration says so)."""
         if self.provided is None:
             return []
-        return [q for q in quantities if q.startswith("d ") and q not in self.provided]
+        return [q for q in quantities if q.startswith("d ") and q.split(" [")[0] not in self.provided]
+
+    def supports(self, case: Case) -> str | None:
+        return super().supports(case) or self.stack.supports(case)
 
     def _kwargs(self, problem: Problem, rows: slice) -> dict:
         """The keyword arguments of ``forward``/``backward`` for the batch ``rows`` (all, or one element)."""
@@ -569,7 +586,9 @@ class ProtocolTarget(Target):
         """The forward's results, then the backward's; a target without a batch dimension is called once
         per batch element and its results joined. While the backward runs, ``problem.extra[FORWARD]``
         holds (where, the forward's results): when the backward fails (raises, breaks the protocol), the
-        runner still compares them (runner.invoke)."""
+        runner still compares them (runner.invoke). Several layers or directions: directions.run."""
+        if not problem.case.single:
+            return directions.run(self, problem)
         params = to_layout(problem.params[0], self.layout, problem.bias_ih[0])
         rows = [slice(None)] if self.batch else [slice(b, b + 1) for b in range(problem.x.shape[1])]
         res = self._join([self._forward(problem, params, r) for r in rows], problem.states, "forward")
