@@ -87,15 +87,21 @@ def render(source: str) -> str:
     if path is not None and path.exists():
         return path.read_text(encoding="utf-8")
     svg = _run_dot(source)
-    if path is not None:
-        try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
-                f.write(svg)
-            os.replace(f.name, path)
-        except OSError:
-            pass  # an unwritable cache only costs the next build the time to draw again
+    store(path, svg)
     return svg
+
+
+def store(path: Path | None, svg: str) -> None:
+    """Keep a drawn figure in the cache (atomically: a concurrent build reads the old file or the new one)."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
+            f.write(svg)
+        os.replace(f.name, path)
+    except OSError:
+        pass  # an unwritable cache only costs the next build the time to draw again
 
 
 def prerender(sources: list[str]) -> None:

@@ -5,14 +5,17 @@ nothing here re-implements a gradient: every gradient is the reference's ``backw
 from __future__ import annotations
 
 import functools
+import hashlib
 import html
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 
 from lstm_spec.reference import lstm, lstm_stacked2
 from lstm_spec.reference.training import clip_by_global_norm, global_norm
 
+from . import figures
 from .numbers import _svg, table
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
@@ -64,6 +67,25 @@ def explode_table() -> str:
 
 
 def plot_explode() -> bytes:
+    """The plot, from the figure cache when nothing it depends on has changed (this module, the reference's
+    lstm and training modules, matplotlib's version): measuring and drawing cost a second per build."""
+    from importlib.metadata import version
+
+    from lstm_spec.reference import training
+
+    h = hashlib.sha256(version("matplotlib").encode())
+    for module in (lstm, training):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    path = figures._cache_path(h.hexdigest())
+    if path is not None and path.exists():
+        return path.read_bytes()
+    svg = draw_explode()
+    figures.store(path, svg.decode())
+    return svg
+
+
+def draw_explode() -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
