@@ -146,6 +146,7 @@ def test_a_drawn_figure_is_cached_by_its_source(monkeypatch, tmp_path):
         raise DotRan
 
     monkeypatch.setattr(figures, "_run_dot", no_dot)
+    monkeypatch.setattr(figures, "DRAWN", {})  # a new build: only the folder remembers
     assert figures.render(source) == first  # from the cache
     with pytest.raises(DotRan):  # a different source is drawn again
         figures.render(source.replace("cache test", "changed"))
@@ -165,3 +166,16 @@ def test_every_built_cell_page_shows_its_graph_with_the_spec_names():
         assert set(cell.parameters) | {eq.lhs for eq in cell.equations} <= shown, f"cells/{name}: names missing"
     for page, kind in (("derivation", "graph"), ("truncated-bptt", "unrolled"), ("layouts", "layouts")):
         assert f'data-figure="{kind}"' in (out / page / "index.html").read_text(encoding="utf-8"), page
+
+
+def test_with_the_cache_off_each_figure_is_drawn_once_per_build(monkeypatch):
+    monkeypatch.setenv("LSTM_SPEC_DOCS_CACHE", "off")
+    monkeypatch.setattr(figures, "DRAWN", {})
+    runs = []
+    real = figures._run_dot
+    monkeypatch.setattr(figures, "_run_dot", lambda s: runs.append(s) or real(s))
+    sources = [figures.step_graph("lstm"), figures.unrolled_graph()]
+    figures.prerender(sources)  # on_files
+    for s in sources:  # the pages
+        figures.render(s)
+    assert sorted(runs) == sorted(sources)

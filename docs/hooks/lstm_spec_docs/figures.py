@@ -73,6 +73,9 @@ def _cache_path(source: str) -> Path | None:
     return where.parent / "docs-figures" / (hashlib.sha256(source.encode()).hexdigest() + ".svg")
 
 
+DRAWN: dict[str, str] = {}  # drawn in this build (what prerender drew, also with the cache turned off)
+
+
 def _run_dot(source: str) -> str:
     r = subprocess.run([dot_program(), "-Tsvg"], input=source, capture_output=True, text=True, timeout=60)
     if r.returncode:
@@ -83,10 +86,12 @@ def _run_dot(source: str) -> str:
 def render(source: str) -> str:
     """The SVG that dot draws from a DOT source, from the cache when it was drawn before."""
     dot_program()  # fail clearly without dot, even when every figure is cached
+    if source in DRAWN:
+        return DRAWN[source]
     path = _cache_path(source)
     if path is not None and path.exists():
         return path.read_text(encoding="utf-8")
-    svg = _run_dot(source)
+    svg = DRAWN[source] = _run_dot(source)
     store(path, svg)
     return svg
 
@@ -107,7 +112,7 @@ def store(path: Path | None, svg: str) -> None:
 def prerender(sources: list[str]) -> None:
     """Draw the figures not yet cached, two at a time (dot is single-threaded)."""
     dot_program()
-    todo = [s for s in sources if (p := _cache_path(s)) is None or not p.exists()]
+    todo = [s for s in sources if s not in DRAWN and ((p := _cache_path(s)) is None or not p.exists())]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
         list(pool.map(render, todo))
 
