@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import sympy
 from sympy.core.function import ArgumentIndexError
 
+from lstm_spec.reference import _runtime
+from lstm_spec.spec.functions import KINDS
+
 
 class Sigmoid(sympy.Function):
     """The logistic function sigma(x) = 1 / (1 + exp(-x)), differentiated as sigma (1 - sigma)."""
@@ -218,29 +221,32 @@ class FunctionKind:
     reduction: bool = False  # True when the function maps a vector to one value per sample
 
 
+def _kind(name: str, sympy_function, definition, derivative_text: str) -> FunctionKind:
+    """A kind of spec/functions.py (runtime name, parameters, flags) with its SymPy function and rule."""
+    base = KINDS[name]
+    return FunctionKind(name, sympy_function, base.runtime_name, definition, derivative_text, base.parameters,
+                        base.declarable, base.reduction)
+
+
 FUNCTIONS: dict[str, FunctionKind] = {
-    "logistic": FunctionKind("logistic", Sigmoid, "sigmoid", lambda x: 1 / (1 + sympy.exp(-x)),
-                             "sigma'(x) = sigma(x) (1 - sigma(x))"),
-    "tanh": FunctionKind("tanh", sympy.tanh, "tanh", lambda x: (sympy.exp(x) - sympy.exp(-x))
-                         / (sympy.exp(x) + sympy.exp(-x)), "tanh'(x) = 1 - tanh(x)^2"),
-    "identity": FunctionKind("identity", Identity, "identity", lambda x: x, "identity'(x) = 1"),
-    "clip": FunctionKind("clip", Clip, "clip", lambda x, b: sympy.Piecewise((-b, x < -b), (x, x <= b), (b, True)),
-                         "clip'(x) = 1 if -b <= x <= b else 0 (1 at the kinks)", ("bound",)),
-    "stop_gradient": FunctionKind("stop_gradient", StopGradient, "stop_gradient", None,
-                                  "stop_gradient'(x) = 0 (the value passes, the derivative does not)"),
-    "exp": FunctionKind("exp", Exp, "exp", lambda x: sympy.exp(x), "exp'(x) = exp(x)"),
-    "rsqrt": FunctionKind("rsqrt", Rsqrt, "rsqrt", lambda x: 1 / sympy.sqrt(x), "rsqrt'(x) = -rsqrt(x)^3 / 2"),
-    "sum": FunctionKind("sum", UnitSum, "unit_sum", None, "d sum_k x_k / d x_j = 1", reduction=True),
-    "logsumexp": FunctionKind("logsumexp", LogSumExp, "logsumexp", None,
-                              "d logsumexp(x) / d x_j = exp(x_j - logsumexp(x)) (the softmax)", reduction=True),
-    "mean": FunctionKind("mean", UnitMean, "unit_mean", None, "d mean_k x_k / d x_j = 1 / N (N units)",
-                         reduction=True),
-    "unit_count": FunctionKind("unit_count", UnitCount, "unit_count", None,
-                               "the number of units N of its argument (a constant: derivative 0)",
-                               declarable=False, reduction=True),
-    "clip_mask": FunctionKind("clip_mask", ClipMask, "clip_mask", None, "the derivative of clip", ("bound",),
-                              declarable=False),
+    "logistic": _kind("logistic", Sigmoid, lambda x: 1 / (1 + sympy.exp(-x)), "sigma'(x) = sigma(x) (1 - sigma(x))"),
+    "tanh": _kind("tanh", sympy.tanh, lambda x: (sympy.exp(x) - sympy.exp(-x)) / (sympy.exp(x) + sympy.exp(-x)),
+                  "tanh'(x) = 1 - tanh(x)^2"),
+    "identity": _kind("identity", Identity, lambda x: x, "identity'(x) = 1"),
+    "clip": _kind("clip", Clip, lambda x, b: sympy.Piecewise((-b, x < -b), (x, x <= b), (b, True)),
+                  "clip'(x) = 1 if -b <= x <= b else 0 (1 at the kinks)"),
+    "stop_gradient": _kind("stop_gradient", StopGradient, None,
+                           "stop_gradient'(x) = 0 (the value passes, the derivative does not)"),
+    "exp": _kind("exp", Exp, lambda x: sympy.exp(x), "exp'(x) = exp(x)"),
+    "rsqrt": _kind("rsqrt", Rsqrt, lambda x: 1 / sympy.sqrt(x), "rsqrt'(x) = -rsqrt(x)^3 / 2"),
+    "sum": _kind("sum", UnitSum, None, "d sum_k x_k / d x_j = 1"),
+    "logsumexp": _kind("logsumexp", LogSumExp, None, "d logsumexp(x) / d x_j = exp(x_j - logsumexp(x)) (the softmax)"),
+    "mean": _kind("mean", UnitMean, None, "d mean_k x_k / d x_j = 1 / N (N units)"),
+    "unit_count": _kind("unit_count", UnitCount, None,
+                        "the number of units N of its argument (a constant: derivative 0)"),
+    "clip_mask": _kind("clip_mask", ClipMask, None, "the derivative of clip"),
 }
+assert set(FUNCTIONS) == set(KINDS), "spec/functions.py and the rules here name the same kinds"
 
 
 def kind_of(func) -> FunctionKind:
@@ -319,3 +325,8 @@ def _confirm_reduction(fk) -> int:
         if sympy.simplify(sympy.diff(explicit, x).rewrite(sympy.exp) - want) != 0:
             bad += 1
     return bad
+
+
+# the runtime's object-array branches (reference/_runtime.py) evaluate these on SymPy expressions
+_runtime._SYMPY_FUNCTIONS.update({f.__name__: f for f in (Sigmoid, StopGradient, Exp, Rsqrt, LogSumExpN, Clip,
+                                                          ClipMask)})

@@ -23,6 +23,20 @@ NUMERIC_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.comple
 _SYMBOLIC = [False]
 
 
+# The SymPy function behind each runtime function, for object arrays of SymPy expressions: registered by
+# lstm_spec.derivations.functions when it is imported (the runtime sits below the derivation: it never
+# imports it; see tests/test_layering.py).
+_SYMPY_FUNCTIONS: dict = {}
+
+
+def _sympy_function(name: str):
+    try:
+        return _SYMPY_FUNCTIONS[name]
+    except KeyError:
+        raise TypeError(f"{name} of an object array (SymPy expressions) needs lstm_spec.derivations imported: it "
+                        "registers the runtime's symbolic functions") from None
+
+
 @contextlib.contextmanager
 def symbolic():
     """Allow object arrays of SymPy expressions (used by the unrolled symbolic check)."""
@@ -40,7 +54,7 @@ def sigmoid(z, out=None):
     given): one tanh and three scalar passes, as many passes as 1 / (1 + exp(-z)) and without its
     overflow for large negative z."""
     if z.dtype == object:
-        from lstm_spec.derivations.functions import Sigmoid
+        Sigmoid = _sympy_function("Sigmoid")
 
         return _into(out, _elementwise(Sigmoid, z))
     out = np.multiply(z, 0.5, out=out)
@@ -79,7 +93,7 @@ def stop_gradient(z):
     """The value of z, with no derivative: for complex z (complex-step checks) the imaginary part, which
     carries the derivative, is dropped."""
     if z.dtype == object:
-        from lstm_spec.derivations.functions import StopGradient
+        StopGradient = _sympy_function("StopGradient")
 
         return _elementwise(StopGradient, z)
     if np.iscomplexobj(z):
@@ -89,7 +103,7 @@ def stop_gradient(z):
 
 def exp(z):
     if z.dtype == object:
-        from lstm_spec.derivations.functions import Exp
+        Exp = _sympy_function("Exp")
 
         return _elementwise(Exp, z)
     return np.exp(z)
@@ -113,7 +127,7 @@ def unit_count(*arrays):
 def rsqrt(z):
     """1 / sqrt(z) (analytic for z off the negative real axis, so complex-step derivatives work)."""
     if z.dtype == object:
-        from lstm_spec.derivations.functions import Rsqrt
+        Rsqrt = _sympy_function("Rsqrt")
 
         return _elementwise(Rsqrt, z)
     return 1 / np.sqrt(z)
@@ -123,7 +137,7 @@ def logsumexp(z):
     """log sum_k exp(z_k) over the last axis, shifted by the largest real part: no overflow, and
     analytic in z (the shift is a constant), so complex-step derivatives work."""
     if z.dtype == object:
-        from lstm_spec.derivations.functions import LogSumExpN
+        LogSumExpN = _sympy_function("LogSumExpN")
 
         out = np.empty(z.shape[:-1] + (1,), dtype=object)
         for idx in np.ndindex(z.shape[:-1]):
@@ -144,7 +158,7 @@ def clip(z, bound):
     if z.dtype == object:
         import sympy
 
-        from lstm_spec.derivations.functions import Clip
+        Clip = _sympy_function("Clip")
 
         b = sympy.Rational(repr(float(bound)))
         return _elementwise(lambda v: Clip(v, b), z)
@@ -157,7 +171,7 @@ def clip_mask(z, bound):
     if z.dtype == object:
         import sympy
 
-        from lstm_spec.derivations.functions import ClipMask
+        ClipMask = _sympy_function("ClipMask")
 
         b = sympy.Rational(repr(float(bound)))
         return _elementwise(lambda v: ClipMask(v, b), z)

@@ -337,7 +337,7 @@ def _toml_error_line(exc, source: str) -> int:
 
 
 def _build(data: dict, source: str, path: Path) -> Cell:
-    from lstm_spec.derivations.functions import FUNCTIONS  # the function kinds the derivation knows
+    from .functions import KINDS as FUNCTIONS  # the function kinds (spec/functions.py)
 
     where = str(path)
     lines = _Lines(source)
@@ -584,9 +584,9 @@ def _infer(node, loc, declared, shapes, functions, used, defined_at=None):
         shape = _infer(node.arg, loc, declared, shapes, functions, used, defined_at)
         if shape is not None and len(shape) != 1:
             raise SpecError(f"{loc}: {node.func}() applies elementwise to a vector, not to a matrix")
-        from lstm_spec.derivations.functions import FUNCTIONS
+        from .functions import KINDS
 
-        if FUNCTIONS[functions[node.func]].reduction:
+        if KINDS[functions[node.func]].reduction:
             if shape is None or shape == (SCALAR,):
                 raise SpecError(f"{loc}: {node.func}() reduces a vector over its units; its argument is not a vector")
             return (SCALAR,)
