@@ -3,6 +3,8 @@ biases, random cotangents on every output, and shapes that include T = 1, B = 1 
 
 from __future__ import annotations
 
+import dataclasses
+import types
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,14 +70,59 @@ def random_instance(module, shape, seed: int, scale: float = 0.5) -> Instance:
     raise RuntimeError(f"no instance away from the kinks after 100 draws (shape {shape}, seed {seed})")
 
 
+def kinks(module, constants=None) -> list:
+    """The module's KINKS, each bound a number: a constant's name is resolved to its value (the module's
+    default, or the one in ``constants``)."""
+    values = {**getattr(module.SIGNATURE, "constants", {}), **(constants or {})}
+    return [(key, float(values[b] if isinstance(b, str) else b)) for key, b in getattr(module, "KINKS", [])]
+
+
+def with_constants(module, constants):
+    """``module`` run at other values of its spec's constants: a module-like object whose forward gets
+    ``constants`` (validated here: an unknown name is the runtime's InputError) unless its caller passes its
+    own, whose SIGNATURE.constants are the values in use and whose KINKS are resolved to them. None or {}:
+    the module itself. Every check takes it where it takes a generated module."""
+    if not constants:
+        return module
+    from lstm_spec.reference._runtime import prepare_constants
+
+    values = prepare_constants(module.SIGNATURE, constants)
+    bound = types.SimpleNamespace(**{k: getattr(module, k) for k in ("MASKS", "STOP_GRADIENT") if hasattr(module, k)})
+    bound.__name__ = f"{module.__name__} with {format_constants(values)}"
+    bound.SIGNATURE = dataclasses.replace(module.SIGNATURE, constants=values)
+    if hasattr(module, "KINKS"):
+        bound.KINKS = kinks(module, values)
+
+    def forward(*args, constants=None, **kwargs):
+        return module.forward(*args, constants={**values, **(constants or {})}, **kwargs)
+
+    bound.forward, bound.backward = forward, module.backward
+    return bound
+
+
+def format_constants(values: dict) -> str:
+    """'forget_bias = 1.0, cell_clip = 3.0' (how reports and rows name the constants a run used)."""
+    return ", ".join(f"{k} = {v:g}" if isinstance(v, (int, float)) else f"{k} = {v}" for k, v in values.items())
+
+
+def alternative_constants(module) -> dict:
+    """Non-default values of a module's constants for the checks: a clip bound halved (the instances then reach
+    the clip more often, not less), 1 for a constant whose default is 0, else twice the default. {} for a cell
+    without constants."""
+    sig = module.SIGNATURE
+    positive = set(getattr(sig, "positive_constants", ()))
+    values = getattr(sig, "constants", {})
+    return {k: (v / 2 if k in positive else 1.0 if v == 0 else 2.0 * v) for k, v in values.items()}
+
+
 def kink_distance(module, inst: Instance) -> float:
     """Smallest | |v| - bound | over the cached values the module lists in KINKS (inf if none)."""
-    kinks = getattr(module, "KINKS", [])
-    if not kinks:
+    kinks_ = kinks(module)
+    if not kinks_:
         return float("inf")
     _, _, cache = module.forward(inst.params, **inst.seq, **{f"{s}0": v for s, v in inst.init.items()})
     dist = float("inf")
-    for key, bound in kinks:
+    for key, bound in kinks_:
         values = np.abs(np.asarray(cache[key]))
         if values.size:
             dist = min(dist, float(np.min(np.abs(values - bound))))

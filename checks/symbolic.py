@@ -8,6 +8,9 @@
     derivative of the unrolled scalar loss with respect to every parameter, input and initial state. The
     unrolled loss is built independently of the generated code, by evaluating the spec's equations step by
     step.
+Both take the spec's constants ([constants]: a forget bias, a clip bound, an epsilon) as symbols without
+gradients, on both sides (the generated module gets them as ``constants=``): what they check holds for every
+value of the constants, the defaults and any override included.
 
 Two ways to get the expected derivative and decide equality:
 - derivative="reverse" (`lstm-spec verify`): every value of the explicit forward is a node of a tape
@@ -599,6 +602,8 @@ class ExplicitStep:
         for name, q in cell.parameters.items():
             dims = [self.sizes[x] for x in q.shape]
             self.leaf[S.param(name)] = _mat(name, *dims, alg) if len(dims) == 2 else _vec(name, dims[0], alg)
+        for name in cell.constants:  # symbolic constants: the check holds for every value, defaults included
+            self.leaf[S.const(name)] = [alg.symbol(f"const_{name}")]
 
     def size(self, shape):
         return self.sizes[shape[0]]
@@ -921,7 +926,8 @@ def _unrolled_arrays(sig, sizes: dict, T: int, B: int, alg) -> dict:
     def dims(ds):
         return tuple(sizes[x] for x in ds)
 
-    return {"params": {n: _leaf_array(alg, n, dims(ds)) for n, ds in sig.parameters.items()},
+    return {"constants": {n: alg.symbol(f"const_{n}") for n in getattr(sig, "constants", {})},
+            "params": {n: _leaf_array(alg, n, dims(ds)) for n, ds in sig.parameters.items()},
             "seq": {n: _leaf_array(alg, n, (T, B) + dims(ds)) for n, ds in sig.inputs.items()},
             "init": {n: _leaf_array(alg, f"{n}0", (B,) + dims(ds)) for n, ds in sig.states.items()},
             "dy": _leaf_array(alg, "dy", (T, B) + dims(sig.output_dims)),
@@ -934,6 +940,7 @@ def _unrolled_loss(d: Derivation, sizes: dict, a: dict, T: int, B: int, alg):
     cell, S = d.cell, d.symbols
     ex = ExplicitStep(d, sizes, alg)
     ex.leaf = {S.param(n): (Mat(tuple(map(tuple, v))) if v.ndim == 2 else list(v)) for n, v in a["params"].items()}
+    ex.leaf.update({S.const(n): [a["constants"][n]] for n in cell.constants})  # the same symbols the module gets
     L = alg.const(sympy.S.Zero)
     for b in range(B):
         state = {n: list(a["init"][n][b]) for n in cell.states}
@@ -951,7 +958,8 @@ def _run_module(module, a: dict, build: bool = True) -> dict:
     functions return and any arithmetic among those is left unevaluated, so SymPy never simplifies (asks
     assumptions of) a deep expression; the tape evaluates it node by node when it meets a node."""
     with symbolic(), sympy_evaluate(build):
-        _, _, cache = module.forward(a["params"], **a["seq"], **{f"{s}0": v for s, v in a["init"].items()})
+        _, _, cache = module.forward(a["params"], **a["seq"], **{f"{s}0": v for s, v in a["init"].items()},
+                                     **({"constants": a["constants"]} if a["constants"] else {}))
         return module.backward(cache, a["dy"], a["d_final"])
 
 

@@ -111,7 +111,7 @@ class _Plan:
                     out[s] = i.name
             elif i.kind == "prev":
                 out[s] = f"{i.name}[t]" if loop else f"{i.name}[:-1]"
-            elif i.kind == "param":
+            elif i.kind in ("param", "const"):
                 out[s] = i.name
             elif i.kind == "term":
                 stored = s in self.precomputed or s in self.cached_terms
@@ -332,6 +332,12 @@ def generate_module(d: Derivation) -> str:
     emit("Forward equations of one time step (x is x_t; NAME[t-1] is the previous step's value):")
     for r in forward_equations(d):
         emit(f"    {r}" + ("    (auxiliary, named by the derivation)" if r.kind == "aux" else ""))
+    if cell.constants:
+        emit("")
+        emit("Constants (the spec's [constants]): forward(..., constants={name: value}) overrides these defaults,")
+        emit("backward() uses the forward's (read from the cache); an unknown name is an InputError:")
+        for c in cell.constants.values():
+            emit(f"    {c.name} = {c.value!r}" + (f": {c.doc}" if c.doc else ""))
     emit("")
     emit("Derived backward step (d_q is the adjoint dL/dq; products are elementwise; d_s_next is what")
     emit("step t+1 sent back to state s, d_s_prev what this step sends to step t-1; dy is the cotangent of")
@@ -372,6 +378,11 @@ def generate_module(d: Derivation) -> str:
     emit("    },")
     emit(f"    output={cell.output!r},")
     emit(f"    output_dims={plan.shapes[cell.output]!r},")
+    if cell.constants:
+        emit(f"    constants={ {c.name: c.value for c in cell.constants.values()}!r},")
+        positive = tuple(c.name for c in cell.constants.values() if c.positive)
+        if positive:
+            emit(f"    positive_constants={positive!r},")
     emit(")")
     kinks = []
     for st in d.statements:
@@ -379,8 +390,9 @@ def generate_module(d: Derivation) -> str:
             if kind_of(m.func).kind == "clip_mask" and isinstance(m.args[0], sympy.Symbol):
                 arg = info[m.args[0]]
                 key = arg.name if arg.kind in ("value", "prev") else None
-                if key and (key, float(m.args[1])) not in kinks:
-                    kinks.append((key, float(m.args[1])))
+                bound = info[m.args[1]].name if m.args[1] in info else float(m.args[1])  # a constant's name
+                if key and (key, bound) not in kinks:
+                    kinks.append((key, bound))
     if any(kind_of(a.func).kind == "stop_gradient" for fe in d.forward for a in fe.expr.atoms(sympy.Function)):
         emit("")
         emit("# The backward pass is the gradient of a truncated objective (stop_gradient): finite differences,")
@@ -393,7 +405,8 @@ def generate_module(d: Derivation) -> str:
         emit(f"MASKS = {cell.masks!r}")
     if kinks:
         emit("")
-        emit("# Where the derivative has kinks: (cached value, |value| at which the clip's derivative jumps).")
+        emit("# Where the derivative has kinks: (cached value, |value| at which the clip's derivative jumps: a number")
+        emit("# or the name of a constant, whose value is the forward's).")
         emit("# The numeric derivative checks draw instances whose values stay away from these.")
         emit(f"KINKS = {kinks!r}")
     emit("")
@@ -405,7 +418,7 @@ def generate_module(d: Derivation) -> str:
     init_args = ", ".join(f"{s}0=None" for s in states)
     emit("@guarded  # runs under the non-finite policy (_runtime.guard): "
          "with 'raise', a NaN or Inf is caught where it is made")
-    emit(f"def forward(params, {', '.join(inputs)}, {init_args}, *, nonfinite=\"propagate\"):")
+    emit(f"def forward(params, {', '.join(inputs)}, {init_args}, *, constants=None, nonfinite=\"propagate\"):")
     emit(f'    """Run the {cell.name} cell over a sequence.')
     emit("")
     emit("    params: dict of arrays keyed by the spec's parameter names: " +
@@ -419,6 +432,8 @@ def generate_module(d: Derivation) -> str:
          f"{', '.join(plan.shapes[cell.output])}),")
     emit("    final = {" + ", ".join(f"{s!r}: {s}_T" for s in states) + "}, and the cache that backward() needs.")
     emit("    T = 0 is allowed: y is empty and the final states are the initial ones.")
+    emit("    constants: a dict overriding the spec's constants (" + (", ".join(
+        f"{c.name} = {c.value!r}" for c in cell.constants.values()) or "this cell has none") + "); None: the defaults.")
     emit("    nonfinite: 'propagate' (default: NaN and Inf flow through like any value) or 'raise'")
     emit("    (NonFiniteError naming the array, step and index of the first non-finite value).")
     emit('    """')
@@ -426,6 +441,9 @@ def generate_module(d: Derivation) -> str:
          f"{{{', '.join(f'{s!r}: {s}0' for s in states)}}})")
     for n in inputs:  # prepare() copied them: the cache never holds an array of the caller's
         emit(f"    {n} = seq[{n!r}]")
+    emit("    constants = prepare_constants(SIGNATURE, constants)")
+    for n in cell.constants:
+        emit(f"    {n} = constants[{n!r}]")
     for n in cell.parameters:
         emit(f"    {n} = p[{n!r}]")
     emit('    T, B = dims["T"], dims["B"]')
@@ -466,10 +484,13 @@ def generate_module(d: Derivation) -> str:
     def fwd_name(n):
         if n.prev:
             return f"{n.name}[t]"
+        if n.name in cell.constants:
+            return n.name
         return loop_names.get(d.symbols.value(n.name)) if n.name not in cell.parameters else n.name
 
     def fwd_call(func, arg):
-        extra = [repr(float(a)) if a.denominator != 1 else str(a.numerator) for a in cell.function_args.get(func, ())]
+        extra = [a if isinstance(a, str) else repr(float(a)) if a.denominator != 1 else str(a.numerator)
+                 for a in cell.function_args.get(func, ())]  # a constant by its name
         return f"{FUNCTIONS[cell.functions[func]].runtime_name}({', '.join([arg] + extra)})"
 
     def fwd_matmul(node):
@@ -508,7 +529,8 @@ def generate_module(d: Derivation) -> str:
     cache_items = inputs + states + cached_order + sorted(
         (plan.term_name(s) for s in plan.precomputed | plan.cached_terms if s in plan.refs)) + [
         st.matrix for st in stacks if st.adjoints] + list(cell.parameters)
-    emit("    cache = {'dims': dims, 'dtype': dtype, " + ", ".join(f"{n!r}: {n}" for n in cache_items) + "}")
+    emit("    cache = {'dims': dims, 'dtype': dtype, 'constants': constants, "
+         + ", ".join(f"{n!r}: {n}" for n in cache_items) + "}")
     emit("    finish_forward(SIGNATURE, cache, nonfinite)")
     emit("    # copies: what the caller gets never aliases the cache that backward() reads")
     emit(f"    final = {{{', '.join(f'{s!r}: {s}[T].copy()' for s in states)}}}")
@@ -518,7 +540,7 @@ def generate_module(d: Derivation) -> str:
 
     # ------------------------------------------------------------------ backward
     emit("@guarded")
-    emit('def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):')
+    emit('def backward(cache, dy=None, d_final=None, *, constants=None, nonfinite="propagate"):')
     emit(f'    """Backpropagation through time for the {cell.name} cell.')
     emit("")
     emit(f"    cache: from forward(). dy: cotangent of y, shape (T, B, {', '.join(plan.shapes[cell.output])}). "
@@ -526,9 +548,11 @@ def generate_module(d: Derivation) -> str:
     emit("    Missing cotangents are zeros. Returns the gradients of L = <dy, y> + sum_s <d_final[s], s_T>: one")
     emit("    entry per parameter (summed over time and batch), per input (per step) and per initial state (" +
          ", ".join(f"'{s}0'" for s in states) + ").")
+    emit("    constants: None (the forward's, from the cache) or the same dict that forward was given.")
     emit("    nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).")
     emit('    """')
     emit("    dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)")
+    constants_at = len(L)
     emit("    dims, dtype = cache[\"dims\"], cache[\"dtype\"]")
     unpack_at = len(L)
     emit('    T, B = dims["T"], dims["B"]')
@@ -586,7 +610,7 @@ def generate_module(d: Derivation) -> str:
         e = st.elementwise
         if e != 0:
             text = printer.doprint(reorder(e, d.symbols))
-            if not (reads(e) - {s for s in reads(e) if info[s].kind == "param"}):
+            if not (reads(e) - {s for s in reads(e) if info[s].kind in ("param", "const")}):
                 text = f"np.full_like({ref_for_zero}, {text})"
             elif not st.matvec and target_is_vector(st) and all(per_sample(x) for x in reads(e)):
                 # a per-sample value (B, 1) sent to every unit of a vector: made explicit for the products after
@@ -662,12 +686,16 @@ def generate_module(d: Derivation) -> str:
         return re.search(rf"\b{re.escape(n)}\b", body) is not None
     L[dims_at:dims_at] = [f"    {dim} = dims[{dim!r}]" for dim in cell.dimensions if used(dim)]
     L[unpack_at:unpack_at] = [f"    {n} = cache[{n!r}]" for n in cache_items if used(n)]
+    backward_constants = [n for n in cell.constants if used(n)]
+    L[constants_at:constants_at] = (["    constants = cached_constants(SIGNATURE, cache, constants)"]
+                                    + [f"    {n} = constants[{n!r}]" for n in backward_constants]
+                                    if backward_constants else ["    cached_constants(SIGNATURE, cache, constants)"])
     code = "\n".join(L[import_at:])
     runtime = sorted(h for h in {fk.runtime_name for fk in FUNCTIONS.values()} | set(_RUNTIME_HELPERS)
                      if re.search(rf"\b{h}\(", code))  # what the code calls, nothing else
     L[import_at:import_at + 1] = ["from lstm_spec.reference._runtime import "
-                                  "(Signature, finish_backward, finish_forward, "
-                                  "guarded, prepare, prepare_cotangents,",
+                                  "(Signature, cached_constants, finish_backward, finish_forward, "
+                                  "guarded, prepare, prepare_constants, prepare_cotangents,",
                                   "                                           " + ", ".join(runtime) + ")"]
     text = "\n".join(L) + "\n"
     check_module(text, plan.ns.names())

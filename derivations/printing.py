@@ -115,8 +115,8 @@ class CodePrinter(StrPrinter):
         return kind_of(e.func).runtime_name
 
     def _args(self, e):
-        """The argument, then any constant parameters (e.g. a clip's bound) as plain numbers."""
-        extra = [repr(float(a)) if not a.is_Integer else str(a) for a in e.args[1:]]
+        """The argument, then any constant parameters (e.g. a clip's bound): numbers, or a [constants] name."""
+        extra = [self._print(a) if a.is_Symbol else repr(float(a)) if not a.is_Integer else str(a) for a in e.args[1:]]
         return ", ".join([self._print(e.args[0])] + extra)
 
 

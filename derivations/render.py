@@ -52,6 +52,11 @@ def latex_name(derivation: Derivation, name: str, time: str | None) -> str:
     return base + (("_{%s}" % ",".join(subs)) if subs else "")
 
 
+def constant_latex(d: Derivation, name: str) -> str:
+    """LaTeX for a constant of the spec's [constants]: its [latex] entry, else its name upright (no time index)."""
+    return d.cell.latex.get(name) or r"\mathrm{%s}" % name.replace("_", r"\_")
+
+
 def plain_names(d: Derivation) -> dict:
     """Plain-text names: adjoints as the generated code names them (d_c, d_h_prev, d_h_next), products as
     ``W @ x``, the rest as in the spec."""
@@ -60,7 +65,7 @@ def plain_names(d: Derivation) -> dict:
         if info.kind in ("adj", "next"):
             names[sym] = d.code_names.get(sym) or _plain_adjoint(d, info)
         else:
-            names[sym] = {"value": info.name, "param": info.name, "prev": f"{info.name}[t-1]",
+            names[sym] = {"value": info.name, "param": info.name, "const": info.name, "prev": f"{info.name}[t-1]",
                           "term": info.name.replace("@", " @ "), "cot": "dy", "cse": info.name}[info.kind]
     return names
 
@@ -84,6 +89,8 @@ def latex_names(d: Derivation) -> dict:
             names[sym] = latex_name(d, info.name, "t")
         elif info.kind == "param":
             names[sym] = latex_name(d, info.name, None)
+        elif info.kind == "const":
+            names[sym] = constant_latex(d, info.name)
         elif info.kind == "prev":
             names[sym] = latex_name(d, info.name, "t-1")
         elif info.kind == "term":
@@ -109,6 +116,8 @@ def forward_latex(d: Derivation, ast, time="t") -> str:
     cell = d.cell
 
     def name(n):
+        if n.name in cell.constants:
+            return constant_latex(d, n.name)
         if n.prev:
             return latex_name(d, n.name, "t-1")
         return latex_name(d, n.name, None if n.name in cell.parameters else time)
@@ -118,7 +127,7 @@ def forward_latex(d: Derivation, ast, time="t") -> str:
         head = {"logistic": r"\sigma", "tanh": r"\tanh"}.get(kind, r"\operatorname{%s}" % func)
         args = cell.function_args.get(func, ())
         if args:
-            head += "_{%s}" % ",".join(str(a) for a in args)
+            head += "_{%s}" % ",".join(constant_latex(d, a) if isinstance(a, str) else str(a) for a in args)
         return r"%s\left(%s\right)" % (head, arg)
 
     return print_ast(ast, "latex", name, call)

@@ -41,7 +41,7 @@ from .names import Namespace, spec_namespace
 # ----------------------------------------------------------------------------------------- symbols
 @dataclass(frozen=True)
 class SymInfo:
-    kind: str  # value | prev | term | param | adj | next | cot | cse
+    kind: str  # value | prev | term | param | const | adj | next | cot | cse
     name: str  # quantity name (or term's "M@v"), used to print the symbol
     matrix: str | None = None  # for terms
     operand: str | None = None  # for terms
@@ -73,6 +73,10 @@ class Symbols:
 
     def prev(self, name):
         return self._make(("prev", name), f"{name}[t-1]", SymInfo("prev", name))
+
+    def const(self, name):
+        """A constant of the spec's [constants]: a symbol the derivation never differentiates by."""
+        return self._make(("const", name), name, SymInfo("const", name))
 
     def term(self, matrix, operand, prev):
         label = f"{matrix}@{operand}" + ("[t-1]" if prev else "")
@@ -146,6 +150,8 @@ class Derivation:
         name = self.cell.output if info.kind == "cot" else info.name
         if info.kind == "cse":
             return None
+        if info.kind == "const":
+            return ("1",)  # one number, broadcast like a per-sample value
         for table in (self.cell.inputs, self.cell.states, self.cell.parameters):
             if name in table:
                 return table[name].shape
@@ -229,6 +235,8 @@ def equations_to_sympy(cell: Cell, symbols: Symbols, ns: Namespace | None = None
         if isinstance(node, Name):
             if node.prev:
                 return symbols.prev(node.name)
+            if node.name in cell.constants:
+                return symbols.const(node.name)
             if node.name in cell.parameters:
                 return symbols.param(node.name)
             return symbols.value(node.name)
@@ -243,7 +251,8 @@ def equations_to_sympy(cell: Cell, symbols: Symbols, ns: Namespace | None = None
             return {"+": lambda: left + right, "-": lambda: left - right,
                     "*": lambda: left * right, "/": lambda: left / right}[node.op]()
         if isinstance(node, Call):
-            extra = [sympy.Rational(a.numerator, a.denominator) for a in cell.function_args.get(node.func, ())]
+            extra = [symbols.const(a) if isinstance(a, str) else sympy.Rational(a.numerator, a.denominator)
+                     for a in cell.function_args.get(node.func, ())]
             return FUNCTIONS[cell.functions[node.func]].sympy_function(conv(node.arg), *extra)
         raise TypeError(node)  # pragma: no cover
 
@@ -324,6 +333,8 @@ def _differentiable(expr, symbols: Symbols):
 def derive(cell: Cell, simplify: bool = True) -> Derivation:
     symbols = Symbols()
     ns = spec_namespace(cell)
+    for name in cell.constants:  # a name of the generated code too (forward and backward bind it)
+        ns.claim(name, f"the spec's constant {name}")
     forward = equations_to_sympy(cell, symbols, ns)
     for idx, fe in enumerate(forward):
         _check_defined(fe.expr, cell, forward, idx, f"the value of {fe.lhs}")
@@ -443,7 +454,7 @@ def _code_names(ns: Namespace, symbols: Symbols, forward: list[ForwardEquation])
     equations use them, then what arrives at the states from step t+1, the adjoints, the temporaries.
     Values, parameters and states keep their own names (a previous state value is its state's array)."""
     info = symbols.info
-    out = {s: i.name for s, i in info.items() if i.kind in ("value", "param", "prev")}
+    out = {s: i.name for s, i in info.items() if i.kind in ("value", "param", "prev", "const")}
     out.update({s: "dy" for s, i in info.items() if i.kind == "cot"})
     for fe in forward:
         for s in sorted(fe.expr.free_symbols, key=lambda s: s.name):

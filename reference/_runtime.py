@@ -15,7 +15,10 @@ import contextlib
 import contextvars
 import functools
 import linecache
+import math as _math  # private aliases: the runtime's public names are reserved in specs (spec.cells)
+import numbers as _numbers
 from dataclasses import dataclass
+from dataclasses import field as _field
 
 import numpy as np
 
@@ -160,7 +163,7 @@ def clip(z, bound):
 
         Clip = _sympy_function("Clip")
 
-        b = sympy.Rational(repr(float(bound)))
+        b = sympy.Rational(repr(float(bound))) if isinstance(bound, _numbers.Real) else bound  # or a constant's symbol
         return _elementwise(lambda v: Clip(v, b), z)
     inside = np.abs(z.real) <= bound
     return np.where(inside, z, np.sign(z.real) * bound).astype(z.dtype, copy=False)
@@ -173,7 +176,7 @@ def clip_mask(z, bound):
 
         ClipMask = _sympy_function("ClipMask")
 
-        b = sympy.Rational(repr(float(bound)))
+        b = sympy.Rational(repr(float(bound))) if isinstance(bound, _numbers.Real) else bound
         return _elementwise(lambda v: ClipMask(v, b), z)
     return (np.abs(z.real) <= bound).astype(z.dtype)
 
@@ -226,6 +229,8 @@ class Signature:
     parameters: dict  # name -> dims
     output: str
     output_dims: tuple
+    constants: dict = _field(default_factory=dict)  # the spec's [constants]: name -> default value
+    positive_constants: tuple = ()  # the constants used as clip bounds: every value given must be > 0
 
 
 def _describe(a):
@@ -433,6 +438,53 @@ def _batch_major_hint(e, size, dims, first: _Given):
         return (f"; {first.label} has shape {tuple(x.shape)}: is it batch-major (B, T, ...)? The reference expects "
                 "time-major (T, B, ...): pass np.swapaxes(seq, 0, 1)")
     return ""
+
+
+def prepare_constants(sig: Signature, constants):
+    """The constants of a forward call: the spec's defaults (sig.constants), overridden by ``constants`` (a dict
+    name -> number, or None). An unknown name, a value that is not a real finite number or a clip bound that
+    is not positive is an InputError naming the cell's constants. Values become Python floats (they never change
+    an array's dtype). Inside ``with symbolic():`` a value may also be a symbol (the symbolic checks)."""
+    out = dict(sig.constants)
+    if constants is None:
+        return out
+    known = f"the constants of {sig.cell!r} are {sorted(sig.constants)}" if sig.constants else \
+        f"cell {sig.cell!r} has no constants"
+    if not isinstance(constants, dict):
+        raise InputError(f"constants: expected a dict {{name: number}} or None, got {type(constants).__name__}; "
+                         f"{known}")
+    unknown = [k for k in constants if k not in sig.constants]
+    if unknown:
+        raise InputError(f"constants: unknown name(s) {unknown}; {known}")
+    for name, value in constants.items():
+        out[name] = _constant_value(sig, name, value)
+    return out
+
+
+def _constant_value(sig: Signature, name, value):
+    if _SYMBOLIC[-1] and not isinstance(value, (_numbers.Number, np.generic)):
+        return value  # a symbol of the symbolic checks
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (_numbers.Real, np.integer, np.floating)) \
+            or not _math.isfinite(value):
+        raise InputError(f"constants[{name!r}]: expected a finite real number, got {value!r:.60}")
+    if name in sig.positive_constants and not value > 0:
+        raise InputError(f"constants[{name!r}]: a clip bound must be positive, got {value!r}")
+    return float(value)
+
+
+def cached_constants(sig: Signature, cache: dict, constants=None) -> dict:
+    """backward's constants: those its forward ran with (kept in the cache). Constants given to backward as well
+    must be the same: the gradient is that of the forward that made the cache."""
+    used = cache.get("constants")
+    used = dict(sig.constants) if used is None else used
+    if constants is not None:
+        given = prepare_constants(sig, constants)
+        differ = sorted(k for k in given if given[k] is not used[k] and given[k] != used[k])
+        if differ:
+            raise InputError(f"constants: backward got {', '.join(f'{k} = {given[k]!r}' for k in differ)} but the "
+                             f"forward that made this cache ran with {', '.join(f'{k} = {used[k]!r}' for k in differ)}"
+                             "; pass the forward's constants (or none: backward uses them)")
+    return used
 
 
 def prepare_cotangents(sig: Signature, cache: dict, dy, d_final):

@@ -50,7 +50,7 @@ Stacked products (one GEMM for the terms that share an operand; rules.py, confir
 
 import numpy as np
 
-from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, guarded, prepare, prepare_cotangents,
+from lstm_spec.reference._runtime import (Signature, cached_constants, finish_backward, finish_forward, guarded, prepare, prepare_constants, prepare_cotangents,
                                            seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh)
 
 SIGNATURE = Signature(
@@ -74,7 +74,7 @@ SIGNATURE = Signature(
 
 
 @guarded  # runs under the non-finite policy (_runtime.guard): with 'raise', a NaN or Inf is caught where it is made
-def forward(params, x, h0=None, *, nonfinite="propagate"):
+def forward(params, x, h0=None, *, constants=None, nonfinite="propagate"):
     """Run the gru_reset_before cell over a sequence.
 
     params: dict of arrays keyed by the spec's parameter names: W_r (H, D), U_r (H, H), b_r (H), W_z (H, D), U_z (H, H), b_z (H), W_n (H, D), U_n (H, H), b_n (H).
@@ -84,11 +84,13 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
     Returns (y, final, cache): y = (h_1, ..., h_T) of shape (T, B, H),
     final = {'h': h_T}, and the cache that backward() needs.
     T = 0 is allowed: y is empty and the final states are the initial ones.
+    constants: a dict overriding the spec's constants (this cell has none); None: the defaults.
     nonfinite: 'propagate' (default: NaN and Inf flow through like any value) or 'raise'
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0})
     x = seq['x']
+    constants = prepare_constants(SIGNATURE, constants)
     W_r = p['W_r']
     U_r = p['U_r']
     b_r = p['b_r']
@@ -131,7 +133,7 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
         tanh(a_n, out=n[t])
         h[t + 1] = (1 - z[t]) * n[t] + z[t] * h[t]
 
-    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'r': r, 'z': z, 'rh': rh, 'n': n, 'S_h_prev': S_h_prev, 'S_x': S_x, 'W_r': W_r, 'U_r': U_r, 'b_r': b_r, 'W_z': W_z, 'U_z': U_z, 'b_z': b_z, 'W_n': W_n, 'U_n': U_n, 'b_n': b_n}
+    cache = {'dims': dims, 'dtype': dtype, 'constants': constants, 'x': x, 'h': h, 'r': r, 'z': z, 'rh': rh, 'n': n, 'S_h_prev': S_h_prev, 'S_x': S_x, 'W_r': W_r, 'U_r': U_r, 'b_r': b_r, 'W_z': W_z, 'U_z': U_z, 'b_z': b_z, 'W_n': W_n, 'U_n': U_n, 'b_n': b_n}
     finish_forward(SIGNATURE, cache, nonfinite)
     # copies: what the caller gets never aliases the cache that backward() reads
     final = {'h': h[T].copy()}
@@ -139,15 +141,17 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
 
 
 @guarded
-def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
+def backward(cache, dy=None, d_final=None, *, constants=None, nonfinite="propagate"):
     """Backpropagation through time for the gru_reset_before cell.
 
     cache: from forward(). dy: cotangent of y, shape (T, B, H). d_final: {'h': cotangent of h_T}.
     Missing cotangents are zeros. Returns the gradients of L = <dy, y> + sum_s <d_final[s], s_T>: one
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h0').
+    constants: None (the forward's, from the cache) or the same dict that forward was given.
     nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
+    cached_constants(SIGNATURE, cache, constants)
     dims, dtype = cache["dims"], cache["dtype"]
     x = cache['x']
     h = cache['h']

@@ -105,7 +105,7 @@ Stacked products (one GEMM for the terms that share an operand; rules.py, confir
 
 import numpy as np
 
-from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, guarded, prepare, prepare_cotangents,
+from lstm_spec.reference._runtime import (Signature, cached_constants, finish_backward, finish_forward, guarded, prepare, prepare_constants, prepare_cotangents,
                                            sigmoid, split_first, split_last, stack_rows, tanh)
 
 SIGNATURE = Signature(
@@ -148,7 +148,7 @@ MASKS = {'m_x': {'p': 0.2, 'values': 'inverted', 'time': 'per_step'}, 'm_1': {'p
 
 
 @guarded  # runs under the non-finite policy (_runtime.guard): with 'raise', a NaN or Inf is caught where it is made
-def forward(params, x, m_x, m_1, h10=None, c10=None, h20=None, c20=None, *, nonfinite="propagate"):
+def forward(params, x, m_x, m_1, h10=None, c10=None, h20=None, c20=None, *, constants=None, nonfinite="propagate"):
     """Run the lstm_stacked2_dropout cell over a sequence.
 
     params: dict of arrays keyed by the spec's parameter names: W1_f (H, D), U1_f (H, H), b1_f (H), W1_i (H, D), U1_i (H, H), b1_i (H), W1_c (H, D), U1_c (H, H), b1_c (H), W1_o (H, D), U1_o (H, H), b1_o (H), W2_f (H, H), U2_f (H, H), b2_f (H), W2_i (H, H), U2_i (H, H), b2_i (H), W2_c (H, H), U2_c (H, H), b2_c (H), W2_o (H, H), U2_o (H, H), b2_o (H).
@@ -163,6 +163,7 @@ def forward(params, x, m_x, m_1, h10=None, c10=None, h20=None, c20=None, *, nonf
     Returns (y, final, cache): y = (h2_1, ..., h2_T) of shape (T, B, H),
     final = {'h1': h1_T, 'c1': c1_T, 'h2': h2_T, 'c2': c2_T}, and the cache that backward() needs.
     T = 0 is allowed: y is empty and the final states are the initial ones.
+    constants: a dict overriding the spec's constants (this cell has none); None: the defaults.
     nonfinite: 'propagate' (default: NaN and Inf flow through like any value) or 'raise'
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
@@ -170,6 +171,7 @@ def forward(params, x, m_x, m_1, h10=None, c10=None, h20=None, c20=None, *, nonf
     x = seq['x']
     m_x = seq['m_x']
     m_1 = seq['m_1']
+    constants = prepare_constants(SIGNATURE, constants)
     W1_f = p['W1_f']
     U1_f = p['U1_f']
     b1_f = p['b1_f']
@@ -261,7 +263,7 @@ def forward(params, x, m_x, m_1, h10=None, c10=None, h20=None, c20=None, *, nonf
         tanh(c2[t + 1], out=tanh_c2[t])
         h2[t + 1] = o2[t] * tanh_c2[t]
 
-    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'm_x': m_x, 'm_1': m_1, 'h1': h1, 'c1': c1, 'h2': h2, 'c2': c2, 'x_d': x_d, 'f1': f1, 'i1': i1, 'c1_tilde': c1_tilde, 'o1': o1, 'tanh_c1': tanh_c1, 'h1_d': h1_d, 'f2': f2, 'i2': i2, 'c2_tilde': c2_tilde, 'o2': o2, 'tanh_c2': tanh_c2, 'S_h1_prev': S_h1_prev, 'S_x_d': S_x_d, 'S_h2_prev': S_h2_prev, 'S_h1_d': S_h1_d, 'W1_f': W1_f, 'U1_f': U1_f, 'b1_f': b1_f, 'W1_i': W1_i, 'U1_i': U1_i, 'b1_i': b1_i, 'W1_c': W1_c, 'U1_c': U1_c, 'b1_c': b1_c, 'W1_o': W1_o, 'U1_o': U1_o, 'b1_o': b1_o, 'W2_f': W2_f, 'U2_f': U2_f, 'b2_f': b2_f, 'W2_i': W2_i, 'U2_i': U2_i, 'b2_i': b2_i, 'W2_c': W2_c, 'U2_c': U2_c, 'b2_c': b2_c, 'W2_o': W2_o, 'U2_o': U2_o, 'b2_o': b2_o}
+    cache = {'dims': dims, 'dtype': dtype, 'constants': constants, 'x': x, 'm_x': m_x, 'm_1': m_1, 'h1': h1, 'c1': c1, 'h2': h2, 'c2': c2, 'x_d': x_d, 'f1': f1, 'i1': i1, 'c1_tilde': c1_tilde, 'o1': o1, 'tanh_c1': tanh_c1, 'h1_d': h1_d, 'f2': f2, 'i2': i2, 'c2_tilde': c2_tilde, 'o2': o2, 'tanh_c2': tanh_c2, 'S_h1_prev': S_h1_prev, 'S_x_d': S_x_d, 'S_h2_prev': S_h2_prev, 'S_h1_d': S_h1_d, 'W1_f': W1_f, 'U1_f': U1_f, 'b1_f': b1_f, 'W1_i': W1_i, 'U1_i': U1_i, 'b1_i': b1_i, 'W1_c': W1_c, 'U1_c': U1_c, 'b1_c': b1_c, 'W1_o': W1_o, 'U1_o': U1_o, 'b1_o': b1_o, 'W2_f': W2_f, 'U2_f': U2_f, 'b2_f': b2_f, 'W2_i': W2_i, 'U2_i': U2_i, 'b2_i': b2_i, 'W2_c': W2_c, 'U2_c': U2_c, 'b2_c': b2_c, 'W2_o': W2_o, 'U2_o': U2_o, 'b2_o': b2_o}
     finish_forward(SIGNATURE, cache, nonfinite)
     # copies: what the caller gets never aliases the cache that backward() reads
     final = {'h1': h1[T].copy(), 'c1': c1[T].copy(), 'h2': h2[T].copy(), 'c2': c2[T].copy()}
@@ -269,15 +271,17 @@ def forward(params, x, m_x, m_1, h10=None, c10=None, h20=None, c20=None, *, nonf
 
 
 @guarded
-def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
+def backward(cache, dy=None, d_final=None, *, constants=None, nonfinite="propagate"):
     """Backpropagation through time for the lstm_stacked2_dropout cell.
 
     cache: from forward(). dy: cotangent of y, shape (T, B, H). d_final: {'h1': cotangent of h1_T, 'c1': cotangent of c1_T, 'h2': cotangent of h2_T, 'c2': cotangent of c2_T}.
     Missing cotangents are zeros. Returns the gradients of L = <dy, y> + sum_s <d_final[s], s_T>: one
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h10', 'c10', 'h20', 'c20').
+    constants: None (the forward's, from the cache) or the same dict that forward was given.
     nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
+    cached_constants(SIGNATURE, cache, constants)
     dims, dtype = cache["dims"], cache["dtype"]
     x = cache['x']
     m_x = cache['m_x']

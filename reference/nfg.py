@@ -54,7 +54,7 @@ Stacked products (one GEMM for the terms that share an operand; rules.py, confir
 
 import numpy as np
 
-from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, guarded, prepare, prepare_cotangents,
+from lstm_spec.reference._runtime import (Signature, cached_constants, finish_backward, finish_forward, guarded, prepare, prepare_constants, prepare_cotangents,
                                            seq_matmul, sigmoid, split_first, split_last, stack_rows, tanh)
 
 SIGNATURE = Signature(
@@ -80,7 +80,7 @@ SIGNATURE = Signature(
 
 
 @guarded  # runs under the non-finite policy (_runtime.guard): with 'raise', a NaN or Inf is caught where it is made
-def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
+def forward(params, x, h0=None, c0=None, *, constants=None, nonfinite="propagate"):
     """Run the nfg cell over a sequence.
 
     params: dict of arrays keyed by the spec's parameter names: W_i (H, D), U_i (H, H), b_i (H), W_c (H, D), U_c (H, H), b_c (H), W_o (H, D), U_o (H, H), b_o (H), p_i (H), p_o (H).
@@ -91,11 +91,13 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
     Returns (y, final, cache): y = (h_1, ..., h_T) of shape (T, B, H),
     final = {'h': h_T, 'c': c_T}, and the cache that backward() needs.
     T = 0 is allowed: y is empty and the final states are the initial ones.
+    constants: a dict overriding the spec's constants (this cell has none); None: the defaults.
     nonfinite: 'propagate' (default: NaN and Inf flow through like any value) or 'raise'
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0, 'c': c0})
     x = seq['x']
+    constants = prepare_constants(SIGNATURE, constants)
     W_i = p['W_i']
     U_i = p['U_i']
     b_i = p['b_i']
@@ -143,7 +145,7 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
         tanh(c[t + 1], out=tanh_c[t])
         h[t + 1] = o[t] * tanh_c[t]
 
-    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'c': c, 'i': i, 'c_tilde': c_tilde, 'o': o, 'tanh_c': tanh_c, 'S_h_prev': S_h_prev, 'S_x': S_x, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'p_i': p_i, 'p_o': p_o}
+    cache = {'dims': dims, 'dtype': dtype, 'constants': constants, 'x': x, 'h': h, 'c': c, 'i': i, 'c_tilde': c_tilde, 'o': o, 'tanh_c': tanh_c, 'S_h_prev': S_h_prev, 'S_x': S_x, 'W_i': W_i, 'U_i': U_i, 'b_i': b_i, 'W_c': W_c, 'U_c': U_c, 'b_c': b_c, 'W_o': W_o, 'U_o': U_o, 'b_o': b_o, 'p_i': p_i, 'p_o': p_o}
     finish_forward(SIGNATURE, cache, nonfinite)
     # copies: what the caller gets never aliases the cache that backward() reads
     final = {'h': h[T].copy(), 'c': c[T].copy()}
@@ -151,15 +153,17 @@ def forward(params, x, h0=None, c0=None, *, nonfinite="propagate"):
 
 
 @guarded
-def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
+def backward(cache, dy=None, d_final=None, *, constants=None, nonfinite="propagate"):
     """Backpropagation through time for the nfg cell.
 
     cache: from forward(). dy: cotangent of y, shape (T, B, H). d_final: {'h': cotangent of h_T, 'c': cotangent of c_T}.
     Missing cotangents are zeros. Returns the gradients of L = <dy, y> + sum_s <d_final[s], s_T>: one
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h0', 'c0').
+    constants: None (the forward's, from the cache) or the same dict that forward was given.
     nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
+    cached_constants(SIGNATURE, cache, constants)
     dims, dtype = cache["dims"], cache["dtype"]
     x = cache['x']
     h = cache['h']

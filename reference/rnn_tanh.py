@@ -25,7 +25,7 @@ initial state and s[t + 1] the state after loop step t (so s[t] is s_{t-1} of th
 
 import numpy as np
 
-from lstm_spec.reference._runtime import (Signature, finish_backward, finish_forward, guarded, prepare, prepare_cotangents,
+from lstm_spec.reference._runtime import (Signature, cached_constants, finish_backward, finish_forward, guarded, prepare, prepare_constants, prepare_cotangents,
                                            seq_matmul, tanh)
 
 SIGNATURE = Signature(
@@ -43,7 +43,7 @@ SIGNATURE = Signature(
 
 
 @guarded  # runs under the non-finite policy (_runtime.guard): with 'raise', a NaN or Inf is caught where it is made
-def forward(params, x, h0=None, *, nonfinite="propagate"):
+def forward(params, x, h0=None, *, constants=None, nonfinite="propagate"):
     """Run the rnn_tanh cell over a sequence.
 
     params: dict of arrays keyed by the spec's parameter names: W (H, D), U (H, H), b (H).
@@ -53,11 +53,13 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
     Returns (y, final, cache): y = (h_1, ..., h_T) of shape (T, B, H),
     final = {'h': h_T}, and the cache that backward() needs.
     T = 0 is allowed: y is empty and the final states are the initial ones.
+    constants: a dict overriding the spec's constants (this cell has none); None: the defaults.
     nonfinite: 'propagate' (default: NaN and Inf flow through like any value) or 'raise'
     (NonFiniteError naming the array, step and index of the first non-finite value).
     """
     p, seq, init, dims = prepare(SIGNATURE, params, {'x': x}, {'h': h0})
     x = seq['x']
+    constants = prepare_constants(SIGNATURE, constants)
     W = p['W']
     U = p['U']
     b = p['b']
@@ -77,7 +79,7 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
         z = W_x[t] + (h[t] @ U.T) + b
         tanh(z, out=h[t + 1])
 
-    cache = {'dims': dims, 'dtype': dtype, 'x': x, 'h': h, 'W': W, 'U': U, 'b': b}
+    cache = {'dims': dims, 'dtype': dtype, 'constants': constants, 'x': x, 'h': h, 'W': W, 'U': U, 'b': b}
     finish_forward(SIGNATURE, cache, nonfinite)
     # copies: what the caller gets never aliases the cache that backward() reads
     final = {'h': h[T].copy()}
@@ -85,15 +87,17 @@ def forward(params, x, h0=None, *, nonfinite="propagate"):
 
 
 @guarded
-def backward(cache, dy=None, d_final=None, *, nonfinite="propagate"):
+def backward(cache, dy=None, d_final=None, *, constants=None, nonfinite="propagate"):
     """Backpropagation through time for the rnn_tanh cell.
 
     cache: from forward(). dy: cotangent of y, shape (T, B, H). d_final: {'h': cotangent of h_T}.
     Missing cotangents are zeros. Returns the gradients of L = <dy, y> + sum_s <d_final[s], s_T>: one
     entry per parameter (summed over time and batch), per input (per step) and per initial state ('h0').
+    constants: None (the forward's, from the cache) or the same dict that forward was given.
     nonfinite: 'propagate' (default) or 'raise' (NonFiniteError naming the first non-finite gradient).
     """
     dy, d_final = prepare_cotangents(SIGNATURE, cache, dy, d_final)
+    cached_constants(SIGNATURE, cache, constants)
     dims, dtype = cache["dims"], cache["dtype"]
     x = cache['x']
     h = cache['h']

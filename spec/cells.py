@@ -55,6 +55,7 @@ GENERATED_NAMES = frozenset({
     "np", "t", "T", "B", "params", "cache", "dy", "d_final", "grads", "forward", "backward", "p", "seq", "init",
     "dims", "dtype", "final", "nonfinite", "SIGNATURE", "KINKS", "MASKS", "STOP_GRADIENT",
     "Forward", "validate", "symbolic",  # kept from earlier versions of the generated code
+    "constants",  # the keyword of forward() and backward() that overrides the spec's [constants]
 })
 
 
@@ -87,7 +88,13 @@ def _module_bindings(module: str) -> set[str]:
 
 
 TOP_KEYS = {"name", "title", "summary", "description", "output", "equations", "dimensions", "inputs",
-            "states", "parameters", "functions", "latex", "masks"}
+            "states", "parameters", "constants", "functions", "latex", "masks"}
+
+# [constants]: named numbers the equations and the function declarations use (a forget bias added at run
+# time, a clip bound, a layer-norm epsilon), each written `name = 0.0` or `name = { value = 0.0, doc = "..." }`.
+# They are symbols without gradients in the derivation and names in the generated code, whose forward and
+# backward take `constants={"name": value}` to override them without regenerating.
+MAX_CONSTANT = 1e6  # |value| below this (a constant used as a clip bound: from 1e-6)
 
 # [masks]: inputs that are dropout or zoneout masks, given explicitly per step. The checks draw them as
 # masks (not Gaussian): each entry is 0 with probability p, else 1/(1-p) ("inverted": inverted dropout,
@@ -102,6 +109,14 @@ class Quantity:
     name: str
     role: str  # "input" | "state" | "parameter" | "intermediate"
     shape: tuple[str, ...]  # symbolic dims, () for a scalar
+
+
+@dataclass(frozen=True)
+class Constant:
+    name: str
+    value: float  # the default
+    doc: str = ""
+    positive: bool = False  # a clip bound: every value given for it must be > 0
 
 
 @dataclass
@@ -123,7 +138,9 @@ class Cell:
     output: str
     latex: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # every defined quantity
-    function_args: dict[str, tuple] = field(default_factory=dict)  # spec name -> constant parameters
+    function_args: dict[str, tuple] = field(default_factory=dict)  # spec name -> its parameters: Fraction or
+    #                                                                  the name of a constant
+    constants: dict[str, Constant] = field(default_factory=dict)  # [constants], in the spec's order
     masks: dict[str, dict] = field(default_factory=dict)  # input name -> {"p", "values", "time"}
 
     def quantity(self, name: str) -> Quantity:
@@ -369,7 +386,8 @@ def _build(data: dict, source: str, path: Path) -> Cell:
     for d, text in dims.items():
         _check_name(d, at("dimensions", d), "dimension")
         _check_text(text, at("dimensions", d), "the description of a dimension", MAX_TITLE_LENGTH)
-    count = sum(len(_table(data, k, at(k))) for k in ("dimensions", "inputs", "states", "parameters", "functions"))
+    count = sum(len(_table(data, k, at(k))) for k in ("dimensions", "inputs", "states", "parameters", "constants",
+                                                     "functions"))
     if count > MAX_DECLARATIONS:
         raise SpecError(f"{where}: {count} declarations; at most {MAX_DECLARATIONS} are allowed")
     declared: dict[str, Quantity] = {}
@@ -395,6 +413,7 @@ def _build(data: dict, source: str, path: Path) -> Cell:
     if not tables["states"]:
         raise SpecError(f"{at('states')}: [states] declares no state")
 
+    constants = _constants(_table(data, "constants", at("constants")), at, declared, dims)
     functions, function_args = {}, {}
     for fname, kind in _table(data, "functions", at("functions")).items():
         loc = at("functions", fname)
@@ -416,13 +435,7 @@ def _build(data: dict, source: str, path: Path) -> Cell:
             if set(decl) != set(wanted):
                 raise SpecError(f"{loc}: kind {kind!r} takes exactly the parameters "
                                 f"{list(wanted)}, got {sorted(decl)}")
-            values = []
-            for pname in wanted:
-                v = decl[pname]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not (1e-6 <= v < 1e6):
-                    raise SpecError(f"{loc}: {pname} must be a positive number from 1e-6 to below 1e6, got {v!r:.80}")
-                values.append(Fraction(str(v)))
-            args = tuple(values)
+            args = tuple(_function_parameter(decl[pname], pname, loc, constants) for pname in wanted)
         elif not isinstance(kind, str) or kind not in FUNCTIONS or not FUNCTIONS[kind].declarable:
             raise SpecError(f"{loc}: unknown function kind {kind!r:.80}; known: {known}")
         elif FUNCTIONS[kind].parameters:
@@ -513,6 +526,11 @@ def _build(data: dict, source: str, path: Path) -> Cell:
     for fname in functions:
         if fname not in used:
             raise SpecError(f"{at('functions', fname)}: function {fname!r} is declared but never used")
+    bounds = {a for fname in functions if fname in used for a in function_args[fname] if isinstance(a, str)}
+    for cname in constants:
+        if cname not in used and cname not in bounds:
+            raise SpecError(f"{at('constants', cname)}: constant {cname!r} is declared but never used (in an "
+                            "equation or as a function's parameter)")
     dims_used = {d for q in declared.values() for d in q.shape}
     for d in dims:
         if d not in dims_used:
@@ -539,7 +557,53 @@ def _build(data: dict, source: str, path: Path) -> Cell:
         shapes=shapes,
         function_args=function_args,
         masks=masks,
+        constants=constants,
     )
+
+
+def _constants(table: dict, at, declared: dict, dims: dict) -> dict:
+    """[constants]: `name = number` or `name = { value = number, doc = "..." }`; each one is added to ``declared``
+    (role "constant", a scalar) so that no other declaration or equation can take its name."""
+    out = {}
+    for cname, decl in table.items():
+        loc = at("constants", cname)
+        _check_name(cname, loc, "constant")
+        if cname in declared or cname in dims:
+            what = declared[cname].role if cname in declared else "dimension"
+            raise SpecError(f"{loc}: {cname!r} is already declared as a {what}")
+        doc = ""
+        if isinstance(decl, dict):
+            extra = sorted(set(decl) - {"value", "doc"})
+            if "value" not in decl or extra:
+                raise SpecError(f"{loc}: expected {cname} = 0.5 or {{ value = 0.5, doc = \"...\" }}, got keys "
+                                f"{sorted(decl)}")
+            doc = _check_text(decl.get("doc", ""), loc, "the doc of a constant", MAX_TITLE_LENGTH, code_safe=True)
+            decl = decl["value"]
+        if isinstance(decl, bool) or not isinstance(decl, (int, float)) or not abs(decl) < MAX_CONSTANT:
+            raise SpecError(f"{loc}: the value of a constant is a number below {MAX_CONSTANT:g} in magnitude, got "
+                            f"{decl!r:.80}")
+        out[cname] = Constant(cname, float(decl), doc)
+        declared[cname] = Quantity(cname, "constant", ())
+    return out
+
+
+def _function_parameter(value, pname, loc, constants: dict):
+    """A function's parameter (a clip's bound): a positive number (a Fraction), or the name of a constant of
+    [constants] whose default is positive (the name; the constant is then marked positive)."""
+    if isinstance(value, str):
+        if value not in constants:
+            raise SpecError(f"{loc}: {pname} {value!r:.80} is not a constant declared in [constants] "
+                            f"({', '.join(constants) or 'none declared'}); declare it there or give a number")
+        c = constants[value]
+        if not 1e-6 <= c.value < MAX_CONSTANT:
+            raise SpecError(f"{loc}: {pname} is the constant {value!r}, whose value {c.value:g} must be a positive "
+                            "number from 1e-6 to below 1e6")
+        constants[value] = Constant(c.name, c.value, c.doc, positive=True)
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (1e-6 <= value < MAX_CONSTANT):
+        raise SpecError(f"{loc}: {pname} must be a positive number from 1e-6 to below 1e6 or the name of a "
+                        f"constant, got {value!r:.80}")
+    return Fraction(str(value))
 
 
 def _shown(text: str) -> str:
@@ -568,6 +632,9 @@ def _infer(node, loc, declared, shapes, functions, used, defined_at=None):
             used.add(n)
             return shapes[n]
         if n in declared:
+            if declared[n].role == "constant":
+                used.add(n)
+                return None  # a number: broadcasts like a literal
             if declared[n].role == "state":
                 raise SpecError(f"{loc}: state {n!r} is used before its equation; write {n}[t-1] for the "
                                 "previous step's value")
@@ -576,7 +643,8 @@ def _infer(node, loc, declared, shapes, functions, used, defined_at=None):
         if defined_at and n in defined_at:
             raise SpecError(f"{loc}: {n!r} is used before its equation (line {defined_at[n].line}); equations are "
                             "computed in order, so a name must be defined above its first use (no cycles)")
-        raise SpecError(f"{loc}: name {n!r} is not declared (inputs, states, parameters) nor defined above")
+        raise SpecError(f"{loc}: name {n!r} is not declared (inputs, states, parameters, constants) nor defined "
+                      "above")
     if isinstance(node, Call):
         if node.func not in functions:
             raise SpecError(f"{loc}: call of undeclared function {node.func!r}; declare it in [functions]")
