@@ -134,6 +134,9 @@ def declare(meta: dict) -> Stack:
         raise DeclarationError("conformance['bidirectional'] and conformance['layers'] need a batch dimension: "
                                "declare 'batch': True (the harness loops over the batch of single-layer, "
                                "single-direction cases only)")
+    if (bidirectional or int(lay.get("count", 1)) > 1) and meta.get("loss", "sequence") == "last":
+        raise DeclarationError("conformance['loss'] 'last' is for a single layer and direction: with "
+                               "conformance['bidirectional'] or conformance['layers'], declare 'loss': 'sequence'")
     return Stack(bidirectional=bidirectional,
                  output=bi.get("output", "concat"), order=bi.get("order", "original"),
                  layers=int(lay.get("count", 1)), **shared)
@@ -366,7 +369,9 @@ def _backward(target, problem: Problem, params, x, kw: dict) -> dict:
 
     case, stack, lay, name = problem.case, target.stack, target.layout, target.name
     dy = join_output(stack, np.split(problem.dy, case.ndir, axis=-1), case, lay, problem.lengths)
-    g = target._call(problem, "backward", params, x, dy=dy, d_final=pack_states(stack, problem.d_final), **kw)
+    if target.d_final:  # declared False: its backward takes no cotangents on the final states (zero here)
+        kw = {**kw, "d_final": pack_states(stack, problem.d_final)}
+    g = target._call(problem, "backward", params, x, dy=dy, **kw)
     if not isinstance(g, dict):
         raise TargetError(f"{name}.backward: expected a dict of gradients, got {_describe(g)}")
     special = ["x"] + ([f"{s}0" for s in problem.states] if target.initial_states else [])

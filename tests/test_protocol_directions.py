@@ -226,6 +226,8 @@ def test_layer_parameters_mixed_up_fail():
     ({"layers": "2"}, ["integer >= 1"]),
     ({"layers": {"count": 2, "states": "tuple"}}, ["'stacked', 'list'"]),
     ({"layers": {"count": 2, "params": "list"}}, ["differ", "declare it once"]),
+    ({"batch": False, "features": []}, ["need a batch dimension"]),
+    ({"loss": "last"}, ["['loss'] 'last' is for a single layer and direction"]),
 ])
 def test_a_wrong_declaration_is_one_line_at_load_with_the_accepted_values(changes, says):
     target = TorchStyleRNN()
@@ -390,3 +392,15 @@ def test_the_target_subclass_example_of_protocol_md_runs_the_bidirectional_cases
     out, _ = capfd.readouterr()
     assert code == 0, out
     assert f"2 passed, 0 failed, 0 errors, {len(default_cases()) - 2} skipped" in out, out
+
+
+def test_a_backward_without_final_cotangents_runs_the_multi_slot_cases():
+    class NoFinalCotangents(TorchStyleRNN):
+        def backward(self, params, x, dy, h0, c0, **kw):
+            zero = {s: np.zeros_like(h0) for s in ("h", "c")}
+            return super().backward(params, x, dy, zero, h0, c0, **kw)
+
+    target = NoFinalCotangents()
+    target.conformance["d_final"] = False
+    report = conform(ProtocolTarget(target, "t"), QUICK_MULTI)
+    assert report.passed, format_report(report)
