@@ -29,12 +29,13 @@ from lstm_spec.reference.bidirectional import ORDERS
 
 from .problem import Case, Problem, slot_key
 
-# the layouts of y (and dy) a bidirectional target may declare: name -> (time-major, batch-major) shape
+# the layouts of y (and dy) a bidirectional target may declare, with their time-major shape (batch-major or
+# other axes: the direction axis keeps its place, _shape_text)
 OUTPUTS = {
-    "concat": ("(T, B, 2H)", "(B, T, 2H)"),  # PyTorch, Paddle, Keras Bidirectional(merge_mode="concat")
-    "stacked": ("(2, T, B, H)", "(2, B, T, H)"),  # np.stack([y_fwd, y_bwd])
-    "onnx": ("(T, 2, B, H)", "(B, T, 2, H)"),  # ONNX Y, layout 0 / 1
-    "separate": ("a pair (y_fwd, y_bwd), each (T, B, H)", "a pair (y_fwd, y_bwd), each (B, T, H)"),  # TF
+    "concat": "(T, B, 2H)",  # PyTorch, Paddle, Keras Bidirectional(merge_mode="concat")
+    "stacked": "(2, T, B, H)",  # np.stack([y_fwd, y_bwd])
+    "onnx": "(T, 2, B, H)",  # ONNX Y, layout 0 ((B, T, 2, H), layout 1, batch-major)
+    "separate": "a pair (y_fwd, y_bwd), each (T, B, H)",  # TF bidirectional_dynamic_rnn
 }
 PARAMS = ("list", "suffix")  # a list of one layout dict per slot; one dict, names suffixed _l0, _l0_reverse
 STATES = ("stacked", "list")  # each state (slots, B, H), like PyTorch's h_n; or a list of (B, H), one per slot
@@ -98,7 +99,7 @@ def _bidirectional(meta: dict) -> dict | None:
     if isinstance(value, (bool, np.bool_)):
         return {} if value else None
     spec = _table("bidirectional", value, _BIDIRECTIONAL_KEYS, "True, False")
-    outputs = ", ".join(f"{k!r} {v[0]}" for k, v in OUTPUTS.items())
+    outputs = ", ".join(f"{k!r} {v}" for k, v in OUTPUTS.items())
     if spec.get("output", "concat") not in OUTPUTS:
         raise DeclarationError(f"conformance['bidirectional']['output']: expected one of {outputs}, got "
                                f"{spec['output']!r}")

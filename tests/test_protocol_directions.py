@@ -356,6 +356,21 @@ class OnnxStyle(_Relayout):
         return np.transpose(dy, (0, 2, 1, 3)).reshape(T, B, 2 * H)
 
 
+class OnnxLayout1(_Relayout):
+    """The ONNX LSTM operator with layout=1 (batch-major): Y (B, T, 2, H), the direction axis after time."""
+
+    bidirectional = {"output": "onnx", "order": "original", "params": "list", "states": "stacked"}
+    batch_major = True
+
+    def to_y(self, y, kw):
+        T, B, H2 = y.shape
+        return np.transpose(y.reshape(T, B, 2, H2 // 2), (1, 0, 2, 3))
+
+    def from_dy(self, dy, kw):
+        B, T, _, H = dy.shape
+        return np.transpose(dy, (1, 0, 2, 3)).reshape(T, B, 2 * H)
+
+
 class StackedStyle(_Relayout):
     """y as np.stack([y_fwd, y_bwd]): (2, T, B, H)."""
 
@@ -369,7 +384,7 @@ class StackedStyle(_Relayout):
         return np.concatenate([dy[0], dy[1]], axis=-1)
 
 
-@pytest.mark.parametrize("cls", [PaddleStyle, TFBidirectionalDynamicRNN, OnnxStyle, StackedStyle])
+@pytest.mark.parametrize("cls", [PaddleStyle, TFBidirectionalDynamicRNN, OnnxStyle, OnnxLayout1, StackedStyle])
 def test_other_frameworks_layouts_are_expressible(cls):
     cases = QUICK_MULTI + [Case("lstm", (3, 2, 2, 3), "float64", 5, direction="bidirectional", layers=2)]
     report = conform(ProtocolTarget(cls(), cls.__name__), cases)
