@@ -187,3 +187,31 @@ def test_notation_page_displays_the_concatenated_input_adjoint_its_prose_describ
     assert shown.strip(), "the concatenated form is not displayed at all"
     assert r"\delta \begin{bmatrix} x_{t} \\ h_{t-1} \end{bmatrix}" in shown
     assert site.expand(["stacked", "lstm"]).strip()
+
+
+def test_the_layout_pages_tf1_recipe_reproduces_tf1s_lstmcell():
+    """The recipe the layout page gives for TF1 (no converter): kernel [W U]^T in the order i, j, f, o and the
+    f block of the bias lowered by forget_bias, run through TF1's own LSTMCell, equals the reference."""
+    text = page("layouts.md")
+    assert "np.concatenate([W, U], axis=1).T" in text and "forget_bias" in text
+    tf = pytest.importorskip("tensorflow")
+    from tensorflow.python.keras.layers.legacy_rnn import rnn_cell_impl
+
+    from lstm_spec.layouts import to_stacked
+    from lstm_spec.layouts.gates import TF1_LSTM_ORDER
+    from lstm_spec.reference import lstm
+
+    rng = np.random.default_rng(0)
+    D, H = 3, 4
+    p = {n: rng.standard_normal([{"D": D, "H": H}[d] for d in ds]) for n, ds in lstm.SIGNATURE.parameters.items()}
+    x = rng.standard_normal((1, 2, D))
+    s = to_stacked(p, TF1_LSTM_ORDER)
+    bias = s["b"].copy()
+    f = TF1_LSTM_ORDER.index("f")
+    bias[f * H:(f + 1) * H] -= 1.0
+    cell = rnn_cell_impl.LSTMCell(H, forget_bias=1.0, dtype=tf.float64)
+    zero = rnn_cell_impl.LSTMStateTuple(tf.zeros((2, H), tf.float64), tf.zeros((2, H), tf.float64))
+    cell(tf.constant(x[0]), zero)  # builds the kernel
+    cell.set_weights([np.concatenate([s["W"], s["U"]], axis=1).T, bias])
+    out, _ = cell(tf.constant(x[0]), zero)
+    assert np.abs(out.numpy() - lstm.forward(p, x)[0][0]).max() < 1e-12
