@@ -30,7 +30,7 @@ import ast
 import copy
 import inspect
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -717,6 +717,9 @@ def predict(problem: Problem, m: Mutation, biases: int, with_grads: bool, base: 
 
 
 def _predict(problem: Problem, m: Mutation, biases: int, with_grads: bool, base: dict | None) -> dict | None:
+    if m.variant in ("outputs", "cache"):  # parts of the whole module's run (one run for the three variants)
+        res = predict(problem, replace(m, variant="whole"), biases, with_grads, base)
+        return None if res is None else _part(problem, m, res, biases, with_grads, base)
     mod = mutant(problem.module, m.edits)
     if mod is None:
         return None
@@ -729,8 +732,11 @@ def _predict(problem: Problem, m: Mutation, biases: int, with_grads: bool, base:
             return None
     if not all(np.isfinite(v).all() for v in res.values()):  # it reads a value never computed
         return None
-    if m.variant in ("whole", "recompute"):
-        return res
+    return res
+
+
+def _part(problem: Problem, m: Mutation, res: dict, biases: int, with_grads: bool, base: dict | None) -> dict:
+    """The 'outputs' or 'cache' variant of a forward mutation from the whole module's quantities ``res``."""
     base = base if base is not None else reference(problem, biases, with_grads)
     if m.variant == "outputs":  # the forward changed, the backward is the reference's
         return {k: (res[k] if not k.startswith("d ") else base[k]) for k in res}

@@ -284,10 +284,12 @@ def _averaged(problem, target, got):
         return
     T, B = problem.case.shape[:2]
     base = _ref(problem, target)
-    for label, n, over in ((f"batch size B = {B}", B, "the batch"), (f"sequence length T = {T}", T, "time"),
-                           (f"T * B = {T * B}", T * B, "time and batch")):
-        if n == 1:
+    seen = {1}  # n = 1 changes nothing; T * B = T when B = 1: said once (the label has no value: one line per bug)
+    for label, n, over in (("batch size B", B, "the batch"), ("sequence length T", T, "time"),
+                           ("product T * B", T * B, "time and batch")):
+        if n in seen:
             continue
+        seen.add(n)
         res = dict(base)
         for k in _param_grad_keys(res):
             res[k] = res[k] / n

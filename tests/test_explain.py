@@ -269,5 +269,5 @@ def test_an_exact_explanation_is_not_grouped_with_fitted_ones():
     got = {k: (v / 3 if k.startswith("d ") and k not in ("d x", "d h0", "d c0") else v) for k, v in want.items()}
     failing = [r.quantity for r in compare(problem, got, want, TOL) if not r.within]
     ds = diagnose(problem, _Target(), got, failing, TOL)
-    assert ds and "divided by the batch size B = 3" in ds[0].detail, ds
+    assert ds and "divided by the batch size B" in ds[0].detail, ds
     assert "clipped" not in ds[0].detail, ds
