@@ -24,6 +24,7 @@ if not os.environ.get("CI"):
 
 from lstm_spec_docs import layouts_doc, site, student  # noqa: E402
 
+pytestmark = pytest.mark.docs  # the docs selection (conftest marks test_docs*.py files it lists)
 CODE = re.compile(r"^(?P<indent> *)```python\n(?P<code>.*?)^(?P=indent)```", re.S | re.M)
 PAGES = {"exploding-gradients.md": "Exploding gradients and clipping", "multilayer-bptt.md": "Multi-layer BPTT",
          "bidirectional.md": "Bidirectional BPTT", "exercises.md": "Exercises", "references.md": "References"}

@@ -26,6 +26,7 @@ from lstm_spec_docs import figures, site  # noqa: E402
 from lstm_spec.spec import builtin_cells, load  # noqa: E402
 
 EDGE = re.compile(r'<g id="[^"]*" class="edge">\s*<title>(.*?)</title>(.*?)</g>', re.S)
+pytestmark = pytest.mark.docs  # the docs selection (conftest marks test_docs*.py files it lists)
 NODE = re.compile(r'<g id="[^"]*" class="node">\s*<title>(.*?)</title>', re.S)
 
 
