@@ -22,8 +22,9 @@ def multilayer_bptt(layers, Wy, by, x, target):
     cache, Y = {}, {}
     for t in range(1, T + 1):  # forward: for t = 1..T, for layer k = 1..L
         below = x[t - 1]
-        for k in range(L):  # the step reads the PREVIOUS states C[t-1, k], h[t-1, k]   (fix 2)
-            _, final, cache[t, k] = lstm.forward(layers[k], below[None], h0=h[t - 1, k], c0=C[t - 1, k])
+        for k in range(L):  # the step starts from the PREVIOUS states C[t-1, k], h[t-1, k]  (fix 2)
+            _, final, cache[t, k] = lstm.forward(layers[k], below[None],
+                                                 h0=h[t - 1, k], c0=C[t - 1, k])
             h[t, k], C[t, k] = final["h"], final["c"]
             below = h[t, k]
         Y[t] = softmax(h[t, L - 1] @ Wy.T + by)
