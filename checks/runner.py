@@ -15,6 +15,7 @@ from lstm_spec.derivations.build import GenerateError, generate, is_builtin, rec
 from lstm_spec.spec import Cell
 
 from . import mutants
+from .cases import alternative_constants, format_constants, with_constants
 from .numeric import check_derivatives, check_float32
 from .symbolic import check_step, check_unrolled
 from .tolerances import TOLERANCES
@@ -155,14 +156,14 @@ def _cell_done(counter, cell: Cell, rows: list[Row], seconds: float) -> None:
 
 
 def verify_cells(cells: list[Cell], progress=None, torch: bool = True, jobs: int = 1, proof: bool = False,
-                 counter=None) -> list[Row]:
+                 counter=None, constants: dict | None = None) -> list[Row]:
     """verify_cell for each cell, in ``jobs`` worker processes; rows come back in the cells' order.
     ``counter`` (checks.progress.Counter) is advanced as each cell finishes."""
     if jobs <= 1 or len(cells) <= 1:
         out = []
         for cell in cells:
             t0 = time.perf_counter()
-            out += (rows := verify_cell(cell, progress, torch, proof))
+            out += (rows := verify_cell(cell, progress, torch, proof, constants))
             _cell_done(counter, cell, rows, time.perf_counter() - t0)
         return out
     import concurrent.futures as cf
@@ -170,7 +171,7 @@ def verify_cells(cells: list[Cell], progress=None, torch: bool = True, jobs: int
 
     ctx = multiprocessing.get_context("fork")
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = {pool.submit(verify_cell, cell, progress, torch, proof): cell for cell in cells}
+        futures = {pool.submit(verify_cell, cell, progress, torch, proof, constants): cell for cell in cells}
         for f in cf.as_completed(futures):
             rows = f.result()
             _cell_done(counter, futures[f], rows, sum(r.seconds for r in rows))
@@ -192,9 +193,40 @@ SYMBOLIC_METHODS = {
 }
 
 
-def verify_cell(cell: Cell, progress=None, torch: bool = True, proof: bool = False) -> list[Row]:
+def constant_variants(module, constants: dict | None = None) -> list[dict]:
+    """The values of the spec's constants that the numeric checks (c) and PyTorch (d) run at: the given ones
+    (`verify --constants`); else the defaults and one non-default value of each (cases.alternative_constants),
+    for a cell with constants. (a) and (b) take the constants as symbols: they hold for every value."""
+    if constants:
+        return [dict(constants)]
+    alternative = alternative_constants(module)
+    return [{}, alternative] if alternative else [{}]
+
+
+def _at_variants(check, module, variants: list[dict]) -> dict:
+    """check(module at each variant of the constants): the largest error, its "worst" led by the constants it ran
+    at; a skipped check is skipped."""
+    out = None
+    for values in variants:
+        res = check(with_constants(module, values))
+        if "skipped" in res:
+            return res
+        if out is None or res["error"] > out["error"]:
+            out = {**res, "worst": (f"at {format_constants(values)}: " if values else "") + res.get("worst", "")}
+    return out
+
+
+def _variants_note(variants: list[dict]) -> str:
+    shown = [format_constants(v) or "the defaults" for v in variants]
+    return f"constants: (c) and (d) at {' and at '.join(shown)}; (a) and (b) for symbolic constants"
+
+
+def verify_cell(cell: Cell, progress=None, torch: bool = True, proof: bool = False,
+                constants: dict | None = None) -> list[Row]:
     """Every check of one cell. proof=False: (a) and (b) take their expected derivatives from reverse
-    accumulation at random points (seconds); proof=True: from sympy.diff, (a) expanded (minutes per cell)."""
+    accumulation at random points (seconds); proof=True: from sympy.diff, (a) expanded (minutes per cell).
+    constants: values of the spec's constants for (c) and (d) (default: the defaults and a non-default value
+    of each; constant_variants); (a) and (b) check the derivation for symbolic constants."""
     progress = progress or Progress(enabled=False)
     derivative = "sympy" if proof else "reverse"
     rows: list[Row] = []
@@ -213,6 +245,8 @@ def verify_cell(cell: Cell, progress=None, torch: bool = True, proof: bool = Fal
         return rows + [failed]
     mutant = mutants.load_module(mutants.mutate_code(gen.text, mutants.recursion_line(gen.text), "delete"),
                                  f"lstm_spec_control_{name}")
+    variants = constant_variants(module, constants)
+    note = _variants_note(variants) if cell.constants else ""
 
     # (a)
     progress(f"{name}: (a) symbolic equality of every adjoint of one step")
@@ -237,30 +271,109 @@ def verify_cell(cell: Cell, progress=None, torch: bool = True, proof: bool = Fal
                                  ("finite_difference", "float64", "(c) finite differences")):
         progress(f"{name}: {label}")
         tol = TOLERANCES[(method, dtype)].value
-        res, secs = timed(lambda: check_derivatives(module, method))  # noqa: B023 - called within the iteration
+        res, secs = timed(lambda: _at_variants(lambda m: check_derivatives(m, method),  # noqa: B023 - called
+                                               module, variants))  # within the iteration
         if "skipped" in res:
             rows.append(Row(name, label, None, None, None, "-", secs, res["skipped"]))
             continue
-        ctl = check_derivatives(mutant, method)
+        ctl = check_derivatives(with_constants(mutant, variants[-1]), method)
         rows.append(Row(name, label, res["error"], tol, res["error"] <= tol,
-                        "caught" if not ctl["error"] <= tol else "NOT CAUGHT", secs, res["worst"]))
+                        "caught" if not ctl["error"] <= tol else "NOT CAUGHT", secs,
+                        "; ".join(filter(None, [res["worst"], note]))))
     progress(f"{name}: (c) float32 against float64")
     tol = TOLERANCES[("float32", "float32")].value
-    res, secs = timed(lambda: check_float32(module))
-    rows.append(Row(name, "(c) float32 vs float64", res["error"], tol, res["error"] <= tol, "-", secs, res["worst"]))
+    res, secs = timed(lambda: _at_variants(check_float32, module, variants))
+    rows.append(Row(name, "(c) float32 vs float64", res["error"], tol, res["error"] <= tol, "-", secs,
+                    "; ".join(filter(None, [res["worst"], note]))))
 
     # (d)
     if torch:
         progress(f"{name}: (d) PyTorch float64")
         tol = TOLERANCES[("torch", "float64")].value
-        res, secs = timed(lambda: check_torch(module, name))
+        res, secs = timed(lambda: _torch_at_variants(cell, module, variants))
         if "skipped" in res:
             rows.append(Row(name, "(d) PyTorch", None, None, None, "-", secs, res["skipped"]))
         else:
             ctl = check_torch(mutant, name)
             rows.append(Row(name, "(d) PyTorch", res["error"], tol, res["error"] <= tol,
-                            "caught" if not ctl.get("error", 0) <= tol else "NOT CAUGHT", secs, res["worst"]))
+                            "caught" if not ctl.get("error", 0) <= tol else "NOT CAUGHT", secs,
+                            "; ".join(filter(None, [res["worst"], res.get("note", "")]))))
     return rows
+
+
+def _torch_at_variants(cell: Cell, module, variants: list[dict]) -> dict:
+    """check_torch at each variant PyTorch can express (torch_constants); the others are named in "note"."""
+    out, left = None, []
+    for values in variants:
+        kwargs = torch_constants(cell, values)
+        if kwargs is None:
+            left.append(format_constants(values))
+            continue
+        res = check_torch(with_constants(module, values), cell.name, **kwargs)
+        if "skipped" in res:
+            return res
+        if out is None or res["error"] > out["error"]:
+            out = {**res, "worst": (f"at {format_constants(values)}: " if values else "") + res["worst"]}
+    if out is None:
+        return {"skipped": f"PyTorch has no counterpart of {', '.join(left)}"}
+    return {**out, "note": f"not compared with PyTorch at {', '.join(left)} (no counterpart)" if left else ""}
+
+
+def _bias_of(cell: Cell, name: str) -> list[str]:
+    """The vector parameters a constant is added beside (z_f = ... + b_f + forget_bias: b_f), one per equation
+    that adds it as a term of its sum; [] when some use of it is not such a term."""
+    from lstm_spec.spec.language import BinOp, Name, walk
+
+    out, uses = [], 0
+    for eq in cell.equations:
+        uses += sum(1 for n in walk(eq.rhs) if isinstance(n, Name) and n.name == name)
+        terms, stack = [], [eq.rhs]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, BinOp) and node.op == "+":
+                stack += [node.right, node.left]
+            else:
+                terms.append(node)
+        names = [t.name for t in terms if isinstance(t, Name) and not t.prev]
+        bias = [n for n in names if n in cell.parameters and len(cell.parameters[n].shape) == 1]
+        if name in names and bias:
+            out.append(bias[0])
+    return out if len(out) == uses else []
+
+
+def torch_constants(cell: Cell, values: dict) -> dict | None:
+    """check_torch's keyword arguments that give PyTorch the same constants: a constant added beside a bias is
+    that bias shifted (the weights, or the program's parameters); the layer-normalised LSTM's eps goes to
+    layer_norm. {} at the defaults; None when some value has no PyTorch counterpart (a clip bound)."""
+    if not values:
+        return {}
+    from .torch_check import TORCH_EQUIVALENTS, TORCH_PROGRAMS, TorchProgram, _run_layer_norm
+
+    if cell.name not in TORCH_EQUIVALENTS and cell.name not in TORCH_PROGRAMS:
+        return {}  # check_torch says that PyTorch has no such cell
+    shift, eps = {}, None
+    for name, value in values.items():
+        if name == "eps" and cell.name == "lstm_layer_norm" and is_builtin(cell):
+            eps = value
+            continue
+        biases = _bias_of(cell, name)
+        if not biases:
+            return None
+        for b in biases:
+            shift[b] = shift.get(b, 0.0) + value
+
+    def shifted(p):
+        return {**p, **{b: p[b] + v for b, v in shift.items()}}
+
+    if cell.name in TORCH_PROGRAMS:
+        base = TORCH_PROGRAMS[cell.name]
+        run = (lambda torch, p, seq, init, dims: _run_layer_norm(torch, shifted(p), seq, init, dims, eps=eps)) \
+            if eps is not None else (lambda torch, p, seq, init, dims: base.run(torch, shifted(p), seq, init, dims))
+        return {"program": TorchProgram(run, base.what)}
+    if cell.name in TORCH_EQUIVALENTS and eps is None:
+        weights = TORCH_EQUIVALENTS[cell.name].weights
+        return {"weights": lambda torch, p, dims, seed: weights(torch, shifted(p), dims, seed)}
+    return None
 
 
 def all_passed(rows: list[Row]) -> bool:

@@ -85,6 +85,10 @@ def cmd_verify(args) -> int:
 
     t0 = time.perf_counter()
     cells = _cells(args.cells)
+    constants, cells, error = _verify_constants(args.constants, cells, named=bool(args.cells))
+    if error:
+        print(f"lstm-spec verify: {error}", file=sys.stderr)
+        return 2
     print(f"lstm-spec verify: {', '.join(c.name for c in cells)}", file=sys.stderr)
     jobs = args.jobs or min(2, os.cpu_count() or 1)
     with Counter(len(cells) + 1, "verify", enabled=not args.quiet) as counter:
@@ -92,15 +96,56 @@ def cmd_verify(args) -> int:
         progress = Progress(enabled=args.verbose and not counter.live)
         rows = verify_rules(progress)
         counter.step(f"derivative rules: {rows[0].status}")
-        rows += verify_cells(cells, progress, torch=not args.no_torch, jobs=jobs, proof=args.proof, counter=counter)
+        rows += verify_cells(cells, progress, torch=not args.no_torch, jobs=jobs, proof=args.proof, counter=counter,
+                             constants=constants)
     print(format_table(rows))
     print(f"\n{SYMBOLIC_METHODS[args.proof]}")
+    if any(c.constants for c in cells):
+        print(CONSTANTS_NOTE if not constants else "Constants: (c) and (d) ran at " + ", ".join(
+            f"{k} = {v:g}" for k, v in constants.items()) + "; (a) and (b) take them as symbols (every value).")
     ok = all_passed(rows)
     failed = [f"{r.cell} / {r.check}" for r in rows if r.status not in ("pass", "n/a")]
     verdict = "all checks passed" if ok else f"SOME CHECKS FAILED ({len(failed)}: {', '.join(failed[:5])}" + (
         f" and {len(failed) - 5} more)" if len(failed) > 5 else ")")
     print(f"\n{verdict} ({len(rows)} rows, {time.perf_counter() - t0:.1f} s)")
     return 0 if ok else 1
+
+
+def _verify_constants(texts, cells, named: bool):
+    """(constants, cells, error) for `verify --constants NAME=VALUE ...`: the values as floats, checked against
+    the spec of every cell named (no cells named: the built-in cells that have all of those constants)."""
+    if not texts:
+        return None, cells, ""
+    constants = {}
+    for text in (t for chunk in texts for t in chunk.split(",") if t.strip()):
+        name, sep, value = text.partition("=")
+        try:
+            constants[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            return None, cells, f"--constants {text!r}: expected NAME=NUMBER, e.g. --constants forget_bias=1.0"
+    if not named:
+        cells = [c for c in cells if set(constants) <= set(c.constants)]
+        if not cells:
+            return None, cells, (f"no built-in cell has the constant(s) {sorted(constants)}; `lstm-spec derive CELL` "
+                                 "shows a cell's constants")
+    for cell in cells:
+        unknown = sorted(set(constants) - set(cell.constants))
+        if unknown:
+            return None, cells, (f"--constants {', '.join(unknown)}: not a constant of cell {cell.name!r} (its "
+                                 f"constants: {', '.join(cell.constants) or 'none'})")
+        bad = [n for n, v in constants.items() if v != v or abs(v) == float("inf")
+               or (cell.constants[n].positive and not v > 0)]
+        if bad:
+            return None, cells, (f"--constants {bad[0]}={constants[bad[0]]}: expected a finite number"
+                                 + (" above 0 (a clip bound)" if cell.constants[bad[0]].positive else ""))
+    return constants, cells, ""
+
+
+CONSTANTS_NOTE = ("Constants (a spec's [constants]): (c) and (d) ran at the defaults and at a non-default value of "
+                  "each (a clip bound halved, 1 for a default 0, else twice the default); (a) and (b) take them as "
+                  "symbols.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: min(2, number of cores); 1: in this process)")
     s.add_argument("--proof", action="store_true", help="checks (a) and (b) by sympy.diff, (a) expanded to a "
                    "proof (minutes per cell) instead of reverse accumulation at random points (seconds)")
+    s.add_argument("--constants", action="append", metavar="NAME=VALUE[,NAME=VALUE]", help="run the numeric checks "
+                   "(c) and PyTorch (d) with these values of the cells' [constants], e.g. forget_bias=1.0 (default: "
+                   "at the defaults and at a non-default value of each); without cell names, the cells that have "
+                   "these constants")
     s.set_defaults(func=cmd_verify)
 
     from lstm_spec.conformance.cli import add_subcommands  # conform, vectors
