@@ -180,9 +180,6 @@ def test_layout_table_lists_tf1_cudnn_mxnet_with_their_sources():
     assert "<!-- lstm-spec: layout-sources -->" in text
 
 
-@pytest.mark.xfail(strict=True, reason="formulas.py (not this helper's): _gate_params refuses z_f = ... + forget_bias "
-                   "since the spec's [constants], so the notation page's stacked and concatenated displays are "
-                   "empty; and concat_formulas has no δ[x; h] line for the page's prose (see the report)")
 def test_notation_page_displays_the_concatenated_input_adjoint_its_prose_describes():
     shown = site.expand(["concat", "lstm"])
     assert shown.strip(), "the concatenated form is not displayed at all"
@@ -216,3 +213,13 @@ def test_the_layout_pages_tf1_recipe_reproduces_tf1s_lstmcell():
     cell.set_weights([np.concatenate([s["W"], s["U"]], axis=1).T, bias])
     out, _ = cell(tf.constant(x[0]), zero)
     assert np.abs(out.numpy() - lstm.forward(p, x)[0][0]).max() < 1e-12
+
+
+def test_a_form_the_cell_does_not_have_fails_the_build_instead_of_rendering_nothing():
+    with pytest.raises(ValueError, match="has no such form"):
+        site.expand(["concat", "gru_reset_after"])
+
+
+def test_the_stacked_form_shows_the_constant_the_spec_adds():
+    shown = site.expand(["stacked", "lstm"])
+    assert r"\mathrm{forget\_bias}" in shown and r"0 \\ \mathrm{forget\_bias} \\ 0 \\ 0" in shown

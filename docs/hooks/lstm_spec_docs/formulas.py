@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from lstm_spec.derivations import derive
-from lstm_spec.derivations.render import backward_equations, forward_equations, latex_name
+from lstm_spec.derivations.render import backward_equations, constant_latex, forward_equations, latex_name
 from lstm_spec.spec import builtin_cells, load
 
 CANONICAL = "lstm"
@@ -119,14 +119,35 @@ def backward(d) -> list[tuple[str, str, str]]:
 
 
 def _gate_params(d):
-    cell = d.cell
+    """The gates, in layouts.GATES order, when every pre-activation is exactly W_g x + U_g h[t-1] + b_g in the
+    derivation's forward pass, optionally plus one of the spec's [constants] (lstm's forget_bias); else None."""
     from lstm_spec.layouts import GATES
 
+    cell = d.cell
     ok = all(f"{k}_{g}" in cell.parameters for k in ("W", "U", "b") for g in GATES)
-    # only where every pre-activation is exactly W_g x + U_g h[t-1] + b_g in the derivation's forward pass
+    return GATES if ok and _added_constants(d, GATES) is not None else None
+
+
+def _added_constants(d, gates) -> dict | None:
+    """gate -> the constant added to its pre-activation ("" for none); None when a pre-activation has another form."""
     fwd = {r.target: r.expression for r in forward_equations(d, latex=False)}
-    ok = ok and all(fwd.get(f"z_{g}") == f"W_{g} @ x + U_{g} @ h[t-1] + b_{g}" for g in GATES)
-    return GATES if ok else None
+    out = {}
+    for g in gates:
+        base = f"W_{g} @ x + U_{g} @ h[t-1] + b_{g}"
+        rest = fwd.get(f"z_{g}", "")
+        if rest == base:
+            out[g] = ""
+        elif rest.startswith(base + " + ") and rest[len(base) + 3:] in d.cell.constants:
+            out[g] = rest[len(base) + 3:]
+        else:
+            return None
+    return out
+
+
+def _constant_terms(d, gates, n) -> tuple[list[str], bool]:
+    """Per gate, the LaTeX of its added constant (0 for none), and whether any gate has one."""
+    added = _added_constants(d, gates) or {}
+    return [constant_latex(d, added[g]) if added.get(g) else "0" for g in gates], any(added.values())
 
 
 def stacked_formulas(d) -> list[str]:
@@ -144,6 +165,9 @@ def stacked_formulas(d) -> list[str]:
     z = col([n(f"z_{g}", "t") for g in gates])
     fwd = (f"{z} = {col([n(f'W_{g}') for g in gates])} {n('x', 't')} + "
            f"{col([n(f'U_{g}') for g in gates])} {n('h', 't-1')} + {col([n(f'b_{g}') for g in gates])}")
+    consts, any_const = _constant_terms(d, gates, n)
+    if any_const:  # a constant the spec adds at run time (lstm's forget_bias), per gate, 0 where none
+        fwd += f" + {col(consts)}"
     # gradients: stack the derivation's own parameter statements, gate by gate
     by_target = {p: tex for p, _, tex in backward(d)}
     rows = {}
@@ -172,12 +196,20 @@ def concat_formulas(d) -> list[str]:
     def n(name, t=None):
         return latex_name(d, name, t)
     xh = r"\begin{bmatrix} %s \\ %s \end{bmatrix}" % (n("x", "t"), n("h", "t-1"))
+    consts, _ = _constant_terms(d, gates, n)
     out = []
-    for g in gates:
-        out.append(r"%s = \begin{bmatrix} %s & %s \end{bmatrix} %s + %s" % (
-            n(f"z_{g}", "t"), n(f"W_{g}"), n(f"U_{g}"), xh, n(f"b_{g}")))
+    for g, const in zip(gates, consts, strict=True):
+        out.append(r"%s = \begin{bmatrix} %s & %s \end{bmatrix} %s + %s%s" % (
+            n(f"z_{g}", "t"), n(f"W_{g}"), n(f"U_{g}"), xh, n(f"b_{g}"), "" if const == "0" else f" + {const}"))
     out.append(r"\delta \begin{bmatrix} %s & %s \end{bmatrix} = \sum_{t} \delta %s\, %s^\top" % (
         n(f"W_{gates[0]}"), n(f"U_{gates[0]}"), n(f"z_{gates[0]}", "t"), xh))
+    plain = {r.target: r.expression for r in backward_equations(d, latex=False, textbook=True)}
+    through_gates = {f"W_{g}^T d_z_{g}" for g in gates}, {f"U_{g}^T d_z_{g}" for g in gates}
+    if (set(plain.get("d_x", "").split(" + ")), set(plain.get("d_h_prev", "").split(" + "))) == through_gates:
+        # only where the derivation says exactly this: the joined input's adjoint, summed over the gates
+        out.append(r"\delta %s = %s" % (xh, " + ".join(
+            r"\begin{bmatrix} %s & %s \end{bmatrix}^\top \delta %s" % (n(f"W_{g}"), n(f"U_{g}"), n(f"z_{g}", "t"))
+            for g in gates)))
     return out
 
 
@@ -203,6 +235,9 @@ def block(cell: str, sec: str, index: int, target: str, tex: str) -> str:
 def blocks(cell: str, sec: str, targets=None, kinds=None) -> str:
     d = derivation(cell)
     items = section(d, sec)
+    if not items and sec in ("stacked", "concat"):  # a page that asks for a form must not silently lose it
+        raise ValueError(f"lstm-spec: {sec} {cell}: the cell's pre-activations are not W_g x + U_g h[t-1] + b_g "
+                         "(plus a constant) for every gate, so it has no such form")
     kind_of = {p: k for p, k, _ in backward(d)} if sec == "backward" else {}
     out = []
     for k, (target, tex) in enumerate(items):

@@ -171,20 +171,21 @@ def multilayer_md() -> str:
 
 # ------------------------------------------------------------------------------------------ concatenated input
 def concat_adjoint_md(cell: str = "lstm") -> str:
-    """The adjoint of the concatenated input [x_t; h_{t-1}], in the names of the derivation."""
+    """The adjoint of the concatenated input [x_t; h_{t-1}]: formulas.concat_formulas' statement (shown only where
+    the derivation's δx_t and δh_{t-1} are exactly the gate sums), then its two halves."""
     from lstm_spec.derivations.render import latex_name
 
-    from .formulas import derivation
+    from .formulas import concat_formulas, derivation
 
     d = derivation(cell)
-    params = d.cell.parameters
-    gates = [k[2:] for k in params if k.startswith("W_") and f"U_{k[2:]}" in params]  # in the spec's order
+    shown = [tex for tex in concat_formulas(d)
+             if tex.startswith(r"\delta \begin{bmatrix}") and "x_" in tex.split("=")[0]]
+    if not shown:
+        raise ValueError(f"concat-adjoint {cell}: the derivation's δx and δh_(t-1) are not the gate sums of the "
+                         "concatenated form, so there is nothing true to display")
     def n(name, time=None):
         return latex_name(d, name, time)
-    xh = r"\begin{bmatrix} %s \\ %s \end{bmatrix}" % (n("x", "t"), n("h", "t-1"))
-    terms = " + ".join(r"\begin{bmatrix} %s & %s \end{bmatrix}^\top \delta %s"
-                       % (n(f"W_{g}"), n(f"U_{g}"), n(f"z_{g}", "t")) for g in gates)
     halves = rf"\begin{{bmatrix}} \delta {n('x', 't')} \\ \delta {n('h', 't-1')}^{{(t)}} \end{{bmatrix}}"
-    tex = rf"\delta {xh} = {terms} = {halves}"
+    tex = rf"{shown[0]} = {halves}"
     return (f'<div class="arithmatex lstm-concat-adjoint" data-cell="{cell}">'
             f'\\[ {html.escape(tex, quote=False)} \\]</div>')
