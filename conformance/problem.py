@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 
 import numpy as np
 
-from lstm_spec.checks.cases import dims_for
+from lstm_spec.checks.cases import KINK_MARGIN, dims_for
 from lstm_spec.layouts.frameworks import gate_names
 
 DIRECTIONS = ("forward", "reverse", "bidirectional")
@@ -173,7 +174,67 @@ def make_problem(case: Case, module=None) -> Problem:
     if case.last_output_loss:  # the last valid step of each sequence (in the original time order)
         last = (lengths if lengths is not None else np.full(B, T)) - 1
         dy = dy * (np.arange(T)[:, None] == last[None, :])[:, :, None].astype(dt)
-    return Problem(case, module, params, x, init, dy, d_final, bias_ih, dims, lengths)
+    return in_regimes(Problem(case, module, params, x, init, dy, d_final, bias_ih, dims, lengths))
+
+
+REGIME_GAINS = (1.0, 1.5, 2.0, 3.0, 4.0)
+PIECES = ("below -bound", "inside", "above bound")
+
+
+def in_regimes(problem: Problem) -> Problem:
+    """For a cell with piecewise functions (its module's KINKS: clips), the problem with its cell states and
+    projections scaled (:func:`_scaled`) by the first of REGIME_GAINS at which every clip meets each of its PIECES
+    somewhere in the case and no value lies within KINK_MARGIN of a kink (a float32 target's rounding must
+    not cross one); when no gain does (a case with a handful of values), the one that comes closest. At
+    gain 1 the draw alone rarely exceeds a cell clip. A cell without kinks: the problem as drawn."""
+    if not getattr(problem.module, "KINKS", None):
+        return problem
+    best = None
+    for gain in REGIME_GAINS:
+        scaled = _scaled(problem, gain)
+        met, nearest = regimes_met(scaled)
+        score = (min(len(m) for m in met.values()), nearest >= KINK_MARGIN)
+        if best is None or score > best[0]:
+            best = (score, scaled)
+        if score == (len(PIECES), True):
+            break
+    return best[1]
+
+
+def _scaled(problem: Problem, gain: float) -> Problem:
+    """The initial states other than the output's (a cell state) and the parameters outside the gates (a
+    projection) multiplied by ``gain``. The gates' own parameters keep their draw, so no gate saturates
+    more than drawn: a float32 target's 1 - tanh(z)**2 and sigma(z)(1 - sigma(z)) stay as well conditioned."""
+    sig = problem.module.SIGNATURE
+    gates = set(gate_names(sig.parameters))
+    scaled = {n for n in sig.parameters if n.rsplit("_", 1)[-1] not in gates} | set(sig.states) - {sig.output}
+
+    def scale(d):
+        return {k: (np.asarray(v, np.float64) * gain).astype(problem.dtype) if k in scaled else v
+                for k, v in d.items()}
+
+    return problem if gain == 1 else problem.with_(params=[scale(p) for p in problem.params],
+                                                    init=[scale(s) for s in problem.init])
+
+
+def regimes_met(problem: Problem) -> tuple[dict, float]:
+    """({KINKS key: the PIECES its values meet in the case}, the smallest distance of a value to a kink),
+    from the float64 reference's forward over every layer, direction and valid step of the case."""
+    module = problem.module
+    met = {key: set() for key, _ in module.KINKS}
+    nearest = [np.inf]
+
+    def forward(*args, **kwargs):
+        out = module.forward(*args, **kwargs)
+        constants = {**(getattr(module.SIGNATURE, "constants", None) or {}), **(kwargs.get("constants") or {})}
+        for key, bound in module.KINKS:
+            b, v = float(constants[bound] if isinstance(bound, str) else bound), np.asarray(out[2][key])
+            met[key] |= {p for p, hit in zip(PIECES, (v < -b, np.abs(v) < b, v > b), strict=True) if hit.any()}
+            nearest[0] = min(nearest[0], float(np.min(np.abs(np.abs(v) - b), initial=np.inf)))
+        return out
+
+    expected(problem, module=SimpleNamespace(SIGNATURE=module.SIGNATURE, forward=forward), with_grads=False)
+    return met, nearest[0]
 
 
 def valid_mask(problem: Problem) -> np.ndarray | None:

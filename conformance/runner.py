@@ -23,8 +23,9 @@ from .problem import Case, Problem, expected, make_problem, reference_module
 from .signatures import diagnose
 from .targets import FORWARD, ProtocolError, Target, TargetError, describe, users_interrupt, watching_interrupts
 
-# (T, B, D, H): T = 1 and B = 1 together, B = 1, D != H (both ways), D = H, a longer sequence
-SHAPES = [(1, 1, 3, 2), (2, 1, 2, 3), (4, 3, 5, 3), (6, 2, 4, 4)]
+# (T, B, D, H): T = 1 and B = 1 together, B = 1, D != H (both ways), D = H, a longer sequence, and a long
+# one (T = 16: an error that grows with T, a cell clip reached by accumulation)
+SHAPES = [(1, 1, 3, 2), (2, 1, 2, 3), (4, 3, 5, 3), (6, 2, 4, 4), (16, 2, 3, 4)]
 
 
 def default_cases(cells=("lstm",), dtypes=("float64", "float32"), seed: int = 0) -> list[Case]:

@@ -89,7 +89,7 @@ def test_modified_inputs_are_named_from_a_worker_process():
 
 @pytest.mark.parametrize("name", ["HangsInPython", "HangsInC"])
 def test_hang_is_a_timeout_and_the_run_goes_on(name):
-    cases = [c for c in QUICK if c.dtype == "float64"][1:]  # T = 2, 4, 6: the middle one hangs
+    cases = [c for c in QUICK if c.dtype == "float64"][1:4]  # T = 2, 4, 6: the middle one hangs
     report = conform(_target(name), cases, timeout=3)
     assert [r.status for r in report.results] == ["pass", "error", "pass"], format_report(report)
     assert "timed out: no result within 3 s" in report.results[1].detail
@@ -97,7 +97,7 @@ def test_hang_is_a_timeout_and_the_run_goes_on(name):
 
 
 def test_dead_worker_is_reported_and_replaced():
-    cases = [c for c in QUICK if c.dtype == "float64"][1:]
+    cases = [c for c in QUICK if c.dtype == "float64"][1:4]  # T = 2, 4, 6: the middle one dies
     report = conform(_target("Crashes"), cases, timeout=GUARD)
     assert [r.status for r in report.results] == ["pass", "error", "pass"]
     assert "the target's process died during the case (killed by SIGKILL)" in report.results[1].detail
@@ -128,7 +128,7 @@ def test_cli_timeout_stops_a_hanging_target():
     res = _cli("conform", f"{TARGETS}:HangsInPython", "--quick", "--dtype", "float64", "--timeout", "3",
                "--quiet", check_rc=1)
     assert "timed out: no result within 3 s (--timeout)" in res.stdout
-    assert "3 passed, 0 failed, 1 errors, 0 skipped" in res.stdout
+    assert "4 passed, 0 failed, 1 errors, 0 skipped" in res.stdout  # the T = 4 case hangs
     assert "a worker process, timeout 3 s per case" in res.stderr
 
 

@@ -22,7 +22,7 @@ def test_correct_target_passes_with_header(tmp_path):
     r = _run(tmp_path, "lstm_spec.conformance.examples:correct")
     assert r.returncode == 0, r.stdout[-3000:]
     assert "lstm-spec conformance: lstm_spec.conformance.examples:correct (NumpyLSTM(correct))" in r.stdout
-    assert "14 passed" in r.stdout and "4 skipped" in r.stdout
+    assert "16 passed" in r.stdout and "4 skipped" in r.stdout  # 5 shapes + 5 other cases, x 2 dtypes
 
 
 def test_broken_target_fails_with_diagnosis_and_reproducer(tmp_path):
@@ -40,7 +40,7 @@ def test_option_and_known_deviations(tmp_path):
                               "--lstm-spec-xfail", str(dev)])
     assert r.returncode == 0, r.stdout[-3000:]
     assert "known deviations: " + str(dev) in r.stdout
-    assert "7 xfailed" in r.stdout and "float64 only" in r.stdout
+    assert "8 xfailed" in r.stdout and "float64 only" in r.stdout
     # strict: a listed deviation that passes fails the run
     r = _run(tmp_path, "lstm_spec.conformance.examples:correct", ["--lstm-spec-xfail", str(dev)])
     assert r.returncode == 1 and "XPASS(strict)" in r.stdout
@@ -59,7 +59,7 @@ def test_hanging_case_times_out_and_the_others_run(tmp_path):
     assert r.returncode == 1, r.stdout[-3000:]
     assert "runs in a worker process, timeout 3 s per case" in r.stdout
     assert "timed out: no result within 3 s" in r.stdout
-    assert "2 failed, 6 passed" in r.stdout  # T = 4 in float64 and float32; the other shapes pass
+    assert "2 failed, 8 passed" in r.stdout  # T = 4 in float64 and float32; the other shapes pass
 
 
 def test_bad_timeout_is_a_usage_error(tmp_path):
