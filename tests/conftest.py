@@ -34,6 +34,7 @@ _FILE_MARKS = {
     "test_docs_pages.py": ("docs",),
     "test_docs_browser.py": ("docs", "browser", "slow"),
     "test_torch.py": ("torch",),
+    "test_tf1_cells.py": ("keras",),  # TensorFlow's TF1 LSTMCell
 }
 # whole files or single tests over about 20 s on 2 cores (measured with --durations; see CONTRIBUTING.md)
 _SLOW = {
@@ -51,9 +52,9 @@ _SLOW = {
 }
 # files whose tests name the framework they run (e.g. test_framework_adapter_conforms[keras-keras])
 _FRAMEWORK_FILES = {"test_conform.py", "test_torch.py", "test_regularisation.py", "test_bidirectional.py",
-                    "test_api.py", "test_input_validation.py"}
-_FRAMEWORK_WORDS = {"torch": ("torch", "pytorch"), "keras": ("keras",), "flax": ("flax",),
-                    "onnxruntime": ("onnxruntime",)}
+                    "test_api.py", "test_input_validation.py", "test_cookbook.py"}
+_FRAMEWORK_WORDS = {"torch": ("torch", "pytorch"), "keras": ("keras", "tf1"), "flax": ("flax",),
+                    "onnxruntime": ("onnxruntime",), "jax": ("haiku", "equinox")}
 
 
 def pytest_collection_modifyitems(config, items):
