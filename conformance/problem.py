@@ -52,6 +52,7 @@ class Case:
     zero_states: bool = False  # the initial states are zero (a target that takes none: Target.adapt)
     zero_d_final: bool = False  # the cotangents of the final states are zero (a backward that takes none)
     last_output_loss: bool = False  # dy is zero except at each sequence's last valid step (a loss on it only)
+    constants: tuple = ()  # ((name, value), ...) of the cell's [constants] the target declares: the reference uses them
 
     @property
     def ndir(self) -> int:
@@ -246,13 +247,16 @@ def valid_mask(problem: Problem) -> np.ndarray | None:
 
 
 # ------------------------------------------------------------------------------------------ the reference
-def run_sequence(module, params, x, init, dy, d_final, lengths=None, reverse=False, with_grads=True):
+def run_sequence(module, params, x, init, dy, d_final, lengths=None, reverse=False, with_grads=True,
+                 constants=None):
     """The reference on one (layer, direction): y (T, B, H) with zeros at padded steps, the final
-    states, and the gradients (None when with_grads is False). Everything in the arrays' dtype."""
+    states, and the gradients (None when with_grads is False). Everything in the arrays' dtype.
+    ``constants``: values of the cell's [constants] (None or {}: the spec's)."""
     T, B = x.shape[:2]
     st = list(module.SIGNATURE.states)
+    kw = {"constants": dict(constants)} if constants else {}
     if lengths is None and not reverse:
-        y, final, cache = module.forward(params, x, **{f"{s}0": init[s] for s in st})
+        y, final, cache = module.forward(params, x, **{f"{s}0": init[s] for s in st}, **kw)
         grads = module.backward(cache, dy, d_final) if with_grads else None
         return y, final, grads
     lengths = np.full(B, T) if lengths is None else lengths
@@ -264,7 +268,8 @@ def run_sequence(module, params, x, init, dy, d_final, lengths=None, reverse=Fal
         xb, dyb = x[:L, b:b + 1], dy[:L, b:b + 1]
         if reverse:
             xb, dyb = xb[::-1], dyb[::-1]
-        yb, fb, cache = module.forward(params, np.ascontiguousarray(xb), **{f"{s}0": init[s][b:b + 1] for s in st})
+        yb, fb, cache = module.forward(params, np.ascontiguousarray(xb), **{f"{s}0": init[s][b:b + 1] for s in st},
+                                       **kw)
         if y is None:
             y = np.zeros((T, B) + yb.shape[2:], dtype=x.dtype)
         y[:L, b:b + 1] = yb[::-1] if reverse else yb
@@ -313,7 +318,7 @@ def expected(problem: Problem, module=None, dtype="float64", biases: int = 1, wi
             k = layer * ndir + d
             y, final, _ = run_sequence(module, conv(problem.params[k]), inp, conv(problem.init[k]),
                                        np.zeros(inp.shape[:2] + (H,), dt), conv(problem.d_final[k]),
-                                       problem.lengths, reverse_of(d), with_grads=False)
+                                       problem.lengths, reverse_of(d), with_grads=False, constants=case.constants)
             outs.append(y)
             runs.append(final)
         inp = np.concatenate(outs, axis=-1) if ndir > 1 else outs[0]
@@ -331,7 +336,7 @@ def expected(problem: Problem, module=None, dtype="float64", biases: int = 1, wi
             slot = case.slots[k]
             _, _, g = run_sequence(module, conv(problem.params[k]), layer_inputs[layer], conv(problem.init[k]),
                                    np.ascontiguousarray(d_out[..., d * H:(d + 1) * H]), conv(problem.d_final[k]),
-                                   problem.lengths, reverse_of(d))
+                                   problem.lengths, reverse_of(d), constants=case.constants)
             for name in problem.params[k]:
                 if name in problem.bias_ih[k] and biases == 2:
                     res[slot_key(f"d {name}(ih)", slot)] = g[name]

@@ -21,7 +21,16 @@ from .compare import Row, compare
 from .localise import localise
 from .problem import Case, Problem, expected, make_problem, reference_module
 from .signatures import diagnose
-from .targets import FORWARD, ProtocolError, Target, TargetError, describe, users_interrupt, watching_interrupts
+from .targets import (
+    FORWARD,
+    ProtocolError,
+    Target,
+    TargetError,
+    constants_words,
+    describe,
+    users_interrupt,
+    watching_interrupts,
+)
 
 # (T, B, D, H): T = 1 and B = 1 together, B = 1, D != H (both ways), D = H, a longer sequence, and a long
 # one (T = 16: an error that grows with T, a cell clip reached by accumulation)
@@ -653,6 +662,8 @@ def header(target: Target) -> list[str]:
     lines.append("  gradients: " + ("not compared (forward only)" if not target.has_gradients else
                                     "compared (parameters, x, initial states)" if declared is None else
                                     f"compared: {', '.join(declared)} (declared); the others not provided"))
+    if getattr(target, "constants", None):
+        lines.append(f"  constants: {constants_words(target.constants)} (declared): the reference runs with them")
     if not target.initial_states:
         lines.append("  initial states: zero in every case (declared: the target takes none); the t = 0 terms "
                      "with non-zero initial states are not tested")
@@ -801,6 +812,9 @@ def format_report(report: Report, verbose: bool = True, timings: bool = False) -
         out.append("diagnosis: no known bug signature reproduces the failures")
     out += [f"not tested: {x}" for x in report.not_tested()]
     out += [f"the target breaks the protocol (exit 2): {x}" for x in report.protocol_errors]
+    if getattr(report.target, "constants", None):
+        out.append(f"{'conforms' if report.passed else 'does not conform'} to {', '.join(report.target.cells)} with "
+                   f"{constants_words(report.target.constants)} (declared)")
     out.append("CONFORMS" if report.passed else "DOES NOT CONFORM")
     return "\n".join(out)
 
@@ -827,6 +841,7 @@ def report_dict(report: Report) -> dict:
             entry["localisation"] = r.localisation.as_dict()
         cases.append(entry)
     return {"lstm_spec": lstm_spec.__version__, "target": report.target.name, "conforms": report.passed,
+            "constants": dict(getattr(report.target, "constants", None) or {}),
             "counts": report.counts(), "exit_code": report.exit_code, "not_tested": report.not_tested(),
             "protocol_errors": report.protocol_errors,
             "diagnosis_summary": [{"title": t, "detail": d, "cases": n} for t, d, n in report.diagnosis_summary()],

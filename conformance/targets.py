@@ -172,6 +172,7 @@ class Target:
         return self.biases
 
     initial_states = True  # False: the target takes no initial states; its cases start from zero states
+    constants: dict = {}  # declared values of the cell's [constants] (e.g. forget_bias): the reference runs with them
     d_final = True  # False: its backward takes no cotangents on the final states; its cases have zero ones
     loss = "sequence"  # "last": its backward takes the cotangent of the last output only; dy is zero before
     batch = True  # False: it runs one sequence per call (no batch dimension); the harness loops over the batch
@@ -295,6 +296,7 @@ _KEYS = {
     "initial_states": "True or False",
     "d_final": "True or False",
     "loss": ("sequence", "last"),
+    "constants": "a dict {name: number} of the cell's [constants] (its spec's [constants] table, its docs page)",
     "bidirectional": "True, False or a dict with keys output, order, params, states (PROTOCOL.md section 11)",
     "layers": "an integer >= 1 or a dict with keys count, params, states (PROTOCOL.md section 11)",
     "name": "a string",
@@ -424,6 +426,27 @@ def _layout_words(lay: Layout) -> str:
     return "".join(f", {w}" for w in words if w)
 
 
+def _constants(meta: dict, cell: str) -> dict:
+    """The declared values of the cell's [constants] ({} when not declared), checked by the reference's runtime:
+    an unknown name or a value that is not a finite number (a clip bound: above 0) names the cell's constants."""
+    from lstm_spec.reference._runtime import InputError, prepare_constants
+
+    from .problem import reference_module
+
+    value = meta.get("constants", {})
+    sig = reference_module(cell).SIGNATURE
+    try:
+        known = prepare_constants(sig, value)
+    except InputError as exc:
+        raise TargetError(f"conformance['constants']: {str(exc).removeprefix('constants: ')}") from None
+    return {k: known[k] for k in value}
+
+
+def constants_words(values: dict) -> str:
+    """'forget_bias = 1.0, cell_clip = 3.0' (the report's words for declared constants)."""
+    return ", ".join(f"{k} = {v!r}" for k, v in values.items())
+
+
 def _text(meta: dict, key: str) -> str:
     value = meta.get(key, "")
     if not isinstance(value, str):
@@ -458,6 +481,7 @@ class ProtocolTarget(Target):
         for key in ("name", "description"):
             _text(meta, key)
         cell = _cell(meta)
+        self.constants = _constants(meta, cell)
         params, bias_ih, states = _dummy(cell)
         self.cells = (cell,)
         self.layout = _layout(meta, gate_names(params))
@@ -520,11 +544,13 @@ class ProtocolTarget(Target):
                 + ("" if "gradients" in self.features else ", forward only")
                 + ("" if self.declared is None else f", gradients {', '.join(self.declared)} (declared)")
                 + ("" if self.initial_states else ", no initial states (declared)")
+                + (f", {constants_words(self.constants)} (declared)" if self.constants else "")
                 + _layout_words(lay) + ("" if self.d_final else ", no cotangents on the final states (declared)")
                 + (", loss on the last output only (declared)" if self.loss == "last" else ""))
 
     def adapt(self, case: Case) -> Case:
-        return replace(case, zero_states=case.zero_states or not self.initial_states,
+        return replace(case, constants=case.constants or tuple(self.constants.items()),
+                       zero_states=case.zero_states or not self.initial_states,
                        zero_d_final=case.zero_d_final or not self.d_final,
                        last_output_loss=case.last_output_loss or self.loss == "last")
 

@@ -266,3 +266,81 @@ def test_verify_constants_on_the_command_line(capsys):
     assert main(["verify", "lstm", "--no-torch", "--quiet", "--jobs", "1", "--constants", "forget_bias=1.0"]) == 0
     out = capsys.readouterr().out
     assert "Constants: (c) and (d) ran at forget_bias = 1" in out and re.search(r"all checks passed", out)
+
+
+# ----------------------------------------------------------------------------------------- conformance
+def _quick_cases():
+    from lstm_spec.conformance.runner import default_cases
+
+    return [c for c in default_cases(dtypes=("float64",)) if c.direction == "forward" and c.layers == 1
+            and c.lengths is None][:3]
+
+
+def _numpy_lstm(bug=None, shift=0.0, **declaration):
+    """The hand-written NumPy LSTM of conformance.examples (bug "forget_bias": 1 added to z_f at every step),
+    adding ``shift`` more to its forget gate's bias, with its declaration changed."""
+    from lstm_spec.conformance.examples import NumpyLSTM
+
+    class Shifted(NumpyLSTM):
+        def _forward_seq(self, W, U, b, x, h0, c0):
+            H, k = U.shape[1], self._blocks()["f"]
+            b = np.array(b, copy=True)
+            b[..., k * H:(k + 1) * H] += shift
+            return super()._forward_seq(W, U, b, x, h0, c0)
+
+    target = Shifted(bug=bug)
+    target.conformance.pop("description", None)  # the header then says what is declared
+    target.conformance.update(declaration)
+    return target
+
+
+def test_a_target_declaring_its_forget_bias_conforms_and_the_report_says_so():
+    from lstm_spec.conformance.runner import conform, format_report, report_dict
+    from lstm_spec.conformance.targets import ProtocolTarget
+
+    target = ProtocolTarget(_numpy_lstm("forget_bias", constants={"forget_bias": 1.0}), "t")
+    assert "forget_bias = 1.0 (declared)" in target.description
+    report = conform(target, _quick_cases())
+    text = format_report(report)
+    assert report.passed, text
+    assert "constants: forget_bias = 1.0 (declared): the reference runs with them" in text
+    assert "conforms to lstm with forget_bias = 1.0 (declared)" in text and text.endswith("CONFORMS")
+    assert report_dict(report)["constants"] == {"forget_bias": 1.0}
+
+
+def test_an_undeclared_or_wrongly_declared_forget_bias_fails():
+    """The negative controls: the run-time forget bias undeclared (the diagnosis still names the convention),
+    and 1.0 declared by a target that adds 0.5."""
+    from lstm_spec.conformance.runner import conform, format_report
+    from lstm_spec.conformance.targets import ProtocolTarget
+
+    report = conform(ProtocolTarget(_numpy_lstm("forget_bias"), "t"), _quick_cases())
+    text = format_report(report)
+    assert not report.passed and "forget bias added at run time" in text, text
+    report = conform(ProtocolTarget(_numpy_lstm(shift=0.5, constants={"forget_bias": 1.0}), "t"), _quick_cases())
+    text = format_report(report)
+    assert not report.passed and "does not conform to lstm with forget_bias = 1.0 (declared)" in text
+    assert text.endswith("DOES NOT CONFORM")
+
+
+@pytest.mark.parametrize("constants, says", [
+    ({"forgot_bias": 1.0}, r"conformance\['constants'\]: unknown name\(s\) \['forgot_bias'\]; the constants of "
+                           r"'lstm' are \['forget_bias'\]"),
+    ({"forget_bias": "1"}, r"expected a finite real number"),
+    ([1.0], r"expected a dict"),
+])
+def test_a_bad_constants_declaration_is_refused_at_load(constants, says):
+    from lstm_spec.conformance.targets import ProtocolTarget, TargetError
+
+    with pytest.raises(TargetError, match=says):
+        ProtocolTarget(_numpy_lstm(constants=constants), "t")
+
+
+def test_an_unknown_constant_is_exit_2_naming_the_cells_constants(tmp_path, capfd):
+    from lstm_spec.cli import main
+
+    path = write_spec(tmp_path, "from lstm_spec.conformance.examples import NumpyLSTM\n"
+                                "T = NumpyLSTM()\nT.conformance['constants'] = {'cell_clip': 3.0}\n", "my_target.py")
+    code = main(["conform", f"{path}:T", "--quick", "--quiet", "--timeout", "0"])
+    err = capfd.readouterr().err
+    assert code == 2 and "unknown name(s) ['cell_clip']; the constants of 'lstm' are ['forget_bias']" in err, err
