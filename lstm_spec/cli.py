@@ -128,8 +128,8 @@ def _verify_constants(texts, cells, named: bool):
     if not named:
         cells = [c for c in cells if set(constants) <= set(c.constants)]
         if not cells:
-            return None, cells, (f"no built-in cell has the constant(s) {sorted(constants)}; `lstm-spec derive CELL` "
-                                 "shows a cell's constants")
+            return None, cells, (f"no built-in cell has the constant(s) {sorted(constants)}; a cell's constants are "
+                                 "its spec's [constants] table")
     for cell in cells:
         unknown = sorted(set(constants) - set(cell.constants))
         if unknown:

@@ -67,6 +67,7 @@ def cell_page(name: str) -> str:
                   "backward are deterministic; `lstm_spec.reference.masks.dropout_mask` draws them, and so do "
                   "the numeric checks. p is the probability that an entry is 0.", "",
                   numbers.table(["input", "p", "values", "over time"], rows), ""]
+    lines += constants_md(cell)
     lines += ["## Forward pass, one time step", "", f"<!-- lstm-spec: forward {name} -->", "",
               "## The computational graph of one step", "", f"<!-- lstm-spec: figure graph {name} -->", ""]
     if formulas.stacked_formulas(d):
@@ -85,11 +86,36 @@ def cell_page(name: str) -> str:
     return "\n".join(lines)
 
 
+def constants_md(cell) -> list[str]:
+    """The cell page's table of the spec's [constants] (none: nothing)."""
+    if not cell.constants:
+        return []
+    rows = [(f"`{c.name}`", f"{c.value:g}", spec_html(c.doc) or "-") for c in cell.constants.values()]
+    example = next(iter(cell.constants))
+    return ["## Constants", "", "Named numbers of the spec (`[constants]`): the equations use them by name. "
+            f"`lstm_spec.reference.{cell.name}.forward(..., constants={{\"{example}\": ...}})` runs the cell at "
+            "another value without regenerating (backward uses the forward's); `lstm-spec verify --constants "
+            f"{example}=...` checks it there, and a conformance target declares the values it uses "
+            f"(`\"constants\": {{\"{example}\": ...}}`).", "",
+            numbers.table(["constant", "default", "what it is"], rows), ""]
+
+
+def _zero_constants_removed(text: str, cell) -> str:
+    """An equation's text without the terms `+ c` of constants whose default is 0 (the canonical cell's run-time
+    forget bias): at the defaults they change nothing, so they do not make two cells' equations differ."""
+    for c in cell.constants.values():
+        if c.value == 0:
+            text = text.replace(f" + {c.name}", "")
+    return text
+
+
 def diff_md(a, b) -> str:
     from lstm_spec.derivations.render import forward_equations
 
     fa = {r.target: r.expression for r in forward_equations(a, latex=False)}
     fb = {r.target: r.expression for r in forward_equations(b, latex=False)}
+    same = {t for t in fa if t in fb and _zero_constants_removed(fa[t], a.cell) == _zero_constants_removed(fb[t],
+                                                                                                          b.cell)}
     pa, pb = set(a.cell.parameters), set(b.cell.parameters)
     sa, sb = set(a.cell.states), set(b.cell.states)
     rows = []
@@ -98,7 +124,7 @@ def diff_md(a, b) -> str:
             rows.append((f"`{t}`", f"`{fa[t]}`", "(not in this cell)"))
         elif t not in fa:
             rows.append((f"`{t}`", "(not in the canonical cell)", f"`{fb[t]}`"))
-        elif fa[t] != fb[t]:
+        elif t not in same:
             rows.append((f"`{t}`", f"`{fa[t]}`", f"`{fb[t]}`"))
     out = ["Forward equations that differ (plain text of the spec, as parsed):", "",
            numbers.table(["quantity", "canonical `lstm`", f"`{b.cell.name}`"], rows) if rows else "(none)", ""]
