@@ -18,7 +18,6 @@ from lstm_spec.checks.cases import random_instance
 from lstm_spec.checks.tolerances import TOLERANCES, rel_error
 
 tf = pytest.importorskip("tensorflow", reason='TensorFlow missing: pip install "lstm-spec[test]"')
-pytestmark = pytest.mark.keras  # "needs TensorFlow" (the project's TensorFlow marker)
 
 TOL = TOLERANCES[("conform", "float64")].value
 GATES = ("i", "c", "f", "o")  # TF1's block order: i, j (our candidate c), f, o
@@ -51,7 +50,7 @@ def tf_cell(options: dict, dims: dict, params: dict):
     opts = dict(options)
     if opts.get("num_proj"):
         opts["num_proj"] = params["W_hr"].shape[0]
-    cell = lstm_cell_class()(H, forget_bias=0.0, dtype=tf.float64, **opts)
+    cell = lstm_cell_class()(H, dtype=tf.float64, **{"forget_bias": 0.0, **opts})
     P = opts.get("num_proj") or H
     cell.build(tf.TensorShape([None, D]))
     values = {"kernel": np.concatenate([np.concatenate([params[f"W_{g}"].T, params[f"U_{g}"].T], axis=0)
@@ -102,27 +101,31 @@ def tf_run(options: dict, inst) -> dict:
     return out
 
 
-def reference_run(module, inst) -> dict:
-    y, final, cache = module.forward(inst.params, **inst.seq, **{f"{s}0": v for s, v in inst.init.items()})
+def reference_run(module, inst, constants=None) -> dict:
+    y, final, cache = module.forward(inst.params, **inst.seq, **{f"{s}0": v for s, v in inst.init.items()},
+                                     constants=constants)
     g = module.backward(cache, inst.dy, inst.d_final)
     out = {"y": y, "h_T": final["h"], "c_T": final["c"], "d x": g["x"], "d h0": g["h0"], "d c0": g["c0"]}
     out.update({f"d {k}": g[k] for k in inst.params})
     return out
 
 
-def errors(cell: str, options: dict, shape, seed: int) -> dict:
+def errors(cell: str, options: dict, shape, seed: int, constants=None) -> dict:
+    """Relative error of TF1 (``options``) against the reference (at ``constants``: TF1's options of the
+    same names) on every quantity."""
     module = importlib.import_module(f"lstm_spec.reference.{cell}")
     inst = random_instance(module, shape, seed, scale=SCALE)
-    want, got = reference_run(module, inst), tf_run(options, inst)
+    want, got = reference_run(module, inst, constants), tf_run({**options, **(constants or {})}, inst)
     assert set(got) == set(want), set(got) ^ set(want)  # every quantity of the cell is compared
     return {k: rel_error(got[k], want[k]) for k in want}
 
 
-def clip_pieces(module, inst) -> dict:
+def clip_pieces(module, inst, constants=None) -> dict:
     """For each clip of the cell: (values clipped, values inside) over the instance."""
-    _, _, cache = module.forward(inst.params, **inst.seq, **{f"{s}0": v for s, v in inst.init.items()})
-    defaults = getattr(module.SIGNATURE, "constants", None) or {}  # a bound may name a constant of the spec
-    bounds = [(key, float(defaults[b] if isinstance(b, str) else b)) for key, b in module.KINKS]
+    _, _, cache = module.forward(inst.params, **inst.seq, **{f"{s}0": v for s, v in inst.init.items()},
+                                 constants=constants)
+    values = {**(getattr(module.SIGNATURE, "constants", None) or {}), **(constants or {})}  # a bound may be one
+    bounds = [(key, float(values[b] if isinstance(b, str) else b)) for key, b in getattr(module, "KINKS", [])]
     return {key: (int((np.abs(cache[key]) > b).sum()), int((np.abs(cache[key]) < b).sum())) for key, b in bounds}
 
 
@@ -159,3 +162,24 @@ def test_negative_control_a_dropped_option_is_caught(cell, dropped):
         err = errors(cell, options, SHAPES[1], seed=3)
     assert max(err["y"], err["h_T"], err["c_T"]) > 1e3 * TOL, err  # the forward already differs
     assert max(err.values()) > 1e3 * TOL
+
+
+# TF1's own default forget_bias (1.0) and other clip bounds, declared as the cells' constants
+CONSTANTS = {"peephole_cell_clip": {"forget_bias": 1.0, "cell_clip": 2.0},
+             "peephole_projection": {"forget_bias": 1.0},
+             "projection_clip": {"forget_bias": 1.0, "cell_clip": 2.0, "proj_clip": 0.5}}
+
+
+@pytest.mark.parametrize("cell", list(CONSTANTS))
+def test_tf1_with_its_forget_bias_and_other_bounds_agrees_at_those_constants(cell):
+    constants = CONSTANTS[cell]
+    module = importlib.import_module(f"lstm_spec.reference.{cell}")
+    assert set(constants) == set(module.SIGNATURE.constants)
+    pieces = clip_pieces(module, random_instance(module, SHAPES[2], 3, scale=SCALE), constants)
+    assert all(clipped > 0 and inside > 0 for clipped, inside in pieces.values()), pieces
+    for shape in SHAPES:
+        err = errors(cell, CELLS[cell], shape, seed=3, constants=constants)
+        assert max(err.values()) <= TOL, (shape, err)
+    # negative control: the reference at its defaults (forget bias 0, bounds 1) is not TF1 with these
+    err = errors(cell, {**CELLS[cell], **constants}, SHAPES[1], seed=3)
+    assert max(err["y"], err["c_T"]) > 1e3 * TOL, err
