@@ -356,14 +356,15 @@ def _line_edits(src: Source, k: int, in_loop: bool):
 # ------------------------------------------------------------------------- hard and linear activations
 LINEAR = "linear (identity)"
 # generated function -> (variant, its value at the argument {z}, its derivative from the output {y}; None: 1)
+# (the identity first: where a hard variant stays in its linear piece the two agree, and the simpler one is named)
 ACTIVATION_VARIANTS = {
-    "sigmoid": (("hard sigmoid clip(0.2 z + 0.5, 0, 1) (Keras 2 hard_sigmoid)", "np.clip(0.2 * {z} + 0.5, 0, 1)",
+    "sigmoid": ((LINEAR, "{z}", None),
+                ("hard sigmoid clip(0.2 z + 0.5, 0, 1) (Keras 2 hard_sigmoid)", "np.clip(0.2 * {z} + 0.5, 0, 1)",
                  "0.2 * (({y} > 0) & ({y} < 1))"),
                 ("hard sigmoid clip(z / 6 + 0.5, 0, 1) (PyTorch hardsigmoid, Keras 3 hard_sigmoid)",
-                 "np.clip({z} / 6 + 0.5, 0, 1)", "(({y} > 0) & ({y} < 1)) / 6"),
-                (LINEAR, "{z}", None)),
-    "tanh": (("hard tanh clip(z, -1, 1)", "np.clip({z}, -1, 1)", "1.0 * (({y} > -1) & ({y} < 1))"),
-             (LINEAR, "{z}", None)),
+                 "np.clip({z} / 6 + 0.5, 0, 1)", "(({y} > 0) & ({y} < 1)) / 6")),
+    "tanh": ((LINEAR, "{z}", None),
+             ("hard tanh clip(z, -1, 1)", "np.clip({z}, -1, 1)", "1.0 * (({y} > -1) & ({y} < 1))")),
 }
 
 
