@@ -515,7 +515,7 @@ def expansion_bound(d: Derivation, sizes: dict | None = None, steps: int = 1) ->
     function argument), expanded: what --proof would have to build and expand."""
     alg = TermBound()
     sizes = {**(sizes or _default_sizes(d.cell)), "1": 1}
-    ex = ExplicitStep(d, sizes, alg)
+    ex = ExplicitStep(d, sizes, alg, symbolic_constants(d.cell, alg))
     cell, S = d.cell, d.symbols
     state = {n: _vec(n, sizes[q.shape[0]], alg) for n, q in cell.states.items()}
     total = alg.const(0)
@@ -589,21 +589,29 @@ def _mat(prefix, m, n, alg=SYMPY):
     return Mat(tuple(alg.symbol(f"{prefix}_{i}_{j}") for j in range(n)) for i in range(m))
 
 
+def symbolic_constants(cell, alg=SYMPY) -> dict:
+    """The spec's constants as fresh symbols of ``alg`` (name -> symbol): the symbolic checks hold for every
+    value of them."""
+    return {name: alg.symbol(f"const_{name}") for name in cell.constants}
+
+
 class ExplicitStep:
     """The forward equations of one step (one sample) on explicit values for given sizes. A vector is a
     list of per-unit scalars; a per-sample value (shape ("1",)) a list of one, which broadcasts; a matrix
     parameter a Mat (or a SymPy Matrix). The scalars are those of ``alg``: SymPy expressions (SYMPY), nodes
     of a PointTape, or TermBound counts."""
 
-    def __init__(self, d: Derivation, sizes: dict, alg=SYMPY):
+    def __init__(self, d: Derivation, sizes: dict, alg=SYMPY, constants: dict | None = None):
+        """constants: the values of the spec's [constants] (scalars of ``alg``; the checks give symbols, so that
+        what they check holds for every value); None: their defaults, what a module runs with by default."""
         self.d, self.sizes, self.alg = d, {**sizes, "1": 1}, alg
         cell, S = d.cell, d.symbols
         self.leaf = {}  # symbol -> list of per-unit scalars (vectors) / Mat (matrix params)
         for name, q in cell.parameters.items():
             dims = [self.sizes[x] for x in q.shape]
             self.leaf[S.param(name)] = _mat(name, *dims, alg) if len(dims) == 2 else _vec(name, dims[0], alg)
-        for name in cell.constants:  # symbolic constants: the check holds for every value, defaults included
-            self.leaf[S.const(name)] = [alg.symbol(f"const_{name}")]
+        self.constants = {S.const(name): [constants[name] if constants is not None else
+                                          alg.const(exact_constant(c.value))] for name, c in cell.constants.items()}
 
     def size(self, shape):
         return self.sizes[shape[0]]
@@ -614,7 +622,7 @@ class ExplicitStep:
         a fresh scalar of the algebra (on a tape: its own node, whose adjoint is the cut derivative)."""
         d, S, alg = self.d, self.d.symbols, self.alg
         cut = cut or {}
-        env = dict(self.leaf)
+        env = {**self.constants, **self.leaf}
         for n, v in inputs.items():
             env[S.value(n)] = v
         for n, v in prev.items():
@@ -758,7 +766,7 @@ def _step_at_points(d: Derivation, sizes: dict, stop_after, only) -> dict:
     for seed in (3, 4):
         tape = PointTape(seed)
         inputs, prev, seeds = _step_leaves(d, sizes, tape)
-        base = ExplicitStep(d, sizes, tape).run(inputs, prev)
+        base = ExplicitStep(d, sizes, tape, symbolic_constants(d.cell, tape)).run(inputs, prev)
         adj = tape.adjoints(_step_loss(d, base, seeds))
         derived = _derived_step(d, base, seeds, tape)
         for sym, a in d.adjoint_of.items():
@@ -779,7 +787,7 @@ def _step_by_sympy(d: Derivation, sizes: dict, exact: str, stop_after, only) -> 
     """Check (a) by sympy.diff: for each adjoint, the forward is cut at its quantity (free symbols in its
     place, everything downstream recomputed) and L differentiated by them, entry by entry."""
     cell, S = d.cell, d.symbols
-    ex = ExplicitStep(d, sizes)
+    ex = ExplicitStep(d, sizes, constants=symbolic_constants(cell))
     inputs, prev, seeds = _step_leaves(d, sizes, SYMPY)
     base = ex.run(inputs, prev)
     derived = _derived_step(d, base, seeds, SYMPY)
@@ -926,7 +934,7 @@ def _unrolled_arrays(sig, sizes: dict, T: int, B: int, alg) -> dict:
     def dims(ds):
         return tuple(sizes[x] for x in ds)
 
-    return {"constants": {n: alg.symbol(f"const_{n}") for n in getattr(sig, "constants", {})},
+    return {"constants": {n: alg.symbol(f"const_{n}") for n in sig.constants},
             "params": {n: _leaf_array(alg, n, dims(ds)) for n, ds in sig.parameters.items()},
             "seq": {n: _leaf_array(alg, n, (T, B) + dims(ds)) for n, ds in sig.inputs.items()},
             "init": {n: _leaf_array(alg, f"{n}0", (B,) + dims(ds)) for n, ds in sig.states.items()},
@@ -938,9 +946,8 @@ def _unrolled_loss(d: Derivation, sizes: dict, a: dict, T: int, B: int, alg):
     """The unrolled scalar loss, built independently of the generated code: the spec's equations evaluated
     step by step, per sample."""
     cell, S = d.cell, d.symbols
-    ex = ExplicitStep(d, sizes, alg)
+    ex = ExplicitStep(d, sizes, alg, a["constants"])  # the same symbols the module gets
     ex.leaf = {S.param(n): (Mat(tuple(map(tuple, v))) if v.ndim == 2 else list(v)) for n, v in a["params"].items()}
-    ex.leaf.update({S.const(n): [a["constants"][n]] for n in cell.constants})  # the same symbols the module gets
     L = alg.const(sympy.S.Zero)
     for b in range(B):
         state = {n: list(a["init"][n][b]) for n in cell.states}
