@@ -303,7 +303,7 @@ def _averaged(problem, target, got):
 
 def _clip_bound(problem, target, got):
     """Every clip of the cell (forward clip, backward clip_mask) at a bound other than the spec's, fitted to the
-    target's outputs (a bound above every clipped value, i.e. no clip, is not this convention)."""
+    target's outputs; a bound above every value it would clip is no clip at all, and said so."""
     if got.get("y") is None:
         return
     want = np.asarray(got["y"], np.float64)
@@ -316,11 +316,13 @@ def _clip_bound(problem, target, got):
     spec = found[1]
     k = _fit_piecewise(model, want, spec * 2.0 ** np.arange(-5, 4.01, 0.25))
     same = tolerance("diagnosis_fit_same", "float64")
-    if k <= 0 or abs(k - spec) <= same * spec or np.allclose(model(k), model(1e300), rtol=0, atol=0):
+    if k <= 0 or abs(k - spec) <= same * spec:
         return
-    mod = explain.fitted_module(problem.module, "clip", k)[0]
-    yield f"clip bound {k:.4g} instead of {spec:.4g} (every clip of the cell, forward and backward)", \
-        _ref(problem, target, module=mod), None
+    if np.array_equal(model(k), model(1e300)):
+        k, detail = 1e300, "the clip is not applied (or its bound is above every value it would clip on this case)"
+    else:
+        detail = f"clip bound {k:.4g} instead of {spec:.4g} (every clip of the cell, forward and backward)"
+    yield detail, _ref(problem, target, module=explain.fitted_module(problem.module, "clip", k)[0]), None
 
 
 def _fit_piecewise(model, target: np.ndarray, grid) -> float:
@@ -513,7 +515,7 @@ SIGNATURES = [
     Signature("grad_averaged", "gradients averaged instead of summed",
               "parameter gradients, or every gradient, or the output cotangent divided by the batch size or the "
               "number of steps (a loss averaged over the batch or over time)", _averaged),
-    Signature("clip_bound", "another clip bound",
+    Signature("clip_bound", "clip convention",
               "the cell's clip (ONNX clip, TF cell_clip) at a bound other than the spec's, fitted to the target's "
               "outputs, forward and backward", _clip_bound, fitted=True),
     Signature("layer_norm_epsilon", "another layer-norm epsilon",

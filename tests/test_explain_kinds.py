@@ -291,6 +291,13 @@ def test_clip_bound_is_fitted_and_named(cell, how, words):
     assert words in text, text
 
 
+def test_a_clip_not_applied_is_named_so():
+    """A target without the clip (or with a bound above every value it would clip): said so, no bound fitted."""
+    problem = _problem("lstm_cell_clip")
+    text = _full(_diagnose(problem, loop_lstm(problem)))
+    assert "the clip is not applied" in text and "clip bound" not in text, text
+
+
 def test_a_different_bug_in_a_clipped_cell_is_not_named_a_clip_bound():
     problem = _problem("lstm_clip")
     text = _full(_diagnose(problem, loop_lstm(problem, gate_clip=1.0, divide_all=3.0)))
