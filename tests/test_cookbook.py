@@ -18,10 +18,10 @@ WRAPPERS = [
     ("tf1_lstm_cell.py", "TF1LSTMCell", {}, "tensorflow", 'pip install "lstm-spec[keras]" (tensorflow-cpu)'),
     ("tf1_lstm_cell.py", "TF1LSTMCell", {"cell": "peephole_projection", "use_peepholes": True}, "tensorflow",
      'pip install "lstm-spec[keras]" (tensorflow-cpu)'),
-    ("tf1_lstm_cell.py", "TF1LSTMCell", {"cell": "projection_clip", "cell_clip": 1.0, "proj_clip": 1.0}, "tensorflow",
+    ("tf1_lstm_cell.py", "TF1LSTMCell", {"cell": "projection_clip", "cell_clip": 2.0, "proj_clip": 0.5}, "tensorflow",
      'pip install "lstm-spec[keras]" (tensorflow-cpu)'),
-    ("haiku_lstm.py", "HaikuLSTM", {}, "haiku", "pip install dm-haiku jax"),
-    ("equinox_lstm_cell.py", "EquinoxLSTMCell", {}, "equinox", "pip install equinox jax"),
+    ("haiku_lstm.py", "HaikuLSTM", {}, "haiku", 'pip install "lstm-spec[jax]" (dm-haiku)'),
+    ("equinox_lstm_cell.py", "EquinoxLSTMCell", {}, "equinox", 'pip install "lstm-spec[jax]" (equinox)'),
 ]
 
 

@@ -1,6 +1,5 @@
 import haiku as hk
 import jax
-import numpy as np
 
 jax.config.update("jax_enable_x64", True)  # float64 cases run in float64
 unroll = hk.without_apply_rng(hk.transform(  # time-major: x (T, B, D), h and c (B, H)
@@ -8,14 +7,11 @@ unroll = hk.without_apply_rng(hk.transform(  # time-major: x (T, B, D), h and c 
 
 
 class HaikuLSTM:  # hk.LSTM: one Linear over [x, h], w (D+H, 4H), gate blocks i, g, f, o; adds 1 to the forget gate
-    conformance = {"cell": "lstm", "params": "combined", "concat": "xh", "transposed": True, "gate_order": "igfo"}
-
-    def haiku_params(self, p):  # b_f - 1: hk.LSTM's b_f + 1 is our b_f
-        b = p["b"] - np.repeat(np.eye(4, dtype=p["b"].dtype)[2], len(p["b"]) // 4)
-        return {"lstm/linear": {"w": p["W"], "b": b}}
+    conformance = {"cell": "lstm", "params": "combined", "concat": "xh", "transposed": True, "gate_order": "igfo",
+                   "constants": {"forget_bias": 1.0}}
 
     def forward(self, p, x, h0, c0):
-        y, state = unroll.apply(self.haiku_params(p), x, h0, c0)
+        y, state = unroll.apply({"lstm/linear": {"w": p["W"], "b": p["b"]}}, x, h0, c0)
         return y, (state.hidden, state.cell)
 
     def backward(self, p, x, dy, d_final, h0, c0):
