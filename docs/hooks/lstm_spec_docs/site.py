@@ -156,121 +156,175 @@ def cells_index() -> str:
 
 
 # ------------------------------------------------------------------------------------------ directives
-def expand(args: list[str]) -> str:
-    what, rest = args[0], args[1:]
-    if what in ("forward", "backward", "stacked", "concat"):
-        cell = rest[0]
-        kinds = None
-        targets = None
+def _formula_blocks(what):
+    def handler(rest):  # forward|backward|stacked|concat CELL [kinds=a,b] [targets=x,y]
+        options = {"kinds": None, "targets": None}
         for a in rest[1:]:
             key, _, val = a.partition("=")
-            if key == "kinds":
-                kinds = val.split(",")
-            elif key == "targets":
-                targets = val.split(",")
-            else:
+            if key not in options:
                 raise ValueError(f"unknown option {a!r}")
-        return formulas.blocks(cell, what, targets=targets, kinds=kinds)
-    if what == "name":  # name CELL QUANTITY [TIME]
-        return formulas.inline(rest[0], rest[1], rest[2] if len(rest) > 2 else None)
-    if what == "describe":
-        from lstm_spec.derivations.render import describe
+            options[key] = val.split(",")
+        return formulas.blocks(rest[0], what, targets=options["targets"], kinds=options["kinds"])
+    return handler
 
-        return "```text\n" + describe(formulas.derivation(rest[0])) + "\n```"
-    if what == "worked-example":
-        return numbers.worked_example_md(rest[0])
-    if what == "ten-step":
-        return numbers.ten_step_md(rest[0])
-    if what == "flow-table":
-        return numbers.flow_table()
-    if what == "eigen-table":
-        return numbers.eigen_table()
-    if what == "truncation":
-        return numbers.truncation_md()
-    if what == "errata-checks":
-        rows = [(label, "inf" if err == float("inf") else f"{err:.1e}", worst.replace("|", "/"),
-                 "agrees" if ok else "**does not agree**") for label, err, worst, ok in errata.run_checks()]
-        return numbers.table(["slides' backward", "complex-step error", "worst at", "verdict"], rows)
-    if what == "errata-reference":
-        rows = [(n, f"{e:.1e}") for n, e in errata.against_reference()]
-        return numbers.table(["slides (corrected, peepholes 0) vs reference", "max abs difference"], rows)
-    if what == "tolerances":
-        from lstm_spec.checks.tolerances import TOLERANCES
 
-        return numbers.table(["method", "dtype", "tolerance", "why"],
-                             [(m, dt, f"{t.value:g}", t.reason) for (m, dt), t in TOLERANCES.items()])
-    if what == "layouts":
-        import lstm_spec.layouts as lay
+def _describe(rest):
+    from lstm_spec.derivations.render import describe
 
-        doc = lay.__doc__ or ""
-        return "\n".join(line for line in doc.splitlines() if line.startswith("|"))
-    if what == "module-doc":
-        import importlib
-        import inspect
+    return "```text\n" + describe(formulas.derivation(rest[0])) + "\n```"
 
-        doc = inspect.getdoc(importlib.import_module(rest[0])) or ""
-        return re.sub(r":(func|mod|class|meth):`\.?", "`", doc)  # Sphinx roles read as code here
-    if what == "command-help":
-        import subprocess
-        import sys
 
-        r = subprocess.run([sys.executable, "-m", "lstm_spec", rest[0], "--help"], capture_output=True, text=True)
-        if r.returncode:
-            raise RuntimeError(f"lstm-spec {rest[0]} --help failed: {r.stderr}")
-        return r.stdout.rstrip()
-    if what in ("layout-table", "layout-notes"):
-        import importlib
+def _errata_checks(rest):
+    rows = [(label, "inf" if err == float("inf") else f"{err:.1e}", worst.replace("|", "/"),
+             "agrees" if ok else "**does not agree**") for label, err, worst, ok in errata.run_checks()]
+    return numbers.table(["slides' backward", "complex-step error", "worst at", "verdict"], rows)
 
-        doc = importlib.import_module(rest[0]).__doc__ or ""
-        if what == "layout-table":  # the gate order, what conversions get wrong first, as the second column
-            return column_first(doc, "gate order")
-        notes = doc.split("Differences that matter when converting", 1)
-        return without_internal_paths("Differences that matter when converting" + notes[1]) if len(notes) == 2 else ""
-    if what == "bug-signatures":
-        from lstm_spec.conformance import SIGNATURES
 
-        return numbers.table(["key", "bug", "what it means (and where it was reported)"],
-                             [(f"`{s.key}`", spec_html(s.title), spec_html(s.explain)) for s in SIGNATURES])
-    if what == "include-code":  # include-code PATH LANG: a file of the repository, verbatim, as a code block
-        return f"```{rest[1]}\n" + (ROOT / rest[0]).read_text(encoding="utf-8").rstrip() + "\n```"
-    if what == "include":  # include PATH: a markdown file of the repository (it must exist)
-        path = ROOT / rest[0]
-        if not path.exists():
-            raise FileNotFoundError(f"docs: {rest[0]} is included by a page but does not exist")
-        return re.sub(r"^#", "###", path.read_text(encoding="utf-8"), flags=re.M)
-    if what == "include-if-exists":
-        path = ROOT / rest[0]
-        if path.exists():
-            text = path.read_text(encoding="utf-8")
-            return re.sub(r"^#", "###", text, flags=re.M)  # nest its headings under this page's
-        return f'!!! note "Not written yet"\n    `{rest[0]}` does not exist yet; this section is filled from it.'
-    if what == "cell-link":  # cell-link NAME [PREFIX]: a link to a cell's page if the cell exists, else its name
-        prefix = rest[1] if len(rest) > 1 else ""
-        if rest[0] in formulas.cells():
-            return f"[{catalogue.title_html(rest[0])}]({prefix}cells/{rest[0]}.md) (`{rest[0]}`)"
-        return f"`{rest[0]}` (not in this build)"
-    if what.startswith("bench-"):  # bench-table|bench-targets|bench-tools|bench-meta JSON: lstm-spec bench results
+def _errata_reference(rest):
+    rows = [(n, f"{e:.1e}") for n, e in errata.against_reference()]
+    return numbers.table(["slides (corrected, peepholes 0) vs reference", "max abs difference"], rows)
+
+
+def _tolerances(rest):
+    from lstm_spec.checks.tolerances import TOLERANCES
+
+    return numbers.table(["method", "dtype", "tolerance", "why"],
+                         [(m, dt, f"{t.value:g}", t.reason) for (m, dt), t in TOLERANCES.items()])
+
+
+def _layouts(rest):
+    import lstm_spec.layouts as lay
+
+    return "\n".join(line for line in (lay.__doc__ or "").splitlines() if line.startswith("|"))
+
+
+def _module_doc(rest):
+    import importlib
+    import inspect
+
+    doc = inspect.getdoc(importlib.import_module(rest[0])) or ""
+    return re.sub(r":(func|mod|class|meth):`\.?", "`", doc)  # Sphinx roles read as code here
+
+
+def _command_help(rest):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "lstm_spec", rest[0], "--help"], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"lstm-spec {rest[0]} --help failed: {r.stderr}")
+    return r.stdout.rstrip()
+
+
+def _module_docstring(name: str) -> str:
+    import importlib
+
+    return importlib.import_module(name).__doc__ or ""
+
+
+def _layout_table(rest):  # the gate order, what conversions get wrong first, as the second column
+    return column_first(_module_docstring(rest[0]), "gate order")
+
+
+def _layout_notes(rest):
+    notes = _module_docstring(rest[0]).split("Differences that matter when converting", 1)
+    return without_internal_paths("Differences that matter when converting" + notes[1]) if len(notes) == 2 else ""
+
+
+def _bug_signatures(rest):
+    from lstm_spec.conformance import SIGNATURES
+
+    return numbers.table(["key", "bug", "what it means (and where it was reported)"],
+                         [(f"`{s.key}`", spec_html(s.title), spec_html(s.explain)) for s in SIGNATURES])
+
+
+def _include_code(rest):  # include-code PATH LANG: a file of the repository, verbatim, as a code block
+    return f"```{rest[1]}\n" + (ROOT / rest[0]).read_text(encoding="utf-8").rstrip() + "\n```"
+
+
+def _nested(text: str) -> str:
+    return re.sub(r"^#", "###", text, flags=re.M)  # an included file's headings nest under the page's
+
+
+def _include(rest):  # include PATH: a markdown file of the repository (it must exist)
+    path = ROOT / rest[0]
+    if not path.exists():
+        raise FileNotFoundError(f"docs: {rest[0]} is included by a page but does not exist")
+    return _nested(path.read_text(encoding="utf-8"))
+
+
+def _include_if_exists(rest):
+    path = ROOT / rest[0]
+    if path.exists():
+        return _nested(path.read_text(encoding="utf-8"))
+    return f'!!! note "Not written yet"\n    `{rest[0]}` does not exist yet; this section is filled from it.'
+
+
+def _cell_link(rest):  # cell-link NAME [PREFIX]: a link to a cell's page if the cell exists, else its name
+    prefix = rest[1] if len(rest) > 1 else ""
+    if rest[0] in formulas.cells():
+        return f"[{catalogue.title_html(rest[0])}]({prefix}cells/{rest[0]}.md) (`{rest[0]}`)"
+    return f"`{rest[0]}` (not in this build)"
+
+
+def _bench(what):
+    def handler(rest):  # bench-table|bench-targets|bench-tools|bench-meta JSON: lstm-spec bench results
         from . import bench_page
 
         return bench_page.directive(what, ROOT / rest[0])
-    if what == "cells":
-        return catalogue.families_md()
-    if what == "quickstart":
-        return quickstart.md()
-    if what == "usage":
-        return quickstart.usage_md()
-    if what == "diagnosis-examples":
-        return quickstart.diagnosis_examples_md()
-    if what == "figure":  # figure graph CELL | figure unrolled | figure layouts: drawn by dot (figures.py)
-        return {"graph": lambda: figures.step_figure(rest[1]), "unrolled": figures.unrolled_figure,
-                "layouts": figures.layout_figure}[rest[0]]()
-    if what == "layout-rows-documented":  # rows appended to the layout table: frameworks without a converter
-        return "\n".join(layouts_doc.extra_rows_md())
-    if what == "layout-sources":
-        return layouts_doc.sources_md()
-    if what in STUDENT:  # the students' pages: numbers by the reference (student.py)
-        return STUDENT[what](*rest)
-    raise ValueError(f"unknown directive {what!r}")
+    return handler
+
+
+def _figure(rest):  # figure graph CELL | figure unrolled | figure layouts: drawn by dot (figures.py)
+    return {"graph": lambda: figures.step_figure(rest[1]), "unrolled": figures.unrolled_figure,
+            "layouts": figures.layout_figure}[rest[0]]()
+
+
+def _with_args(fn):
+    return lambda rest: fn(*rest)
+
+
+# Every directive <!-- lstm-spec: NAME ARGS... --> of the pages: NAME -> handler(ARGS) returning Markdown/HTML
+DIRECTIVES = {
+    **{what: _formula_blocks(what) for what in ("forward", "backward", "stacked", "concat")},
+    **{f"bench-{k}": _bench(f"bench-{k}") for k in ("table", "targets", "tools", "meta", "profile")},
+    "name": lambda rest: formulas.inline(rest[0], rest[1], rest[2] if len(rest) > 2 else None),  # CELL Q [TIME]
+    "describe": _describe,
+    "worked-example": lambda rest: numbers.worked_example_md(rest[0]),
+    "ten-step": lambda rest: numbers.ten_step_md(rest[0]),
+    "flow-table": lambda rest: numbers.flow_table(),
+    "eigen-table": lambda rest: numbers.eigen_table(),
+    "truncation": lambda rest: numbers.truncation_md(),
+    "errata-checks": _errata_checks,
+    "errata-reference": _errata_reference,
+    "tolerances": _tolerances,
+    "layouts": _layouts,
+    "module-doc": _module_doc,
+    "command-help": _command_help,
+    "layout-table": _layout_table,
+    "layout-notes": _layout_notes,
+    "bug-signatures": _bug_signatures,
+    "include-code": _include_code,
+    "include": _include,
+    "include-if-exists": _include_if_exists,
+    "cell-link": _cell_link,
+    "cells": lambda rest: catalogue.families_md(),
+    "quickstart": lambda rest: quickstart.md(),
+    "usage": lambda rest: quickstart.usage_md(),
+    "diagnosis-examples": lambda rest: quickstart.diagnosis_examples_md(),
+    "figure": _figure,
+    "layout-rows-documented": lambda rest: "\n".join(layouts_doc.extra_rows_md()),  # frameworks without a converter
+    "layout-sources": lambda rest: layouts_doc.sources_md(),
+    **{what: _with_args(fn) for what, fn in STUDENT.items()},  # the students' pages: numbers by the reference
+}
+
+
+def expand(args: list[str]) -> str:
+    """One directive's content: DIRECTIVES[NAME](ARGS)."""
+    what, rest = args[0], args[1:]
+    if what not in DIRECTIVES:
+        raise ValueError(f"unknown directive {what!r}")
+    return DIRECTIVES[what](rest)
 
 
 def column_first(doc: str, name: str) -> str:
