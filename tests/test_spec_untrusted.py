@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lstm_spec.checks import fuzz as spec_fuzz
 from lstm_spec.checks import mutants
 from lstm_spec.derivations import derive
 from lstm_spec.derivations.codegen import generate_module
 from lstm_spec.spec import SpecError, load
-from lstm_spec.spec import fuzz as spec_fuzz
 from lstm_spec.spec.cells import SPEC_DIR
 from lstm_spec.spec.language import MAX_DEPTH, MAX_NODES, parse_equation
 
@@ -318,7 +318,7 @@ REAL = sorted(SPEC_DIR.glob("*.toml"))
 @given(st.sampled_from(REAL), st.integers(0, 2**32 - 1))
 def test_mutations_of_the_real_specs_load_or_are_spec_errors(tmp_path_factory, spec, seed):
     """Deleted, duplicated, swapped lines, renamed and swapped names, hostile tokens, random bytes and
-    Unicode, wrong TOML types, huge numbers, truncation (lstm_spec.spec.fuzz.mutate)."""
+    Unicode, wrong TOML types, huge numbers, truncation (lstm_spec.checks.fuzz.mutate)."""
     path = tmp_path_factory.mktemp("mut") / "m.toml"
     path.write_bytes(spec_fuzz.mutate(spec.read_text(encoding="utf-8"), random.Random(seed)))
     try:
