@@ -183,32 +183,39 @@ PIECES = ("below -bound", "inside", "above bound")
 
 
 def in_regimes(problem: Problem) -> Problem:
-    """For a cell with piecewise functions (its module's KINKS: clips), the problem with its cell states and
-    projections scaled (:func:`_scaled`) by the first of REGIME_GAINS at which every clip meets each of its PIECES
-    somewhere in the case and no value lies within KINK_MARGIN of a kink (a float32 target's rounding must
-    not cross one); when no gain does (a case with a handful of values), the one that comes closest. At
-    gain 1 the draw alone rarely exceeds a cell clip. A cell without kinks: the problem as drawn."""
-    if not getattr(problem.module, "KINKS", None):
+    """For a cell with piecewise functions (its module's KINKS: clips), the problem scaled (:func:`_scaled`)
+    by the first of REGIME_GAINS (times the largest clip bound in use, when above 1: a declared
+    cell_clip = 3) at which every clip meets each of its PIECES somewhere in the case and no value lies
+    within KINK_MARGIN of a kink (a float32 target's rounding must not cross one): first the cell states
+    and projections only, then every parameter too (a clip of the gates' pre-activations); when no gain
+    does (a case with a handful of values), the first that comes closest. At gain 1 the draw alone rarely
+    exceeds a cell clip. A cell without kinks: the problem as drawn."""
+    module = problem.module
+    if not getattr(module, "KINKS", None):
         return problem
+    values = {**(getattr(module.SIGNATURE, "constants", None) or {}), **dict(getattr(problem.case, "constants", ()))}
+    reach = max([1.0] + [float(values[b] if isinstance(b, str) else b) for _, b in module.KINKS])
     best = None
-    for gain in REGIME_GAINS:
-        scaled = _scaled(problem, gain)
-        met, nearest = regimes_met(scaled)
-        score = (min(len(m) for m in met.values()), nearest >= KINK_MARGIN)
-        if best is None or score > best[0]:
-            best = (score, scaled)
-        if score == (len(PIECES), True):
-            break
+    for gates in (False, True):
+        for gain in REGIME_GAINS:
+            scaled = _scaled(problem, gain * reach, gates)
+            met, nearest = regimes_met(scaled)
+            score = (min(len(m) for m in met.values()), nearest >= KINK_MARGIN)
+            if score == (len(PIECES), True):
+                return scaled
+            if best is None or score > best[0]:
+                best = (score, scaled)
     return best[1]
 
 
-def _scaled(problem: Problem, gain: float) -> Problem:
+def _scaled(problem: Problem, gain: float, gates: bool = False) -> Problem:
     """The initial states other than the output's (a cell state) and the parameters outside the gates (a
-    projection) multiplied by ``gain``. The gates' own parameters keep their draw, so no gate saturates
-    more than drawn: a float32 target's 1 - tanh(z)**2 and sigma(z)(1 - sigma(z)) stay as well conditioned."""
+    projection) multiplied by ``gain``; with ``gates``, every parameter too. Without, the gates' own
+    parameters keep their draw, so no gate saturates more than drawn: a float32 target's 1 - tanh(z)**2 and
+    sigma(z)(1 - sigma(z)) stay as well conditioned."""
     sig = problem.module.SIGNATURE
-    gates = set(gate_names(sig.parameters))
-    scaled = {n for n in sig.parameters if n.rsplit("_", 1)[-1] not in gates} | set(sig.states) - {sig.output}
+    names = set(gate_names(sig.parameters))
+    scaled = {n for n in sig.parameters if gates or n.rsplit("_", 1)[-1] not in names} | set(sig.states) - {sig.output}
 
     def scale(d):
         return {k: (np.asarray(v, np.float64) * gain).astype(problem.dtype) if k in scaled else v

@@ -4,6 +4,7 @@ counted by evaluating the reference on each case; an implementation that omits a
 of them; every cell's default cases include a long sequence (T >= 16) in each dtype."""
 
 import importlib
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -32,13 +33,15 @@ def bounds(module) -> list[tuple[str, str | float, float]]:
 
 
 def pieces_of_case(case) -> dict:
-    """{(clip, piece): met anywhere in the case} from the reference's forward on every slot of the case."""
+    """{(clip, piece): met anywhere in the case} from the reference's forward on every slot of the case
+    (at the case's declared constants)."""
     problem = make_problem(case)
     module, met = problem.module, {}
 
     def forward(*args, **kwargs):
         y, final, cache = module.forward(*args, **kwargs)
-        for key, _, b in bounds(module):
+        for key, name, b in bounds(module):
+            b = dict(case.constants).get(name, b)
             v = cache[key]
             for piece, hit in (("below", v < -b), ("inside", np.abs(v) < b), ("above", v > b)):
                 met[key, piece] = met.get((key, piece), False) or bool(hit.any())
@@ -48,9 +51,14 @@ def pieces_of_case(case) -> dict:
     return met
 
 
+@pytest.mark.parametrize("declared", [False, True], ids=["default bounds", "bounds 3 declared"])
 @pytest.mark.parametrize("cell", CLIP_CELLS)
-def test_every_piece_of_every_clip_is_met_in_at_least_half_of_the_cases(cell):
+def test_every_piece_of_every_clip_is_met_in_at_least_half_of_the_cases(cell, declared):
+    """Also when a target declares larger bounds (TF1's cell_clip = 3.0): the cases follow them."""
     cases = default_cases([cell])
+    if declared:
+        names = sorted({b for _, b, _ in bounds(_module(cell))})
+        cases = [replace(c, constants=tuple((n, 3.0) for n in names)) for c in cases]
     per_case = [pieces_of_case(c) for c in cases]
     fractions = {k: sum(m[k] for m in per_case) / len(cases) for k in per_case[0]}
     assert len(fractions) == 3 * len(_module(cell).KINKS)
