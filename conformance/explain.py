@@ -765,7 +765,10 @@ class Recomputed:
         y, final, cache = self.fwd.forward(p, x, **init)
         src = source(self.reference)
         for t in range(x.shape[0]):
-            _, _, one = self.reference.forward(params, x[t:t + 1], **{f"{s}0": cache[s][t] for s in src.state_slots})
+            states = {f"{s}0": cache[s][t] for s in src.state_slots}
+            if init.get("constants") is not None:  # the target's declared constants, as the forward ran with
+                states["constants"] = init["constants"]
+            _, _, one = self.reference.forward(params, x[t:t + 1], **states)
             for k in src.per_step:
                 cache[k][t] = one[k][0]
         return y, final, cache

@@ -66,7 +66,7 @@ def spec_namespace(cell) -> Namespace:
     ns.reserve(reserved_names(), "a reserved name (a Python keyword or builtin, the runtime's or the generated "
                                  "module's own)")
     for table, role in ((cell.dimensions, "dimension"), (cell.inputs, "input"), (cell.states, "state"),
-                        (cell.parameters, "parameter")):
+                        (cell.parameters, "parameter"), (getattr(cell, "constants", {}), "constant")):
         for name in table:
             ns.claim(name, f"the spec's {role} {name}")
     for name in cell.shapes:

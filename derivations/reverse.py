@@ -333,8 +333,6 @@ def _differentiable(expr, symbols: Symbols):
 def derive(cell: Cell, simplify: bool = True) -> Derivation:
     symbols = Symbols()
     ns = spec_namespace(cell)
-    for name in cell.constants:  # a name of the generated code too (forward and backward bind it)
-        ns.claim(name, f"the spec's constant {name}")
     forward = equations_to_sympy(cell, symbols, ns)
     for idx, fe in enumerate(forward):
         _check_defined(fe.expr, cell, forward, idx, f"the value of {fe.lhs}")

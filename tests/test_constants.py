@@ -110,8 +110,8 @@ def test_generated_code_renders_constants_as_names_with_their_defaults():
 def _literal_twin(cell: str, edits, constant_lines: list[str], name: str):
     """The cell's module generated from a spec where the constants are written as the numbers they default to."""
     text = load(cell).path.read_text()
-    for line in constant_lines:
-        text = text.replace(next(t for t in text.splitlines() if t.startswith(line + " =")) + "\n", "")
+    for line in constant_lines:  # the constant's declaration and its [latex] name, if any
+        text = "".join(t for t in text.splitlines(keepends=True) if not t.startswith(line + " ="))
     for a, b in edits:
         assert a in text, a
         text = text.replace(a, b)
