@@ -251,11 +251,13 @@ def _per_sample(expr, d: Derivation) -> bool:
 
 
 def data_inputs(d: Derivation) -> set[str]:
-    """The inputs that only a loss reads (a target, a label): the cell's output is read by no equation and
-    is not a state, and no state depends on the input. Their gradients are computed (and checked) but
-    nobody trains on them: the textbook form lists none."""
+    """The inputs nobody trains on: the declared [masks] (dropout and zoneout masks, drawn, not learned), and
+    those only a loss reads (a target, a label: the cell's output is read by no equation and is not a state,
+    and no state depends on the input). Their gradients are computed (and checked); the textbook form lists
+    none."""
+    masks = set(getattr(d.cell, "masks", {}))
     if not _output_is_a_loss(d):
-        return set()
+        return masks
     reads = {eq.lhs: _names_in(eq.rhs) for eq in d.cell.equations}
     feeds_a_state = set()
     for s in d.cell.states:
@@ -265,7 +267,7 @@ def data_inputs(d: Derivation) -> set[str]:
             if n not in feeds_a_state:
                 feeds_a_state.add(n)
                 todo += reads.get(n, ())
-    return set(d.cell.inputs) - feeds_a_state
+    return masks | (set(d.cell.inputs) - feeds_a_state)
 
 
 def _output_is_a_loss(d: Derivation) -> bool:

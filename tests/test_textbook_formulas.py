@@ -307,3 +307,15 @@ def test_check_a_proves_every_cells_display(derivations):
         if shown:
             failing[name] = shown
     assert not failing, failing
+
+
+@pytest.mark.parametrize("cell", ["lstm_zoneout", "lstm_variational_dropout", "lstm_stacked2_dropout"])
+def test_no_gradient_of_a_mask_is_displayed(cell):
+    """A dropout or zoneout mask is drawn, not learned: its gradient is computed and checked, not shown."""
+    d = derive(load(cell))
+    masks = set(d.cell.masks)
+    assert masks, cell
+    shown = {r.target for r in backward_equations(d, latex=False, textbook=True)}
+    computed = {r.target for r in backward_equations(d, latex=False)}
+    assert {f"d_{m}" for m in masks} & computed, "the derivation computes the masks' gradients"  # the control
+    assert not {f"d_{m}" for m in masks} & shown
