@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from lstm_spec.derivations import derive
@@ -19,6 +21,10 @@ def lstm_text(lstm_derivation):
     from lstm_spec.derivations.codegen import generate_module
 
     return generate_module(lstm_derivation)
+
+
+# the tests leave nothing in the user's cache folder: no persistent JAX compilation cache (flax adapter)
+os.environ.setdefault("LSTM_SPEC_JAX_CACHE", "off")
 
 
 def write_spec(tmp_path, body: str, name="cell.toml"):
