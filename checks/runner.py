@@ -7,6 +7,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 
 from lstm_spec.derivations import derive
 from lstm_spec.derivations import functions as function_rules
@@ -22,22 +23,49 @@ from .tolerances import TOLERANCES
 from .torch_check import check_torch
 
 
+class Status(StrEnum):
+    """A check row's result (the table's "result" column; ``str(Status.PASS) == "pass"``)."""
+
+    PASS = "pass"
+    FAIL = "FAIL"
+    SKIP = "skip"  # a tool is missing: counts against verify
+    NA = "n/a"  # nothing to compare with (PyTorch has no such cell): does not count against verify
+
+
+class Control(StrEnum):
+    """What a row's negative control did: the planted bug was caught, was not, or there is none."""
+
+    CAUGHT = "caught"
+    NOT_CAUGHT = "NOT CAUGHT"
+    NONE = "-"
+
+    @classmethod
+    def of(cls, caught: bool) -> Control:
+        return cls.CAUGHT if caught else cls.NOT_CAUGHT
+
+
+OK = (Status.PASS, Status.NA)  # the statuses that do not fail verify
+
+
 @dataclass
-class Row:
+class CheckRow:
     cell: str
     check: str
     error: float | None  # None when skipped
     tolerance: float | None
     passed: bool | None  # None when skipped
-    control: str  # "caught" / "NOT CAUGHT" / "-"
+    control: Control  # a string of its vocabulary is taken too ("caught"); any other raises ValueError
     seconds: float
     detail: str = ""
 
+    def __post_init__(self):
+        self.control = Control(self.control)
+
     @property
-    def status(self) -> str:
+    def status(self) -> Status:
         if self.passed is None:
-            return "n/a" if self.detail.startswith(("PyTorch has no", "not applicable")) else "skip"
-        return "pass" if self.passed and self.control != "NOT CAUGHT" else "FAIL"
+            return Status.NA if self.detail.startswith(("PyTorch has no", "not applicable")) else Status.SKIP
+        return Status.PASS if self.passed and self.control != Control.NOT_CAUGHT else Status.FAIL
 
 
 def _fmt_err(e):
@@ -50,7 +78,7 @@ def _fmt_err(e):
     return f"{e:.1e}" if isinstance(e, float) and not float(e).is_integer() else str(int(e))
 
 
-def format_table(rows: list[Row]) -> str:
+def format_table(rows: list[CheckRow]) -> str:
     head = ("cell", "check", "max error", "tolerance", "result", "negative control", "seconds")
     body = [(r.cell, r.check, _fmt_err(r.error), _fmt_err(r.tolerance) if r.tolerance is not None else "-",
              r.status, r.control, f"{r.seconds:.1f}") for r in rows]
@@ -59,7 +87,7 @@ def format_table(rows: list[Row]) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip()
     out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
     details = [f"  {r.cell} / {r.check}: {r.detail}" for r in rows
-               if r.detail and (r.status != "pass" or r.detail.startswith("not a proof"))]
+               if r.detail and (r.status != Status.PASS or r.detail.startswith("not a proof"))]
     if details:
         out += ["", "details:"] + details
     return "\n".join(out)
@@ -85,7 +113,7 @@ def _module_for(cell: Cell, gen):
     return mutants.load_module(gen.text, f"lstm_spec_generated_{cell.name}")
 
 
-def _up_to_date_row(cell: Cell, gen, seconds: float) -> Row | None:
+def _up_to_date_row(cell: Cell, gen, seconds: float) -> CheckRow | None:
     """Whether the module `lstm-spec generate` writes for this cell holds the text the spec generates now;
     None for a user's spec file with no module yet (the checks run on the text in memory)."""
     try:
@@ -105,7 +133,7 @@ def _up_to_date_row(cell: Cell, gen, seconds: float) -> Row | None:
             what, todo = "is stale", ""
         ran = "" if is_builtin(cell) else " (not executed: the checks ran on the code the spec generates)"
         detail = f"{gen.path} {what}{ran}: {todo}run `{gen.command}`"
-    return Row(cell.name, "generated code up to date", int(stale), 0, not stale, "-", seconds, detail)
+    return CheckRow(cell.name, "generated code up to date", int(stale), 0, not stale, Control.NONE, seconds, detail)
 
 
 def _load_guarded(cell: Cell, gen):
@@ -116,11 +144,11 @@ def _load_guarded(cell: Cell, gen):
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit from a module must fail verify, not end it
-        return None, Row(cell.name, "generated module loads", 1, 0, False, "-", 0.0,
+        return None, CheckRow(cell.name, "generated module loads", 1, 0, False, Control.NONE, 0.0,
                          f"loading the module raised {type(exc).__name__}: {str(exc)[:200]}")
 
 
-def verify_rules(progress=None) -> list[Row]:
+def verify_rules(progress=None) -> list[CheckRow]:
     progress = progress or Progress(enabled=False)
     progress("derivative rules of the activation functions and matrix products")
     t0 = time.perf_counter()
@@ -132,8 +160,8 @@ def verify_rules(progress=None) -> list[Row]:
     x = sympy.Symbol("x", real=True)
     s = function_rules.Sigmoid(x)
     wrong = (s * (1 + s)).subs(s, 1 / (1 + sympy.exp(-x))) - sympy.diff(1 / (1 + sympy.exp(-x)), x)
-    control = "caught" if sympy.simplify(wrong) != 0 else "NOT CAUGHT"
-    return [Row("(all)", "rules confirmed by SymPy", len(bad), 0, not bad, control, time.perf_counter() - t0,
+    control = Control.of(sympy.simplify(wrong) != 0)
+    return [CheckRow("(all)", "rules confirmed by SymPy", len(bad), 0, not bad, control, time.perf_counter() - t0,
                 f"differ: {bad}" if bad else "")]
 
 
@@ -149,14 +177,14 @@ def unrolled_sizes(cell: Cell) -> dict:
     return sizes
 
 
-def _cell_done(counter, cell: Cell, rows: list[Row], seconds: float) -> None:
+def _cell_done(counter, cell: Cell, rows: list[CheckRow], seconds: float) -> None:
     if counter is not None:
-        bad = [r.check for r in rows if r.status not in ("pass", "n/a")]
+        bad = [r.check for r in rows if r.status not in OK]
         counter.step(f"{cell.name}: {'FAIL ' + ', '.join(bad) if bad else 'pass'} ({seconds:.1f} s)")
 
 
 def verify_cells(cells: list[Cell], progress=None, torch: bool = True, jobs: int = 1, proof: bool = False,
-                 counter=None, constants: dict | None = None) -> list[Row]:
+                 counter=None, constants: dict | None = None) -> list[CheckRow]:
     """verify_cell for each cell, in ``jobs`` worker processes; rows come back in the cells' order.
     ``counter`` (checks.progress.Counter) is advanced as each cell finishes."""
     if jobs <= 1 or len(cells) <= 1:
@@ -221,84 +249,113 @@ def _variants_note(variants: list[dict]) -> str:
     return f"constants: (c) and (d) at {' and at '.join(shown)}; (a) and (b) for symbolic constants"
 
 
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+@dataclass
+class _Subject:
+    """What the checks of one cell share: its derivation, the module to verify, the negative control's module
+    (the recursion line deleted), the constants' variants and their note, and how (a), (b) derive."""
+
+    cell: Cell
+    derivation: object
+    module: object
+    mutant: object
+    variants: list
+    note: str
+    proof: bool
+    progress: Progress
+
+    @property
+    def name(self) -> str:
+        return self.cell.name
+
+    @property
+    def derivative(self) -> str:
+        return "sympy" if self.proof else "reverse"
+
+
+def _symbolic_rows(s: _Subject) -> list[CheckRow]:
+    """(a) the derivation, one step, against the expected derivatives; (b) the generated code on SymPy symbols,
+    unrolled over T = 2; each beside a planted bug (a sign flipped; the recursion line deleted)."""
+    s.progress(f"{s.name}: (a) symbolic equality of every adjoint of one step")
+    res, secs = _timed(lambda: check_step(s.derivation, exact="expand" if s.proof else "points",
+                                          derivative=s.derivative))
+    bad_d, target = mutants.planted_derivation(s.derivation)
+    ctl = check_step(bad_d, exact="points", only={target}, derivative=s.derivative)
+    rows = [CheckRow(s.name, "(a) symbolic, one step", res["error"], TOLERANCES[("symbolic", "sympy")].value,
+                     res["error"] == 0, Control.of(bool(ctl["error"])), secs,
+                     _with_note(res, f"{res['checked']} entries; differ: {res['failures']}"))]
+    sizes = unrolled_sizes(s.cell)
+    s.progress(f"{s.name}: (b) generated code on SymPy symbols, unrolled over T = 2")
+    res, secs = _timed(lambda: check_unrolled(s.derivation, s.module, T=2, sizes=sizes, derivative=s.derivative))
+    ctl = check_unrolled(s.derivation, s.mutant, T=2, sizes=sizes, stop_after=1, derivative=s.derivative)
+    rows.append(CheckRow(s.name, "(b) symbolic, unrolled T=2", res["error"], TOLERANCES[("unrolled", "sympy")].value,
+                         res["error"] == 0, Control.of(bool(ctl["error"])), secs,
+                         _with_note(res, f"{res['checked']} entries; differ: {res['failures'][:5]}")))
+    return rows
+
+
+def _numeric_rows(s: _Subject) -> list[CheckRow]:
+    """(c) complex step and finite differences (each beside the recursion line deleted), float32 vs float64."""
+    rows = []
+    for method, dtype, label in (("complex_step", "complex128", "(c) complex step"),
+                                 ("finite_difference", "float64", "(c) finite differences")):
+        s.progress(f"{s.name}: {label}")
+        tol = TOLERANCES[(method, dtype)].value
+        res, secs = _timed(lambda: _at_variants(lambda m: check_derivatives(m, method),  # noqa: B023 - called
+                                                s.module, s.variants))  # within the iteration
+        if "skipped" in res:
+            rows.append(CheckRow(s.name, label, None, None, None, Control.NONE, secs, res["skipped"]))
+            continue
+        ctl = check_derivatives(with_constants(s.mutant, s.variants[-1]), method)
+        rows.append(CheckRow(s.name, label, res["error"], tol, res["error"] <= tol,
+                             Control.of(not ctl["error"] <= tol), secs,
+                             "; ".join(filter(None, [res["worst"], s.note]))))
+    s.progress(f"{s.name}: (c) float32 against float64")
+    tol = TOLERANCES[("float32", "float32")].value
+    res, secs = _timed(lambda: _at_variants(check_float32, s.module, s.variants))
+    rows.append(CheckRow(s.name, "(c) float32 vs float64", res["error"], tol, res["error"] <= tol, Control.NONE,
+                         secs, "; ".join(filter(None, [res["worst"], s.note]))))
+    return rows
+
+
+def _torch_row(s: _Subject) -> CheckRow:
+    """(d) PyTorch float64 at the constants' variants it can express, beside the recursion line deleted."""
+    s.progress(f"{s.name}: (d) PyTorch float64")
+    tol = TOLERANCES[("torch", "float64")].value
+    res, secs = _timed(lambda: _torch_at_variants(s.cell, s.module, s.variants))
+    if "skipped" in res:
+        return CheckRow(s.name, "(d) PyTorch", None, None, None, Control.NONE, secs, res["skipped"])
+    ctl = check_torch(s.mutant, s.name)
+    return CheckRow(s.name, "(d) PyTorch", res["error"], tol, res["error"] <= tol,
+                    Control.of(not ctl.get("error", 0) <= tol), secs,
+                    "; ".join(filter(None, [res["worst"], res.get("note", "")])))
+
+
 def verify_cell(cell: Cell, progress=None, torch: bool = True, proof: bool = False,
-                constants: dict | None = None) -> list[Row]:
+                constants: dict | None = None) -> list[CheckRow]:
     """Every check of one cell. proof=False: (a) and (b) take their expected derivatives from reverse
     accumulation at random points (seconds); proof=True: from sympy.diff, (a) expanded (minutes per cell).
     constants: values of the spec's constants for (c) and (d) (default: the defaults and a non-default value
     of each; constant_variants); (a) and (b) check the derivation for symbolic constants."""
     progress = progress or Progress(enabled=False)
-    derivative = "sympy" if proof else "reverse"
-    rows: list[Row] = []
-    name = cell.name
-
-    def timed(fn):
-        t0 = time.perf_counter()
-        out = fn()
-        return out, time.perf_counter() - t0
-
-    progress(f"{name}: derive and generate")
-    (d, gen), secs = timed(lambda: (derive(cell), generate([cell])[0]))
-    rows += [r for r in [_up_to_date_row(cell, gen, secs)] if r]
+    progress(f"{cell.name}: derive and generate")
+    (d, gen), secs = _timed(lambda: (derive(cell), generate([cell])[0]))
+    rows = [r for r in [_up_to_date_row(cell, gen, secs)] if r]
     module, failed = _load_guarded(cell, gen)
     if failed:
         return rows + [failed]
     mutant = mutants.load_module(mutants.mutate_code(gen.text, mutants.recursion_line(gen.text), "delete"),
-                                 f"lstm_spec_control_{name}")
+                                 f"lstm_spec_control_{cell.name}")
     variants = constant_variants(module, constants)
-    note = _variants_note(variants) if cell.constants else ""
-
-    # (a)
-    progress(f"{name}: (a) symbolic equality of every adjoint of one step")
-    res, secs = timed(lambda: check_step(d, exact="expand" if proof else "points", derivative=derivative))
-    bad_d, target = mutants.planted_derivation(d)
-    ctl = check_step(bad_d, exact="points", only={target}, derivative=derivative)
-    rows.append(Row(name, "(a) symbolic, one step", res["error"], TOLERANCES[("symbolic", "sympy")].value,
-                    res["error"] == 0, "caught" if ctl["error"] else "NOT CAUGHT", secs,
-                    _with_note(res, f"{res['checked']} entries; differ: {res['failures']}")))
-
-    # (b)
-    sizes = unrolled_sizes(cell)
-    progress(f"{name}: (b) generated code on SymPy symbols, unrolled over T = 2")
-    res, secs = timed(lambda: check_unrolled(d, module, T=2, sizes=sizes, derivative=derivative))
-    ctl = check_unrolled(d, mutant, T=2, sizes=sizes, stop_after=1, derivative=derivative)
-    rows.append(Row(name, "(b) symbolic, unrolled T=2", res["error"], TOLERANCES[("unrolled", "sympy")].value,
-                    res["error"] == 0, "caught" if ctl["error"] else "NOT CAUGHT", secs,
-                    _with_note(res, f"{res['checked']} entries; differ: {res['failures'][:5]}")))
-
-    # (c)
-    for method, dtype, label in (("complex_step", "complex128", "(c) complex step"),
-                                 ("finite_difference", "float64", "(c) finite differences")):
-        progress(f"{name}: {label}")
-        tol = TOLERANCES[(method, dtype)].value
-        res, secs = timed(lambda: _at_variants(lambda m: check_derivatives(m, method),  # noqa: B023 - called
-                                               module, variants))  # within the iteration
-        if "skipped" in res:
-            rows.append(Row(name, label, None, None, None, "-", secs, res["skipped"]))
-            continue
-        ctl = check_derivatives(with_constants(mutant, variants[-1]), method)
-        rows.append(Row(name, label, res["error"], tol, res["error"] <= tol,
-                        "caught" if not ctl["error"] <= tol else "NOT CAUGHT", secs,
-                        "; ".join(filter(None, [res["worst"], note]))))
-    progress(f"{name}: (c) float32 against float64")
-    tol = TOLERANCES[("float32", "float32")].value
-    res, secs = timed(lambda: _at_variants(check_float32, module, variants))
-    rows.append(Row(name, "(c) float32 vs float64", res["error"], tol, res["error"] <= tol, "-", secs,
-                    "; ".join(filter(None, [res["worst"], note]))))
-
-    # (d)
-    if torch:
-        progress(f"{name}: (d) PyTorch float64")
-        tol = TOLERANCES[("torch", "float64")].value
-        res, secs = timed(lambda: _torch_at_variants(cell, module, variants))
-        if "skipped" in res:
-            rows.append(Row(name, "(d) PyTorch", None, None, None, "-", secs, res["skipped"]))
-        else:
-            ctl = check_torch(mutant, name)
-            rows.append(Row(name, "(d) PyTorch", res["error"], tol, res["error"] <= tol,
-                            "caught" if not ctl.get("error", 0) <= tol else "NOT CAUGHT", secs,
-                            "; ".join(filter(None, [res["worst"], res.get("note", "")]))))
-    return rows
+    subject = _Subject(cell, d, module, mutant, variants, _variants_note(variants) if cell.constants else "",
+                       proof, progress)
+    rows += _symbolic_rows(subject) + _numeric_rows(subject)
+    return rows + ([_torch_row(subject)] if torch else [])
 
 
 def _torch_at_variants(cell: Cell, module, variants: list[dict]) -> dict:
@@ -376,7 +433,7 @@ def torch_constants(cell: Cell, values: dict) -> dict | None:
     return None
 
 
-def all_passed(rows: list[Row]) -> bool:
+def all_passed(rows: list[CheckRow]) -> bool:
     """True when every row passed; "n/a" (no equivalent to compare with) does not count against it,
     a check skipped for a missing tool does."""
-    return all(r.status in ("pass", "n/a") for r in rows)
+    return all(r.status in OK for r in rows)

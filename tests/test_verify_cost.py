@@ -166,10 +166,10 @@ def test_finite_differences_error_model_does_not_hide_a_small_planted_error(lstm
 
 def test_the_table_shows_a_passing_rows_not_a_proof_note():
     """--proof that fell back to random points says so in verify's table even when the row passes."""
-    from lstm_spec.checks.runner import Row, format_table
+    from lstm_spec.checks.runner import CheckRow, format_table
 
-    rows = [Row("chain", "(a) symbolic", 0, 0, True, "caught", 0.1,
+    rows = [CheckRow("chain", "(a) symbolic", 0, 0, True, "caught", 0.1,
                 "not a proof: the expansion is unbounded; 8 entries"),
-            Row("chain", "(b) unrolled", 0, 0, True, "caught", 0.1, "8 entries; differ: []")]
+            CheckRow("chain", "(b) unrolled", 0, 0, True, "caught", 0.1, "8 entries; differ: []")]
     text = format_table(rows)
     assert "chain / (a) symbolic: not a proof" in text and "(b) unrolled: 8 entries" not in text
