@@ -13,8 +13,16 @@ from lstm_spec.reference.masks import dropout_mask
 
 from .tolerances import rel_error  # noqa: F401  (re-exported for callers that import it from here; defined in tolerances)
 
-# (T, B, D, H): T = 1, B = 1, D != H, D = H, and a longer sequence
+# The case shapes, (T, B, D, H), written here once. SHAPES, for the numeric checks and conform: T = 1 and B = 1
+# together, B = 1, D != H (both ways), D = H, a longer sequence.
 SHAPES = [(1, 1, 3, 2), (2, 1, 2, 3), (4, 3, 5, 3), (6, 2, 4, 4)]
+# conform adds a long sequence: an error that grows with T (float32 accumulation) and a cell clip reached by
+# accumulation show there. The numeric checks leave it out: complex step and finite differences perturb every
+# entry of every parameter, at a cost that grows with T, and their errors do not grow with T.
+LONG_SHAPE = (16, 2, 3, 4)
+CONFORM_SHAPES = [*SHAPES, LONG_SHAPE]
+LENGTHS_SHAPE = (5, 3, 4, 3)  # conform's reverse and sequence-lengths cases (B = 3: lengths such as (5, 3, 1))
+LAYERS_SHAPE = (4, 2, 3, 3)  # conform's bidirectional and two-layer cases
 
 
 @dataclass
