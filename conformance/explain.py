@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lstm_spec.checks.mutants import load_module
+from lstm_spec.checks.mutants import carry, load_module
 
 from .compare import compare
 from .problem import Problem, expected
@@ -609,36 +609,34 @@ def _restricted(src: Source, add):
 def _carries(src: Source, add):
     """The carry line d_h_next, d_c_next = d_h_prev, d_c_prev: one state's adjoint not passed on."""
     for k in src.backward_loop:
-        m = re.match(r"(\s+)((?:d_\w+_next)(?:, d_\w+_next)*) = (.+)$", src.lines[k])
-        if not m:
+        c = carry(src.lines[k])
+        if not c:
             continue
-        lhs = [v.strip() for v in m.group(2).split(",")]
-        rhs = [v.strip() for v in m.group(3).split(",")]
+        lhs, rhs = list(c.names), list(c.values)
         for j, (n, v) in enumerate(zip(lhs, rhs, strict=False)):
             s = n[2:-5]
             st = next((text for text in src.statements.values() if re.search(rf"\b{n}\b", text)), n)
             for repl, what in ((f"d_final['{s}']", "kept at the final-state cotangent"), (f"0 * {v}", "zero")):
                 vals = list(rhs)
                 vals[j] = repl
-                carry = (k, f"{m.group(1)}{m.group(2)} = {', '.join(vals)}")
+                edit = (k, c.line(vals))
                 kind = f"carry {n} not passed on ({what})"
-                add(kind, "backward", k, [carry])
+                add(kind, "backward", k, [edit])
                 ret = next((r for r in src.returned if re.search(rf"'{s}0': {n},", src.lines[r])), None)
                 if ret is not None:
                     fixed = (ret, src.lines[ret].replace(n, v))
-                    add(kind + ", the step-0 gradient still returned", "backward", k, [carry, fixed])
+                    add(kind + ", the step-0 gradient still returned", "backward", k, [edit, fixed])
             _ = st
         if len(lhs) > 1:  # every carry at once (one loop forgets them all)
             for what, rep in (("kept at the final-state cotangents", lambda n, v: f"d_final['{n[2:-5]}']"),
                               ("zero", lambda n, v: f"0 * {v}")):
-                vals = ", ".join(rep(n, v) for n, v in zip(lhs, rhs, strict=False))
-                carry = (k, f"{m.group(1)}{m.group(2)} = {vals}")
+                edit = (k, c.line([rep(n, v) for n, v in zip(lhs, rhs, strict=False)]))
                 kind = f"no carry passed on ({what})"
-                add(kind, "backward", k, [carry])
+                add(kind, "backward", k, [edit])
                 rets = [(r, src.lines[r].replace(n, v)) for n, v in zip(lhs, rhs, strict=False) for r in src.returned
                         if re.search(rf"'{n[2:-5]}0': {n},", src.lines[r])]
                 if rets:
-                    add(kind + ", the step-0 gradients still returned", "backward", k, [carry] + rets)
+                    add(kind + ", the step-0 gradients still returned", "backward", k, [edit] + rets)
 
 
 def _returned(src: Source, add):
