@@ -12,9 +12,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
 import numpy as np
 
+from lstm_spec.checks.cases import CONFORM_SHAPES, LAYERS_SHAPE, LENGTHS_SHAPE
 from lstm_spec.checks.tolerances import TOLERANCES
 
 from .compare import Row, compare
@@ -32,24 +34,20 @@ from .targets import (
     watching_interrupts,
 )
 
-# (T, B, D, H): T = 1 and B = 1 together, B = 1, D != H (both ways), D = H, a longer sequence, and a long
-# one (T = 16: an error that grows with T, a cell clip reached by accumulation)
-SHAPES = [(1, 1, 3, 2), (2, 1, 2, 3), (4, 3, 5, 3), (6, 2, 4, 4), (16, 2, 3, 4)]
-
 
 def default_cases(cells=("lstm",), dtypes=("float64", "float32"), seed: int = 0) -> list[Case]:
-    """The cases `conform` runs: every shape in each dtype, then the reverse direction, sequence
-    lengths shorter than T (forward and reverse), bidirectional and two layers."""
+    """The cases `conform` runs: every shape of checks.cases.CONFORM_SHAPES in each dtype, then the reverse
+    direction, sequence lengths shorter than T (forward and reverse), bidirectional and two layers."""
     cases = []
     for cell in cells:
         for dt in dtypes:
-            for k, shape in enumerate(SHAPES):
+            for k, shape in enumerate(CONFORM_SHAPES):
                 cases.append(Case(cell, shape, dt, seed + 10 * k + (1 if dt == "float32" else 0)))
-            cases.append(Case(cell, (5, 3, 4, 3), dt, seed + 101, direction="reverse"))
-            cases.append(Case(cell, (5, 3, 4, 3), dt, seed + 102, lengths=(5, 3, 1)))
-            cases.append(Case(cell, (5, 3, 4, 3), dt, seed + 103, direction="reverse", lengths=(2, 5, 4)))
-            cases.append(Case(cell, (4, 2, 3, 3), dt, seed + 104, direction="bidirectional"))
-            cases.append(Case(cell, (4, 2, 3, 3), dt, seed + 105, layers=2))
+            cases.append(Case(cell, LENGTHS_SHAPE, dt, seed + 101, direction="reverse"))
+            cases.append(Case(cell, LENGTHS_SHAPE, dt, seed + 102, lengths=(5, 3, 1)))
+            cases.append(Case(cell, LENGTHS_SHAPE, dt, seed + 103, direction="reverse", lengths=(2, 5, 4)))
+            cases.append(Case(cell, LAYERS_SHAPE, dt, seed + 104, direction="bidirectional"))
+            cases.append(Case(cell, LAYERS_SHAPE, dt, seed + 105, layers=2))
     return cases
 
 
@@ -59,10 +57,19 @@ def tolerance_for(target: Target, dtype: str) -> tuple[float, str]:
     return tol.value, tol.reason
 
 
+class CaseStatus(StrEnum):
+    """A case's outcome (``str(CaseStatus.PASS) == "pass"``; the JSON report writes the value)."""
+
+    PASS = "pass"
+    FAIL = "FAIL"
+    ERROR = "error"  # the target raised, hung or broke the protocol
+    SKIP = "skip"  # the target does not support the case
+
+
 @dataclass
 class CaseResult:
     case: Case
-    status: str  # "pass", "FAIL", "skip", "error"
+    status: CaseStatus  # a string of its vocabulary is taken too ("pass"); any other raises ValueError
     rows: list = field(default_factory=list)
     diagnoses: list = field(default_factory=list)
     localisation: object = None  # a failing case's localise.Localisation
@@ -72,6 +79,9 @@ class CaseResult:
     output: str = ""  # a failing case: the tail of what the target printed (stdout and stderr)
     protocol: bool = False  # the error breaks the protocol (a result under an unknown name): exit 2
     untested: list = field(default_factory=list)  # quantities the target does not provide (declared)
+
+    def __post_init__(self):
+        self.status = CaseStatus(self.status)
 
     @property
     def failing(self) -> list[Row]:
@@ -134,7 +144,7 @@ def invoke(target: Target, problem: Problem) -> Outcome:
 
 
 def run_case(target: Target, case: Case, diagnose_failures: bool = True, worker=None) -> CaseResult:
-    """One case: the target's results (in this process, or in ``worker``, a :class:`Worker`, which
+    """One case: the target's results (in this process, or in ``worker``, a :class:`CaseWorker`, which
     enforces its timeout) against the reference. Whatever the target does (raise, hang, return
     something else, modify its inputs) becomes this case's result: the caller goes on to the next.
     Quantities the target does not provide (declared) are neither compared nor diagnosed; when its
@@ -143,7 +153,7 @@ def run_case(target: Target, case: Case, diagnose_failures: bool = True, worker=
     case = target.adapt(case)
     why = target.supports(case)
     if why:
-        return CaseResult(case, "skip", detail=why)
+        return CaseResult(case, CaseStatus.SKIP, detail=why)
     tol, _ = tolerance_for(target, case.dtype)
     biases = target.biases_for(case)
     problem = make_problem(case)
@@ -158,7 +168,7 @@ def run_case(target: Target, case: Case, diagnose_failures: bool = True, worker=
     mutated = "; ".join(outcome.mutations)
     done = {"tolerance": tol, "output": outcome.output, "protocol": outcome.protocol, "untested": untested}
     if outcome.error and not outcome.got:
-        return CaseResult(case, "error", detail="; ".join(x for x in (outcome.error, mutated) if x),
+        return CaseResult(case, CaseStatus.ERROR, detail="; ".join(x for x in (outcome.error, mutated) if x),
                           seconds=time.perf_counter() - t0, **done)
     got = {q: v for q, v in outcome.got.items() if q not in untested}
     if outcome.error:  # the backward failed: the forward's quantities
@@ -166,11 +176,12 @@ def run_case(target: Target, case: Case, diagnose_failures: bool = True, worker=
     try:
         rows = compare(problem, got, want, tol, dtype=case.dtype)
     except Exception as exc:  # results nobody can compare are reported, not raised
-        return CaseResult(case, "error", detail=f"the target's results cannot be compared: {describe(exc)}",
+        return CaseResult(case, CaseStatus.ERROR, detail=f"the target's results cannot be compared: {describe(exc)}",
                           seconds=time.perf_counter() - t0, **done)
     ok = all(r.passed for r in rows) and not mutated and not outcome.error
     detail = "; ".join(x for x in (outcome.error, mutated) if x)
-    res = CaseResult(case, "error" if outcome.error else "pass" if ok else "FAIL", rows, detail=detail, **done)
+    status = CaseStatus.ERROR if outcome.error else CaseStatus.PASS if ok else CaseStatus.FAIL
+    res = CaseResult(case, status, rows, detail=detail, **done)
     if ok:
         res.output = ""
     if diagnose_failures and not res.protocol and any(not r.within for r in rows):
@@ -403,7 +414,7 @@ def _kill(proc) -> None:
 EXIT_GRACE = 2.0  # seconds a worker that closed its pipe has to exit by itself (its exit code is reported)
 
 
-class Worker:
+class CaseWorker:
     """Runs a target in a child process, one case at a time, and kills the process when a case gives
     no result within ``timeout`` seconds (a thread cannot stop a target stuck in a Python loop or in C
     code; a process can be killed). The next case starts a fresh process. The process is started with
@@ -448,7 +459,7 @@ class Worker:
             return
         finally:
             child.close()
-        # killed before multiprocessing joins its children at exit (a forgotten Worker must not hang it)
+        # killed before multiprocessing joins its children at exit (a forgotten CaseWorker must not hang it)
         self._finalizer = multiprocessing.util.Finalize(self, _kill, args=(self.proc,), exitpriority=10)
         self.broken = self._ready()
 
@@ -534,6 +545,11 @@ class Worker:
         self.stop()
 
 
+# Transitional: conformance/suite.py still imports the old name (bench/runner.Worker is the other Worker); drop
+# this line when suite.py imports CaseWorker.
+Worker = CaseWorker
+
+
 @dataclass
 class Report:
     target: Target
@@ -541,8 +557,8 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        ran = [r for r in self.results if r.status != "skip"]
-        return bool(ran) and all(r.status == "pass" for r in ran)
+        ran = [r for r in self.results if r.status != CaseStatus.SKIP]
+        return bool(ran) and all(r.status == CaseStatus.PASS for r in ran)
 
     @property
     def protocol_errors(self) -> list[str]:
@@ -577,9 +593,9 @@ class Report:
         return out
 
     def counts(self) -> dict:
-        out = {"pass": 0, "FAIL": 0, "error": 0, "skip": 0}
+        out = {s.value: 0 for s in CaseStatus}
         for r in self.results:
-            out[r.status] += 1
+            out[r.status.value] += 1
         return out
 
     def max_errors(self) -> dict:
@@ -618,12 +634,12 @@ def conform(target: Target, cases=None, progress=None, diagnose_failures: bool =
             timeout: float | None = None) -> Report:
     """Run ``cases`` (default: :func:`default_cases` for the target) and compare. With ``timeout``
     (seconds per case), the target runs in a worker process that is killed when a case takes longer
-    (:class:`Worker`); without, in this process."""
+    (:class:`CaseWorker`); without, in this process."""
     if cases is None:
         cases = default_cases(target.cells, [d for d in ("float64", "float32") if d in target.dtypes])
     cases = expand_variants(target, cases)
     results = []
-    worker = Worker(target, timeout) if timeout else None
+    worker = CaseWorker(target, timeout) if timeout else None
     try:
         for k, case in enumerate(cases, 1):
             r = run_case(target, case, diagnose_failures, worker)
@@ -718,7 +734,7 @@ def summary_table(report: Report) -> list[str]:
     head = ("cases", "ran") + tuple(title for _, title in _CLASSES)
     body = []
     for fam, results in families.items():
-        ran = [r for r in results if r.status in ("pass", "FAIL")]
+        ran = [r for r in results if r.status in (CaseStatus.PASS, CaseStatus.FAIL)]
         cells = []
         for key, _ in _CLASSES:  # an erring case's rows too (a backward that raised: its forward's rows)
             rows = [(r, x) for r in results for x in r.rows if _quantity_class(x.quantity) == key]
@@ -727,13 +743,13 @@ def summary_table(report: Report) -> list[str]:
             worst = max((x.rel for _, x in rows if not x.passed), default=0.0)
             cells.append("-" if not rows else "pass" if not bad else
                          f"FAIL {len(bad)}/{len(with_rows)} (rel {_fmt(worst)})")
-        skipped = sum(r.status == "skip" for r in results)
+        skipped = sum(r.status == CaseStatus.SKIP for r in results)
         extra = ([f"{skipped} skipped"] if skipped else []) + (
-            [f"{n} errors"] if (n := sum(r.status == "error" for r in results)) else [])
+            [f"{n} errors"] if (n := sum(r.status == CaseStatus.ERROR for r in results)) else [])
         body.append((fam, f"{len(ran)}/{len(results)}" + (f" ({', '.join(extra)})" if extra else "")) + tuple(cells))
     reasons: dict = {}  # why cases were skipped, once each under the table (the table stays narrow)
     for r in report.results:
-        if r.status == "skip":
+        if r.status == CaseStatus.SKIP:
             reasons[r.detail] = reasons.get(r.detail, 0) + 1
     notes = [f"  skipped: {why} ({n} case{'s' if n > 1 else ''})" for why, n in reasons.items()]
     return _table(head, body, "  ") + notes
@@ -743,12 +759,12 @@ def _case_block(r: CaseResult, title: str, verbose: bool) -> list[str]:
     """A case in full: its error or output tail, localisation, the rows (failing ones unless verbose) and
     the diagnosis."""
     out = [title]
-    if r.status == "error" or r.detail:
+    if r.status == CaseStatus.ERROR or r.detail:
         out.append(f"    {r.detail}")
     if r.output:
         head, *lines = r.output.splitlines()
         out += [f"    {head}"] + [f"      | {x}" for x in lines]
-    if r.status == "error" and not r.rows:
+    if r.status == CaseStatus.ERROR and not r.rows:
         return out
     if r.localisation is not None:
         out += [f"    {x}" for x in r.localisation.lines()]
@@ -759,7 +775,7 @@ def _case_block(r: CaseResult, title: str, verbose: bool) -> list[str]:
                  "pass" if x.passed else "FAIL") for x in rows]
         out += _table(head, body, "    ")
         out += [f"    {x.quantity}: {x.detail}" for x in rows if x.detail and not x.passed]
-    if r.status != "pass" and not r.protocol and any(not x.within for x in r.rows):
+    if r.status != CaseStatus.PASS and not r.protocol and any(not x.within for x in r.rows):
         if r.diagnoses:
             out += [f"    diagnosis: {d.title}: {d.detail}"
                     + ("" if d.title.startswith("partly explained") else " (reproduces the target's numbers)")
@@ -783,11 +799,11 @@ def format_report(report: Report, verbose: bool = True, timings: bool = False) -
     shown: set = set()
     for k, r in enumerate(report.results, 1):
         title = f"[{k}/{len(report.results)}] {r.case.name}: {r.status}"
-        if r.status == "skip":
+        if r.status == CaseStatus.SKIP:
             if verbose:
                 out.append(f"{title} ({r.detail})")
             continue
-        if r.status == "pass" and not verbose:
+        if r.status == CaseStatus.PASS and not verbose:
             continue
         title = f"{title} ({r.seconds:.2f} s)" if timings else title
         if verbose or r.case.dtype not in shown:
@@ -796,7 +812,7 @@ def format_report(report: Report, verbose: bool = True, timings: bool = False) -
         else:  # a dtype's first failure is shown in full; the others in a line (--verbose: all in full)
             bad = ", ".join(x.quantity for x in r.rows if not x.passed)
             why = f"; diagnosis: {r.diagnoses[0].title}" if r.diagnoses else ""
-            out.append(f"{title} ({r.detail if r.status == 'error' else 'failing: ' + bad}{why})")
+            out.append(f"{title} ({r.detail if r.status == CaseStatus.ERROR else 'failing: ' + bad}{why})")
     c = report.counts()
     out.append("")
     for dt, (err, where) in sorted(report.max_errors().items()):
@@ -831,7 +847,7 @@ def report_dict(report: Report) -> dict:
 
     cases = []
     for r in report.results:
-        entry = {"name": r.case.name, "family": _family(r.case), "status": r.status, "detail": r.detail,
+        entry = {"name": r.case.name, "family": _family(r.case), "status": r.status.value, "detail": r.detail,
                  "protocol": r.protocol, "not_provided": list(r.untested),
                  "rows": [{"quantity": x.quantity, "class": _quantity_class(x.quantity), "max_abs": _finite(x.max_abs),
                            "rel": _finite(x.rel), "worst": x.worst, "tolerance": x.tolerance, "passed": x.passed,
@@ -850,5 +866,5 @@ def report_dict(report: Report) -> dict:
 
 def progress_text(r: CaseResult) -> str:
     """A finished case, for the progress line or bar."""
-    return f"{r.case.name}: {r.status}" + (f" ({r.detail})" if r.status == "skip" else f" ({r.seconds:.2f} s)")
+    return f"{r.case.name}: {r.status}" + (f" ({r.detail})" if r.status == CaseStatus.SKIP else f" ({r.seconds:.2f} s)")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lstm_spec.checks.mutants import load_module
+from lstm_spec.checks.mutants import load_module, mutate_backward
 from lstm_spec.checks.tolerances import TOLERANCES, tolerance
 
 from . import explain
@@ -28,7 +28,7 @@ from .problem import Problem, expected, run_sequence
 
 
 @dataclass
-class Signature:
+class BugSignature:
     key: str
     title: str
     explain: str
@@ -67,40 +67,14 @@ _MUTANTS: dict = {}
 
 
 def _mutant(module, how: str):
-    """A mutated copy of a generated reference module (cached)."""
+    """A copy of a generated reference module with a known bug in its backward (checks.mutants.mutate_backward;
+    None when it has no line for it; cached)."""
     key = (module.__name__, how)
-    if key in _MUTANTS:
-        return _MUTANTS[key]
-    text = inspect.getsource(module)
-    start = text.index("def backward(")
-    head, back = text[:start], text[start:]
-    if how.startswith("no_carry:"):  # zero one state's adjoint handed to the previous step
-        state = how.split(":")[1]
-        lines = back.splitlines()
-        for k, line in enumerate(lines):
-            m = re.match(r"(\s+)((?:d_\w+_next)(?:, d_\w+_next)*) = (.+)$", line)
-            if m and "_prev" in m.group(3):
-                values = [v.strip() for v in m.group(3).split(",")]
-                values = [f"0 * {v}" if v == f"d_{state}_prev" else v for v in values]
-                lines[k] = f"{m.group(1)}{m.group(2)} = {', '.join(values)}"
-                break
-        else:
-            return None
-        back = "\n".join(lines) + "\n"
-    elif how == "t0_recurrent_term":  # U gradients without the t = 0 outer product (h0 taken as zero)
-        if ", h[:-1], axes" not in back:
-            return None
-        back = back.replace(", h[:-1], axes", ", np.concatenate([0 * h[:1], h[1:-1]]), axes")
-    elif how == "loop_skips_t0":  # the backward loop stops before t = 0
-        if "for t in reversed(range(T)):" not in back:
-            return None
-        back = back.replace("for t in reversed(range(T)):", "for t in reversed(range(1, T)):")
-        back = back.replace("np.empty((T, B", "np.zeros((T, B")
-    else:
-        raise ValueError(how)
-    mod = load_module(head + back, f"{module.__name__}_mutant_{re.sub(r'[^a-z0-9]', '_', how)}")
-    _MUTANTS[key] = mod
-    return mod
+    if key not in _MUTANTS:
+        text = mutate_backward(inspect.getsource(module), how)
+        _MUTANTS[key] = None if text is None else \
+            load_module(text, f"{module.__name__}_mutant_{re.sub(r'[^a-z0-9]', '_', how)}")
+    return _MUTANTS[key]
 
 
 # ----------------------------------------------------------------------------------------- signatures
@@ -482,52 +456,52 @@ def _precision(problem, target, got):
 
 
 SIGNATURES = [
-    Signature("gate_order", "gate blocks permuted",
+    BugSignature("gate_order", "gate blocks permuted",
               "the gate blocks of the weights and biases are read in a different order than declared "
               "(tensorflow #29308, coremltools #93, keras #8720)", _permuted),
-    Signature("forget_bias_runtime", "forget bias added at run time",
+    BugSignature("forget_bias_runtime", "forget bias added at run time",
               "a constant forget bias (TF1 forget_bias; its value fitted to the target's outputs) added to the "
               "forget gate's pre-activation at every step on top of the stored bias", _forget_bias),
-    Signature("bias_twice", "bias counted twice",
+    BugSignature("bias_twice", "bias counted twice",
               "the bias is added twice (a single bias mapped to both sides of a two-bias layout)", _bias_twice),
-    Signature("bias_dropped", "a bias dropped",
+    BugSignature("bias_dropped", "a bias dropped",
               "one of two biases ignored, or the bias not added at all (keras-onnx #103, flax #3746)", _bias_dropped),
-    Signature("reversed_time", "reversed time order",
+    BugSignature("reversed_time", "reversed time order",
               "outputs returned reversed, or the sequence read in the wrong direction (onnxruntime #4187, "
               "onnx #2881, tensorflow #40345)", _reversed),
-    Signature("output_peephole_old_cell", "output peephole on c_{t-1}",
+    BugSignature("output_peephole_old_cell", "output peephole on c_{t-1}",
               "the output gate's peephole looks at the previous cell state instead of the new one (Lasagne #448 "
               "and the peephole conventions of ONNX, TF1 and Greff et al.)", _peephole_old_cell),
-    Signature("final_state_off_by_one", "final state off by one step",
+    BugSignature("final_state_off_by_one", "final state off by one step",
               "the final states returned are those after step T-1, not T", _final_off_by_one),
-    Signature("no_recurrent_gradient", "missing recurrent gradient",
+    BugSignature("no_recurrent_gradient", "missing recurrent gradient",
               "the adjoint of h is not passed back to the previous step (truncated to one step)",
               _mutated("no_carry:h", "d h_{t-1} not propagated (no gradient through the recurrent weights)")),
-    Signature("no_cell_carry_gradient", "missing cell-carry gradient",
+    BugSignature("no_cell_carry_gradient", "missing cell-carry gradient",
               "the adjoint of c is not passed back through c_t = f * c_{t-1} + ...",
               _mutated("no_carry:c", "d c_{t-1} not propagated (no gradient along the cell state)")),
-    Signature("t0_terms_missing", "t = 0 terms missing",
+    BugSignature("t0_terms_missing", "t = 0 terms missing",
               "the first step's terms are left out of the backward pass (invisible with zero initial states)",
               lambda p, t, g: itertools.chain(
                   _mutated("t0_recurrent_term",
                            "recurrent weight gradients lack the t = 0 term (h0 taken as 0)")(p, t, g),
                   _mutated("loop_skips_t0", "the backward loop stops before t = 0")(p, t, g))),
-    Signature("grad_averaged", "gradients averaged instead of summed",
+    BugSignature("grad_averaged", "gradients averaged instead of summed",
               "parameter gradients, or every gradient, or the output cotangent divided by the batch size or the "
               "number of steps (a loss averaged over the batch or over time)", _averaged),
-    Signature("clip_bound", "clip convention",
+    BugSignature("clip_bound", "clip convention",
               "the cell's clip (ONNX clip, TF cell_clip) at a bound other than the spec's, fitted to the target's "
               "outputs, forward and backward", _clip_bound, fitted=True),
-    Signature("layer_norm_epsilon", "another layer-norm epsilon",
+    BugSignature("layer_norm_epsilon", "another layer-norm epsilon",
               "the normalisation's epsilon other than the spec's (fitted to the target's outputs), or added outside "
               "the square root", _layer_norm_epsilon, fitted=True),
-    Signature("grad_clipped", "silent gradient clipping",
+    BugSignature("grad_clipped", "silent gradient clipping",
               "parameter gradients clipped (elementwise or by global norm) before being returned", _clipped,
               fitted=True),
-    Signature("lengths_ignored", "sequence lengths ignored",
+    BugSignature("lengths_ignored", "sequence lengths ignored",
               "the final states are those after step T, not after each sequence's last valid step (outputs at "
               "padded steps zeroed, the state run through them)", _lengths_ignored),
-    Signature("reduced_precision", "reduced internal precision",
+    BugSignature("reduced_precision", "reduced internal precision",
               "a float64 interface computing in float32 inside", _precision),
 ]
 

@@ -15,7 +15,7 @@ import pytest
 
 from lstm_spec.cli import main
 from lstm_spec.conformance import conform, default_cases, format_report, load_target
-from lstm_spec.conformance.runner import Worker
+from lstm_spec.conformance.runner import CaseWorker
 
 TARGETS = Path(__file__).with_name("conform_misbehaving_targets.py")
 QUICK = [c for c in default_cases() if c.direction == "forward" and c.lengths is None and c.layers == 1]
@@ -164,7 +164,7 @@ def test_a_bad_timeout_is_a_one_line_error(value, capfd):
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 0])
 def test_worker_rejects_a_bad_timeout(value):
     with pytest.raises(ValueError, match="timeout: expected a positive"):
-        Worker(load_target("lstm_spec.conformance.examples:correct"), value)
+        CaseWorker(load_target("lstm_spec.conformance.examples:correct"), value)
 
 
 @pytest.mark.parametrize("args, what", [

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lstm_spec.conformance import conform, default_cases, format_report, load_target
-from lstm_spec.conformance.runner import Worker
+from lstm_spec.conformance.runner import CaseWorker
 
 TARGETS = Path(__file__).with_name("conform_misbehaving_targets.py")
 # one case per shape, float64 then float32; the targets misbehave on T = 4 only
@@ -106,8 +106,8 @@ def test_dead_worker_is_reported_and_replaced():
 def test_worker_is_stopped_and_rejects_a_bad_timeout():
     target = _target("Correct")
     with pytest.raises(ValueError, match="timeout: expected a positive number of seconds, got 0"):
-        Worker(target, 0)
-    w = Worker(target, GUARD)
+        CaseWorker(target, 0)
+    w = CaseWorker(target, GUARD)
     out = w.run(QUICK[0], 1)
     assert out.error == "" and "y" in out.got
     proc = w.proc
