@@ -354,16 +354,62 @@ def _toml_error_line(exc, source: str) -> int:
 
 
 def _build(data: dict, source: str, path: Path) -> Cell:
-    from .functions import KINDS as FUNCTIONS  # the function kinds (spec/functions.py)
-
     where = str(path)
-    lines = _Lines(source)
+    at = _Locator(where, _Lines(source))
+    name, title, summary, description = _top_level(data, where, at)
+    dims = _dimensions(data, where, at)
+    declared, tables = _quantities(data, at, dims)
+    constants = _constants(_table(data, "constants", at("constants")), at, declared, dims)
+    functions, function_args = _functions(_table(data, "functions", at("functions")), at, declared, dims, constants)
+    latex = {}
+    for k, v in _table(data, "latex", at("latex")).items():
+        latex[k] = _check_text(v, at("latex", k), "a LaTeX name", 200)
+    masks = _masks(_table(data, "masks", at("masks")), at, tables["inputs"])
+    equations = _equations(data["equations"], where, at)
+    _check_other_names(tables["states"], declared, dims, at)
+    shapes, used, defined_at = _equation_shapes(equations, where, declared, functions, dims, tables["states"])
+    output = data["output"]
+    _check_usage(_Usage(where, at, tables, declared, dims, functions, function_args, constants, equations, shapes,
+                        used, defined_at, output, latex))
+    return Cell(
+        name=name,
+        title=title,
+        summary=summary,
+        description=description,
+        path=path.resolve(),
+        source=source,
+        dimensions=dict(dims),
+        inputs=tables["inputs"],
+        states=tables["states"],
+        parameters=tables["parameters"],
+        functions=functions,
+        equations=equations,
+        output=output,
+        latex=latex,
+        shapes=shapes,
+        function_args=function_args,
+        masks=masks,
+        constants=constants,
+    )
 
-    def at(table, key=""):
-        """'file, line N, [table] key' for a declaration; for a top-level key, 'file, line N, key'."""
+
+class _Locator:
+    """Where a declaration is, for messages: at(table, key) is 'file, line N, [table] key'; for a top-level
+    key, 'file, line N, key'."""
+
+    def __init__(self, where: str, lines: _Lines):
+        self.where, self.lines = where, lines
+
+    def __call__(self, table, key=""):
         what = f"[{table}] {key}".strip() if table else key
-        return f"{where}, line {lines.key(table, key)}" + (f", {what}" if what else "")
+        return f"{self.where}, line {self.lines.key(table, key)}" + (f", {what}" if what else "")
 
+    def equations(self, eq_texts):
+        return self.lines.equations(eq_texts)
+
+
+def _top_level(data: dict, where: str, at: _Locator) -> tuple[str, str, str, str]:
+    """The top-level keys: none unknown, the required ones there; the cell's name, title, summary, description."""
     unknown = set(data) - TOP_KEYS
     if unknown:
         first = sorted(unknown)[0]
@@ -381,7 +427,11 @@ def _build(data: dict, source: str, path: Path) -> Cell:
     summary = _check_text(data.get("summary", ""), at("", "summary"), "summary", MAX_TITLE_LENGTH, code_safe=True)
     description = _check_text(data.get("description", ""), at("", "description"), "description",
                               MAX_DESCRIPTION_LENGTH, multiline=True)
+    return name, title, summary, description
 
+
+def _dimensions(data: dict, where: str, at: _Locator) -> dict:
+    """[dimensions], and the number of declarations in all tables within the limit."""
     dims = _table(data, "dimensions", at("dimensions"))
     for d, text in dims.items():
         _check_name(d, at("dimensions", d), "dimension")
@@ -390,6 +440,11 @@ def _build(data: dict, source: str, path: Path) -> Cell:
                                                      "functions"))
     if count > MAX_DECLARATIONS:
         raise SpecError(f"{where}: {count} declarations; at most {MAX_DECLARATIONS} are allowed")
+    return dims
+
+
+def _quantities(data: dict, at: _Locator, dims: dict) -> tuple[dict, dict]:
+    """[inputs], [states], [parameters]: (every declared quantity by name, each table by its key)."""
     declared: dict[str, Quantity] = {}
     tables = {}
     for role, key in (("input", "inputs"), ("state", "states"), ("parameter", "parameters")):
@@ -412,10 +467,13 @@ def _build(data: dict, source: str, path: Path) -> Cell:
         raise SpecError(f"{at('inputs')}: [inputs] declares no input")
     if not tables["states"]:
         raise SpecError(f"{at('states')}: [states] declares no state")
+    return declared, tables
 
-    constants = _constants(_table(data, "constants", at("constants")), at, declared, dims)
+
+def _functions(table: dict, at: _Locator, declared: dict, dims: dict, constants: dict) -> tuple[dict, dict]:
+    """[functions]: (spec name -> kind, spec name -> the kind's parameters)."""
     functions, function_args = {}, {}
-    for fname, kind in _table(data, "functions", at("functions")).items():
+    for fname, kind in table.items():
         loc = at("functions", fname)
         if not isinstance(fname, str) or not IDENTIFIER.match(fname) or keyword.iskeyword(fname) \
                 or len(fname) > MAX_NAME_LENGTH:
@@ -424,34 +482,40 @@ def _build(data: dict, source: str, path: Path) -> Cell:
             raise SpecError(f"{loc}: {fname!r} is already declared as a {declared[fname].role}")
         if fname in dims:
             raise SpecError(f"{loc}: {fname!r} is already declared as a dimension")
-        known = sorted(k for k, f in FUNCTIONS.items() if f.declarable)
-        args = ()
-        if isinstance(kind, dict):  # a function with constant parameters: { kind = "clip", bound = 3 }
-            decl = dict(kind)
-            kind = decl.pop("kind", None)
-            if not isinstance(kind, str) or kind not in FUNCTIONS or not FUNCTIONS[kind].declarable:
-                raise SpecError(f"{loc}: unknown function kind {kind!r:.80}; known: {known}")
-            wanted = FUNCTIONS[kind].parameters
-            if set(decl) != set(wanted):
-                raise SpecError(f"{loc}: kind {kind!r} takes exactly the parameters "
-                                f"{list(wanted)}, got {sorted(decl)}")
-            args = tuple(_function_parameter(decl[pname], pname, loc, constants) for pname in wanted)
-        elif not isinstance(kind, str) or kind not in FUNCTIONS or not FUNCTIONS[kind].declarable:
+        functions[fname], function_args[fname] = _function_kind(kind, loc, constants)
+    return functions, function_args
+
+
+def _function_kind(kind, loc: str, constants: dict) -> tuple[str, tuple]:
+    """One function's declaration: "kind", or { kind = "clip", bound = 3 } for a kind with parameters."""
+    from .functions import KINDS as FUNCTIONS  # the function kinds (spec/functions.py)
+
+    known = sorted(k for k, f in FUNCTIONS.items() if f.declarable)
+    args = ()
+    if isinstance(kind, dict):  # a function with constant parameters: { kind = "clip", bound = 3 }
+        decl = dict(kind)
+        kind = decl.pop("kind", None)
+        if not isinstance(kind, str) or kind not in FUNCTIONS or not FUNCTIONS[kind].declarable:
             raise SpecError(f"{loc}: unknown function kind {kind!r:.80}; known: {known}")
-        elif FUNCTIONS[kind].parameters:
-            raise SpecError(f"{loc}: kind {kind!r} needs its parameters: "
-                            f"{{ kind = \"{kind}\", {', '.join(f'{p} = ...' for p in FUNCTIONS[kind].parameters)} }}")
-        functions[fname] = kind
-        function_args[fname] = args
+        wanted = FUNCTIONS[kind].parameters
+        if set(decl) != set(wanted):
+            raise SpecError(f"{loc}: kind {kind!r} takes exactly the parameters "
+                            f"{list(wanted)}, got {sorted(decl)}")
+        args = tuple(_function_parameter(decl[pname], pname, loc, constants) for pname in wanted)
+    elif not isinstance(kind, str) or kind not in FUNCTIONS or not FUNCTIONS[kind].declarable:
+        raise SpecError(f"{loc}: unknown function kind {kind!r:.80}; known: {known}")
+    elif FUNCTIONS[kind].parameters:
+        raise SpecError(f"{loc}: kind {kind!r} needs its parameters: "
+                        f"{{ kind = \"{kind}\", {', '.join(f'{p} = ...' for p in FUNCTIONS[kind].parameters)} }}")
+    return kind, args
 
-    latex = {}
-    for k, v in _table(data, "latex", at("latex")).items():
-        latex[k] = _check_text(v, at("latex", k), "a LaTeX name", 200)
 
+def _masks(table: dict, at: _Locator, inputs: dict) -> dict:
+    """[masks]: input name -> {"p", "values", "time"}."""
     masks = {}
-    for mname, decl in _table(data, "masks", at("masks")).items():
+    for mname, decl in table.items():
         loc = at("masks", mname)
-        if mname not in tables["inputs"]:
+        if mname not in inputs:
             raise SpecError(f"{loc}: a mask is one of the [inputs]; {mname!r} is not declared there")
         if not isinstance(decl, dict) or set(decl) != {"p", "values", "time"}:
             raise SpecError(f"{loc}: expected {{ p = ..., values = \"inverted\" | \"binary\", "
@@ -464,29 +528,41 @@ def _build(data: dict, source: str, path: Path) -> Cell:
         if decl["time"] not in MASK_TIMES:
             raise SpecError(f"{loc}: time must be one of {list(MASK_TIMES)}, got {decl['time']!r:.40}")
         masks[mname] = {"p": float(p), "values": decl["values"], "time": decl["time"]}
+    return masks
 
-    text_lines = data["equations"].split("\n")
+
+def _equations(text: str, where: str, at: _Locator) -> list[Equation]:
+    """The equations parsed, comments and blank lines dropped, each knowing its line in the file."""
+    text_lines = text.split("\n")
     eq_texts = [(i, raw.split("#", 1)[0]) for i, raw in enumerate(text_lines)]
     eq_texts = [(i, code) for i, code in eq_texts if code.strip()]
     if len(eq_texts) > MAX_EQUATIONS:
         raise SpecError(f"{at('', 'equations')}: {len(eq_texts)} equations; at most {MAX_EQUATIONS} are allowed")
-    line_numbers = lines.equations(eq_texts)
+    line_numbers = at.equations(eq_texts)
     equations = []
     for (_, text), line in zip(eq_texts, line_numbers, strict=True):
         equations.append(parse_equation(text, f"{where}, line {line}, equation '{_shown(text.strip())}'", line))
+    return equations
 
-    for s in tables["states"]:
+
+def _check_other_names(states: dict, declared: dict, dims: dict, at: _Locator) -> None:
+    """No declaration takes a state's initial-value name (s0), no dimension a quantity's name."""
+    for s in states:
         if f"{s}0" in declared or f"{s}0" in dims:
             raise SpecError(f"{at('states', s)}: {s}0 is the name of state {s!r}'s initial value; rename {s}0")
     for d in dims:
         if d in declared:
             raise SpecError(f"{at('dimensions', d)}: {d!r} is both a dimension and a {declared[d].role}")
 
+
+def _equation_shapes(equations, where, declared, functions, dims, states) -> tuple[dict, set, dict]:
+    """Each equation's left-hand side checked and its shape inferred, in order. Returns (shapes, the names
+    read, the first equation defining each name)."""
     defined_at = {}  # name -> the first equation defining it, to explain a use before definition
     for eq in equations:
         defined_at.setdefault(eq.lhs, eq)
-    shapes: dict[str, tuple[str, ...]] = {}
-    used: set[str] = set()
+    ctx = _ShapeContext(declared, {}, functions, set(), defined_at)
+    shapes = ctx.shapes
     for eq in equations:
         loc = _loc(where, eq)
         if eq.lhs in declared and declared[eq.lhs].role != "state":
@@ -496,9 +572,9 @@ def _build(data: dict, source: str, path: Path) -> Cell:
         if eq.lhs in shapes:
             raise SpecError(f"{loc}: {eq.lhs!r} is defined twice (first on line {defined_at[eq.lhs].line})")
         _check_name(eq.lhs, loc, "quantity")
-        if eq.lhs in dims or any(eq.lhs == f"{st}0" for st in tables["states"]):
+        if eq.lhs in dims or any(eq.lhs == f"{st}0" for st in states):
             raise SpecError(f"{loc}: {eq.lhs!r} is already a dimension or an initial-state name")
-        shape = _infer(eq.rhs, loc, declared, shapes, functions, used, defined_at)
+        shape = _infer(eq.rhs, loc, ctx)
         if shape is None or len(shape) != 1:
             raise SpecError(f"{loc}: the right-hand side must be a vector, got "
                             f"{'a scalar' if shape is None else 'a matrix'}")
@@ -506,59 +582,70 @@ def _build(data: dict, source: str, path: Path) -> Cell:
             raise SpecError(f"{loc}: state {eq.lhs!r} is declared with shape {declared[eq.lhs].shape} "
                             f"but its equation gives {shape}")
         shapes[eq.lhs] = shape
+    return shapes, ctx.used, defined_at
 
-    output = data["output"]
-    for s in tables["states"]:
-        if s not in shapes:
+
+@dataclass
+class _Usage:
+    """What the usage checks read: the declarations, the equations and what they defined and read."""
+
+    where: str
+    at: _Locator
+    tables: dict
+    declared: dict
+    dims: dict
+    functions: dict
+    function_args: dict
+    constants: dict
+    equations: list
+    shapes: dict
+    used: set
+    defined_at: dict
+    output: str
+    latex: dict
+
+
+def _check_usage(u: _Usage) -> None:
+    """Every state has an equation and feeds the next step; the output is defined; everything declared or
+    computed is used; the [latex] names name something of the cell."""
+    at, used = u.at, u.used
+    for s in u.tables["states"]:
+        if s not in u.shapes:
             raise SpecError(f"{at('states', s)}: state {s!r} has no equation")
         if f"{s}[t-1]" not in used:
-            raise SpecError(f"{_loc(where, defined_at[s])}: state {s!r} is never read as {s}[t-1]; a value "
+            raise SpecError(f"{_loc(u.where, u.defined_at[s])}: state {s!r} is never read as {s}[t-1]; a value "
                             "that does not feed the next step is an intermediate, not a state")
-    if output not in shapes:
-        raise SpecError(f"{at('', 'output')}: output {output!r:.80} is not defined by an equation")
+    if u.output not in u.shapes:
+        raise SpecError(f"{at('', 'output')}: output {u.output!r:.80} is not defined by an equation")
     for key in ("inputs", "parameters"):
-        for qname, q in tables[key].items():
+        for qname, q in u.tables[key].items():
             if qname not in used:
                 raise SpecError(f"{at(key, qname)}: {q.role} {qname!r} is declared but never used")
-    for eq in equations:
-        if eq.lhs not in used and eq.lhs not in tables["states"] and eq.lhs != output:
-            raise SpecError(f"{_loc(where, eq)}: {eq.lhs!r} is computed but never used")
-    for fname in functions:
+    for eq in u.equations:
+        if eq.lhs not in used and eq.lhs not in u.tables["states"] and eq.lhs != u.output:
+            raise SpecError(f"{_loc(u.where, eq)}: {eq.lhs!r} is computed but never used")
+    _check_declarations_used(u)
+
+
+def _check_declarations_used(u: _Usage) -> None:
+    """Functions, constants (in an equation or as a function's parameter) and dimensions are used; [latex]
+    names a quantity or function of the cell."""
+    at, used = u.at, u.used
+    for fname in u.functions:
         if fname not in used:
             raise SpecError(f"{at('functions', fname)}: function {fname!r} is declared but never used")
-    bounds = {a for fname in functions if fname in used for a in function_args[fname] if isinstance(a, str)}
-    for cname in constants:
+    bounds = {a for fname in u.functions if fname in used for a in u.function_args[fname] if isinstance(a, str)}
+    for cname in u.constants:
         if cname not in used and cname not in bounds:
             raise SpecError(f"{at('constants', cname)}: constant {cname!r} is declared but never used (in an "
                             "equation or as a function's parameter)")
-    dims_used = {d for q in declared.values() for d in q.shape}
-    for d in dims:
+    dims_used = {d for q in u.declared.values() for d in q.shape}
+    for d in u.dims:
         if d not in dims_used:
             raise SpecError(f"{at('dimensions', d)}: dimension {d!r} is declared but no shape uses it")
-    for k in latex:
-        if k not in declared and k not in shapes and k not in functions:
+    for k in u.latex:
+        if k not in u.declared and k not in u.shapes and k not in u.functions:
             raise SpecError(f"{at('latex', k)}: {k!r:.80} is not a quantity or function of this cell")
-
-    return Cell(
-        name=name,
-        title=title,
-        summary=summary,
-        description=description,
-        path=path.resolve(),
-        source=source,
-        dimensions=dict(dims),
-        inputs=tables["inputs"],
-        states=tables["states"],
-        parameters=tables["parameters"],
-        functions=functions,
-        equations=equations,
-        output=output,
-        latex=latex,
-        shapes=shapes,
-        function_args=function_args,
-        masks=masks,
-        constants=constants,
-    )
 
 
 def _constants(table: dict, at, declared: dict, dims: dict) -> dict:
@@ -615,80 +702,108 @@ def _loc(where, eq: Equation) -> str:
     return f"{where}, line {eq.line}, equation '{eq.text}'"
 
 
-def _infer(node, loc, declared, shapes, functions, used, defined_at=None):
+@dataclass
+class _ShapeContext:
+    """What shape inference reads (the declarations, the shapes defined so far, the functions, the equations
+    defining each name) and records (the names read; a state's previous value as 's[t-1]')."""
+
+    declared: dict
+    shapes: dict
+    functions: dict
+    used: set
+    defined_at: dict | None = None
+
+
+def _infer(node, loc, ctx: _ShapeContext):
     """Shape of an expression: None for a scalar, (n,) for a vector, (m, n) for a matrix parameter."""
     if isinstance(node, Num):
         return None
     if isinstance(node, Name):
-        n = node.name
-        if node.prev:
-            if n not in declared or declared[n].role != "state":
-                raise SpecError(f"{loc}: {n}[t-1] refers to a previous value, but {n!r} is not a declared state")
-            used.add(f"{n}[t-1]")
-            return declared[n].shape
-        if n in functions:
-            raise SpecError(f"{loc}: function {n!r} is used without an argument")
-        if n in shapes:
-            used.add(n)
-            return shapes[n]
-        if n in declared:
-            if declared[n].role == "constant":
-                used.add(n)
-                return None  # a number: broadcasts like a literal
-            if declared[n].role == "state":
-                raise SpecError(f"{loc}: state {n!r} is used before its equation; write {n}[t-1] for the "
-                                "previous step's value")
-            used.add(n)
-            return declared[n].shape
-        if defined_at and n in defined_at:
-            raise SpecError(f"{loc}: {n!r} is used before its equation (line {defined_at[n].line}); equations are "
-                            "computed in order, so a name must be defined above its first use (no cycles)")
-        raise SpecError(f"{loc}: name {n!r} is not declared (inputs, states, parameters, constants) nor defined "
-                      "above")
+        return _infer_name(node, loc, ctx)
     if isinstance(node, Call):
-        if node.func not in functions:
-            raise SpecError(f"{loc}: call of undeclared function {node.func!r}; declare it in [functions]")
-        used.add(node.func)
-        shape = _infer(node.arg, loc, declared, shapes, functions, used, defined_at)
-        if shape is not None and len(shape) != 1:
-            raise SpecError(f"{loc}: {node.func}() applies elementwise to a vector, not to a matrix")
-        from .functions import KINDS
-
-        if KINDS[functions[node.func]].reduction:
-            if shape is None or shape == (SCALAR,):
-                raise SpecError(f"{loc}: {node.func}() reduces a vector over its units; its argument is not a vector")
-            return (SCALAR,)
-        return shape
+        return _infer_call(node, loc, ctx)
     if isinstance(node, Neg):
-        return _vector_or_scalar(_infer(node.operand, loc, declared, shapes, functions, used, defined_at), loc, "-")
+        return _vector_or_scalar(_infer(node.operand, loc, ctx), loc, "-")
     if isinstance(node, Pow):
-        return _vector_or_scalar(_infer(node.base, loc, declared, shapes, functions, used, defined_at), loc, "^")
+        return _vector_or_scalar(_infer(node.base, loc, ctx), loc, "^")
     if isinstance(node, BinOp):
         if node.op == "@":
-            left, right = node.left, node.right
-            if not (isinstance(left, Name) and not left.prev and left.name in declared
-                    and declared[left.name].role == "parameter" and len(declared[left.name].shape) == 2):
-                raise SpecError(f"{loc}: the left operand of @ must be a matrix parameter")
-            if not isinstance(right, Name):
-                raise SpecError(f"{loc}: the right operand of @ must be a name; define the vector in its own equation")
-            rows, cols = declared[left.name].shape
-            used.add(left.name)
-            rshape = _infer(right, loc, declared, shapes, functions, used, defined_at)
-            if rshape is None or len(rshape) != 1 or rshape[0] != cols:
-                raise SpecError(f"{loc}: {left.name} @ {right.name}{'[t-1]' if right.prev else ''}: "
-                                f"{left.name} is {rows} x {cols} but the vector is {_shape_text(rshape)}")
-            return (rows,)
-        ls = _vector_or_scalar(_infer(node.left, loc, declared, shapes, functions, used, defined_at), loc, node.op)
-        rs = _vector_or_scalar(_infer(node.right, loc, declared, shapes, functions, used, defined_at), loc, node.op)
-        if ls is not None and rs is not None and ls != rs:
-            if ls == (SCALAR,) or rs == (SCALAR,):  # one value per sample broadcasts over the units
-                return rs if ls == (SCALAR,) else ls
-            op = {"*": "product (* or ⊙)", "/": "division (/)", "+": "sum (+)",
-                  "-": "difference (-)"}.get(node.op, node.op)
-            raise SpecError(f"{loc}: elementwise {op} of a vector of {_shape_text(ls)} and a vector of "
-                            f"{_shape_text(rs)}: both sides need the same size (or one value per sample)")
-        return ls if ls is not None else rs
+            return _infer_matmul(node, loc, ctx)
+        return _infer_elementwise(node, loc, ctx)
     raise SpecError(f"{loc}: unsupported expression")  # pragma: no cover - the parser makes no other nodes
+
+
+def _infer_name(node, loc, ctx: _ShapeContext):
+    declared, n = ctx.declared, node.name
+    if node.prev:
+        if n not in declared or declared[n].role != "state":
+            raise SpecError(f"{loc}: {n}[t-1] refers to a previous value, but {n!r} is not a declared state")
+        ctx.used.add(f"{n}[t-1]")
+        return declared[n].shape
+    if n in ctx.functions:
+        raise SpecError(f"{loc}: function {n!r} is used without an argument")
+    if n in ctx.shapes:
+        ctx.used.add(n)
+        return ctx.shapes[n]
+    if n in declared:
+        if declared[n].role == "constant":
+            ctx.used.add(n)
+            return None  # a number: broadcasts like a literal
+        if declared[n].role == "state":
+            raise SpecError(f"{loc}: state {n!r} is used before its equation; write {n}[t-1] for the "
+                            "previous step's value")
+        ctx.used.add(n)
+        return declared[n].shape
+    if ctx.defined_at and n in ctx.defined_at:
+        raise SpecError(f"{loc}: {n!r} is used before its equation (line {ctx.defined_at[n].line}); equations are "
+                        "computed in order, so a name must be defined above its first use (no cycles)")
+    raise SpecError(f"{loc}: name {n!r} is not declared (inputs, states, parameters, constants) nor defined "
+                  "above")
+
+
+def _infer_call(node, loc, ctx: _ShapeContext):
+    if node.func not in ctx.functions:
+        raise SpecError(f"{loc}: call of undeclared function {node.func!r}; declare it in [functions]")
+    ctx.used.add(node.func)
+    shape = _infer(node.arg, loc, ctx)
+    if shape is not None and len(shape) != 1:
+        raise SpecError(f"{loc}: {node.func}() applies elementwise to a vector, not to a matrix")
+    from .functions import KINDS
+
+    if KINDS[ctx.functions[node.func]].reduction:
+        if shape is None or shape == (SCALAR,):
+            raise SpecError(f"{loc}: {node.func}() reduces a vector over its units; its argument is not a vector")
+        return (SCALAR,)
+    return shape
+
+
+def _infer_matmul(node, loc, ctx: _ShapeContext):
+    declared, left, right = ctx.declared, node.left, node.right
+    if not (isinstance(left, Name) and not left.prev and left.name in declared
+            and declared[left.name].role == "parameter" and len(declared[left.name].shape) == 2):
+        raise SpecError(f"{loc}: the left operand of @ must be a matrix parameter")
+    if not isinstance(right, Name):
+        raise SpecError(f"{loc}: the right operand of @ must be a name; define the vector in its own equation")
+    rows, cols = declared[left.name].shape
+    ctx.used.add(left.name)
+    rshape = _infer(right, loc, ctx)
+    if rshape is None or len(rshape) != 1 or rshape[0] != cols:
+        raise SpecError(f"{loc}: {left.name} @ {right.name}{'[t-1]' if right.prev else ''}: "
+                        f"{left.name} is {rows} x {cols} but the vector is {_shape_text(rshape)}")
+    return (rows,)
+
+
+def _infer_elementwise(node, loc, ctx: _ShapeContext):
+    ls = _vector_or_scalar(_infer(node.left, loc, ctx), loc, node.op)
+    rs = _vector_or_scalar(_infer(node.right, loc, ctx), loc, node.op)
+    if ls is not None and rs is not None and ls != rs:
+        if ls == (SCALAR,) or rs == (SCALAR,):  # one value per sample broadcasts over the units
+            return rs if ls == (SCALAR,) else ls
+        op = {"*": "product (* or ⊙)", "/": "division (/)", "+": "sum (+)",
+              "-": "difference (-)"}.get(node.op, node.op)
+        raise SpecError(f"{loc}: elementwise {op} of a vector of {_shape_text(ls)} and a vector of "
+                        f"{_shape_text(rs)}: both sides need the same size (or one value per sample)")
+    return ls if ls is not None else rs
 
 
 def _shape_text(shape) -> str:
