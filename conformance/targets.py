@@ -27,6 +27,7 @@ from lstm_spec.layouts.frameworks import (
     state_to_layout,
     to_layout,
 )
+from lstm_spec.layouts.gates import LSTM_GATES
 
 from . import directions
 from .problem import Case, Problem, slot_key
@@ -382,7 +383,7 @@ def _gate_order(meta: dict, gates: tuple) -> tuple:
             return seq
     spelled = "".join(gates) if all(len(g) == 1 for g in gates) else gates
     also = (" (g, PyTorch's letter for the candidate, is accepted for our c"
-            + (": PyTorch's 'ifgo' is our 'ifco')" if sorted(gates) == sorted("ifco") else ")")) if alias else ""
+            + (": PyTorch's 'ifgo' is our 'ifco')" if sorted(gates) == sorted(LSTM_GATES) else ")")) if alias else ""
     raise TargetError(f"conformance['gate_order']: expected a permutation of the gates of the cell, as a string "
                       f"{spelled!r} or a tuple {gates!r}{also}, got {order!r}")
 
