@@ -163,57 +163,84 @@ def equations_to_sympy(cell: Cell, symbols: Symbols, ns: Namespace | None = None
     """The cell's equations as per-unit SymPy expressions. A function applied inside a larger
     expression is hoisted into an auxiliary equation of its own (the same application once), named in
     the namespace ``ns`` (the spec's own by default)."""
-    out: list[ForwardEquation] = []
-    ns = ns or spec_namespace(cell)
-    products = {_product_form(mm.left.name, mm.right.name, mm.right.prev)
-                for eq in cell.equations for mm in _matmuls(eq.rhs)}
-    hoisted: dict[Call, str] = {}
+    conv = _ToSympy(cell, symbols, ns or spec_namespace(cell))
+    for eq in cell.equations:
+        _check_no_parameter_operand(cell, eq)
+        rhs = conv.hoist(eq.rhs, eq.lhs, top=True)
+        conv.out.append(ForwardEquation(eq.lhs, conv(rhs), False, eq.text, rhs, cell.shapes[eq.lhs]))
+    return conv.out
 
-    def fresh(base):
+
+def _check_no_parameter_operand(cell: Cell, eq) -> None:
+    for mm in _matmuls(eq.rhs):
+        if isinstance(mm.right, Name) and mm.right.name in cell.parameters:
+            raise SpecError(f"{cell.path}, line {eq.line}, equation '{eq.text}': {mm.left.name} @ "
+                            f"{mm.right.name}: the right operand of @ is the parameter {mm.right.name}; a matrix "
+                            "times a parameter is the same at every step and is not supported: declare its "
+                            "product as a bias vector instead")
+
+
+class _ToSympy:
+    """Spec-language trees to per-unit SymPy expressions (calling it), and the hoisting of function
+    applications into auxiliary equations (``out`` collects the equations, auxiliaries before their user)."""
+
+    def __init__(self, cell: Cell, symbols: Symbols, ns: Namespace):
+        self.cell, self.symbols, self.ns = cell, symbols, ns
+        self.out: list[ForwardEquation] = []
+        self.products = {_product_form(mm.left.name, mm.right.name, mm.right.prev)
+                         for eq in cell.equations for mm in _matmuls(eq.rhs)}
+        self.hoisted: dict[Call, str] = {}
+
+    def fresh(self, base):
         """An auxiliary's name never looks like an adjoint or a product (a function called d applied to c
         would be d_c, the name of c's adjoint)."""
-        if base.startswith("d_") or base.endswith(("_prev", "_next", "_all")) or base in products:
+        if base.startswith("d_") or base.endswith(("_prev", "_next", "_all")) or base in self.products:
             base = "aux_" + base
-        return ns.fresh(base, f"the auxiliary {base} the derivation hoists")
+        return self.ns.fresh(base, f"the auxiliary {base} the derivation hoists")
 
-    def hoist(node, lhs, top=False):
+    def hoist(self, node, lhs, top=False):
         """A copy of the AST with every non-top-level call replaced by the name of its auxiliary."""
         if isinstance(node, BinOp):
-            return BinOp(node.op, hoist(node.left, lhs), hoist(node.right, lhs))
+            return BinOp(node.op, self.hoist(node.left, lhs), self.hoist(node.right, lhs))
         if isinstance(node, Neg):
-            return Neg(hoist(node.operand, lhs))
+            return Neg(self.hoist(node.operand, lhs))
         if isinstance(node, Pow):
-            return Pow(hoist(node.base, lhs), node.exponent)
+            return Pow(self.hoist(node.base, lhs), node.exponent)
         if isinstance(node, Call):
-            arg = hoist(node.arg, lhs)
-            kind = FUNCTIONS[cell.functions[node.func]]
-            # SymPy rewrites some applications on sight (tanh(-b) -> -tanh(b)); then no function value
-            # would carry a name and its derivative could not be written through one: name the argument
-            rewritten = (kind.kind != "identity" and not isinstance(arg, (Name, Num))
-                         and not isinstance(conv(Call(node.func, arg)), kind.sympy_function))
-            if (kind.parameters or rewritten) and not isinstance(arg, (Name, Num)):
-                # a function with kinks (clip) gets a named argument, so the backward pass and the
-                # numeric checks can refer to the value whose kinks matter
-                name = fresh(f"{node.func}_arg_{lhs}")
-                out.append(ForwardEquation(name, conv(arg), True, "", arg, shape_of_ast(arg)))
-                arg = Name(name)
-            call = Call(node.func, arg)
-            if top or cell.functions[node.func] == "identity":
-                return call
-            if call not in hoisted:
-                arg = call.arg
-                base = f"{node.func}_{arg.name}" if isinstance(arg, Name) and not arg.prev else f"{node.func}_{lhs}"
-                name = fresh(base)
-                hoisted[call] = name
-                kind = FUNCTIONS[cell.functions[node.func]]
-                out.append(ForwardEquation(name, conv(call), True, "", call, ("1",) if kind.reduction else
-                                           cell.shapes[lhs]))
-            return Name(hoisted[call])
+            return self._hoist_call(node, lhs, top)
         return node
 
-    def shape_of_ast(node):
+    def _hoist_call(self, node, lhs, top):
+        cell = self.cell
+        arg = self.hoist(node.arg, lhs)
+        kind = FUNCTIONS[cell.functions[node.func]]
+        # SymPy rewrites some applications on sight (tanh(-b) -> -tanh(b)); then no function value
+        # would carry a name and its derivative could not be written through one: name the argument
+        rewritten = (kind.kind != "identity" and not isinstance(arg, (Name, Num))
+                     and not isinstance(self(Call(node.func, arg)), kind.sympy_function))
+        if (kind.parameters or rewritten) and not isinstance(arg, (Name, Num)):
+            # a function with kinks (clip) gets a named argument, so the backward pass and the
+            # numeric checks can refer to the value whose kinks matter
+            name = self.fresh(f"{node.func}_arg_{lhs}")
+            self.out.append(ForwardEquation(name, self(arg), True, "", arg, self.shape_of_ast(arg)))
+            arg = Name(name)
+        call = Call(node.func, arg)
+        if top or cell.functions[node.func] == "identity":
+            return call
+        if call not in self.hoisted:
+            arg = call.arg
+            base = f"{node.func}_{arg.name}" if isinstance(arg, Name) and not arg.prev else f"{node.func}_{lhs}"
+            name = self.fresh(base)
+            self.hoisted[call] = name
+            kind = FUNCTIONS[cell.functions[node.func]]
+            self.out.append(ForwardEquation(name, self(call), True, "", call, ("1",) if kind.reduction else
+                                            cell.shapes[lhs]))
+        return Name(self.hoisted[call])
+
+    def shape_of_ast(self, node):
         """An elementwise expression is a vector when any operand is (one value per sample broadcasts)."""
-        known = {fe.lhs: fe.shape for fe in out} | dict(cell.shapes)
+        cell = self.cell
+        known = {fe.lhs: fe.shape for fe in self.out} | dict(cell.shapes)
         for table in (cell.inputs, cell.states, cell.parameters):
             known.update({n: q.shape for n, q in table.items()})
         stack = [node]
@@ -228,7 +255,9 @@ def equations_to_sympy(cell: Cell, symbols: Symbols, ns: Namespace | None = None
             stack += _children_of(n)
         return ("1",)
 
-    def conv(node):
+    def __call__(self, node):
+        """The SymPy expression of a tree."""
+        cell, symbols = self.cell, self.symbols
         if isinstance(node, Num):
             v: Fraction = node.value
             return sympy.Rational(v.numerator, v.denominator)
@@ -241,31 +270,20 @@ def equations_to_sympy(cell: Cell, symbols: Symbols, ns: Namespace | None = None
                 return symbols.param(node.name)
             return symbols.value(node.name)
         if isinstance(node, Neg):
-            return -conv(node.operand)
+            return -self(node.operand)
         if isinstance(node, Pow):
-            return conv(node.base) ** node.exponent
+            return self(node.base) ** node.exponent
         if isinstance(node, BinOp):
             if node.op == "@":
                 return symbols.term(node.left.name, node.right.name, node.right.prev)
-            left, right = conv(node.left), conv(node.right)
+            left, right = self(node.left), self(node.right)
             return {"+": lambda: left + right, "-": lambda: left - right,
                     "*": lambda: left * right, "/": lambda: left / right}[node.op]()
         if isinstance(node, Call):
             extra = [symbols.const(a) if isinstance(a, str) else sympy.Rational(a.numerator, a.denominator)
                      for a in cell.function_args.get(node.func, ())]
-            return FUNCTIONS[cell.functions[node.func]].sympy_function(conv(node.arg), *extra)
+            return FUNCTIONS[cell.functions[node.func]].sympy_function(self(node.arg), *extra)
         raise TypeError(node)  # pragma: no cover
-
-    for eq in cell.equations:
-        for mm in _matmuls(eq.rhs):
-            if isinstance(mm.right, Name) and mm.right.name in cell.parameters:
-                raise SpecError(f"{cell.path}, line {eq.line}, equation '{eq.text}': {mm.left.name} @ "
-                                f"{mm.right.name}: the right operand of @ is the parameter {mm.right.name}; a matrix "
-                                "times a parameter is the same at every step and is not supported: declare its "
-                                "product as a bias vector instead")
-        rhs = hoist(eq.rhs, eq.lhs, top=True)
-        out.append(ForwardEquation(eq.lhs, conv(rhs), False, eq.text, rhs, cell.shapes[eq.lhs]))
-    return out
 
 
 def _matmuls(node):
@@ -336,115 +354,135 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
     forward = equations_to_sympy(cell, symbols, ns)
     for idx, fe in enumerate(forward):
         _check_defined(fe.expr, cell, forward, idx, f"the value of {fe.lhs}")
-    defined = {fe.lhs for fe in forward}
-
-    # contributions[sym] = [elementwise terms], matvecs[sym] = [(M, dL)], outers[M] = [(dL, v_sym)]
-    contributions: dict[sympy.Symbol, list] = {}
-    matvecs: dict[sympy.Symbol, list] = {}
-    outers: dict[str, list] = {}
-    adjoint_of: dict[sympy.Symbol, object] = {}
-    loop: list[Statement] = []
-
-    def add(sym, expr):
-        contributions.setdefault(sym, []).append(expr)
-
-    # Seeds: what arrives at the states from outside step t.
-    for s in cell.states:
-        add(symbols.value(s), symbols.next(s))
-    add(symbols.value(cell.output), symbols.cot())  # the cotangent of y_t
-
-    shapes = {fe.lhs: fe.shape for fe in forward}
-    for table in (cell.inputs, cell.states, cell.parameters):
-        shapes.update({n: q.shape for n, q in table.items()})
-
-    def shape_of(sym):
-        info = symbols.info[sym]
-        if info.kind == "term":
-            return (cell.parameters[info.matrix].shape[0],)
-        return shapes[info.name]
-
-    # first (in forward order) equation consuming each linear term: its adjoint is final after it
-    first_use: dict[sympy.Symbol, int] = {}
-    for idx, fe in enumerate(forward):
-        for s in sorted(fe.expr.free_symbols, key=lambda s: s.name):  # not set order: PYTHONHASHSEED
-            if symbols.info[s].kind == "term":
-                first_use.setdefault(s, idx)
-
-    def total(sym):
-        return sympy.Add(*contributions.get(sym, []))
-
+    r = _Reverse(cell, symbols, forward, simplify)
     for idx in range(len(forward) - 1, -1, -1):
-        fe = forward[idx]
+        r.step_back(idx)
+    r.to_previous_step()
+    after = r.after_loop()
+    live = _drop_dead(r.loop, after)
+    dead = {st.target for st in r.loop} - {st.target for st in live}
+    adjoint_of = {sym: adj for sym, adj in r.adjoint_of.items() if adj not in dead}  # nobody reads those
+    loop = _cse(live, symbols) if simplify else live
+    return Derivation(cell, symbols, forward, loop, after, adjoint_of, ns, _code_names(ns, symbols, forward))
+
+
+class _Reverse:
+    """Reverse mode over one step's equations, last to first: the adjoint contributions each symbol has
+    received, the loop's statements, and what is the adjoint of what."""
+
+    def __init__(self, cell: Cell, symbols: Symbols, forward: list[ForwardEquation], simplify: bool):
+        self.cell, self.symbols, self.forward, self.simplify = cell, symbols, forward, simplify
+        self.defined = {fe.lhs for fe in forward}
+        # contributions[sym] = [elementwise terms], matvecs[sym] = [(M, dL)], outers[M] = [(dL, v_sym)]
+        self.contributions: dict[sympy.Symbol, list] = {}
+        self.matvecs: dict[sympy.Symbol, list] = {}
+        self.outers: dict[str, list] = {}
+        self.adjoint_of: dict[sympy.Symbol, object] = {}
+        self.loop: list[Statement] = []
+        # Seeds: what arrives at the states from outside step t.
+        for s in cell.states:
+            self.add(symbols.value(s), symbols.next(s))
+        self.add(symbols.value(cell.output), symbols.cot())  # the cotangent of y_t
+        self.shapes = {fe.lhs: fe.shape for fe in forward}
+        for table in (cell.inputs, cell.states, cell.parameters):
+            self.shapes.update({n: q.shape for n, q in table.items()})
+        # first (in forward order) equation consuming each linear term: its adjoint is final after it
+        self.first_use: dict[sympy.Symbol, int] = {}
+        for idx, fe in enumerate(forward):
+            for s in sorted(fe.expr.free_symbols, key=lambda s: s.name):  # not set order: PYTHONHASHSEED
+                if symbols.info[s].kind == "term":
+                    self.first_use.setdefault(s, idx)
+
+    def add(self, sym, expr):
+        self.contributions.setdefault(sym, []).append(expr)
+
+    def total(self, sym):
+        return sympy.Add(*self.contributions.get(sym, []))
+
+    def shape_of(self, sym):
+        info = self.symbols.info[sym]
+        if info.kind == "term":
+            return (self.cell.parameters[info.matrix].shape[0],)
+        return self.shapes[info.name]
+
+    def tidy(self, expr):
+        return _tidy(expr, self.simplify)
+
+    def step_back(self, idx: int) -> None:
+        """Equation idx: its value's adjoint, the contributions it sends to what it reads, and the adjoints
+        of the linear terms it is the first to use."""
+        fe, symbols = self.forward[idx], self.symbols
         lhs = symbols.value(fe.lhs)
-        d_lhs_expr = total(lhs)
-        mv = matvecs.get(lhs, [])
+        d_lhs_expr = self.total(lhs)
+        mv = self.matvecs.get(lhs, [])
         if isinstance(d_lhs_expr, sympy.Symbol) and not mv and symbols.info[d_lhs_expr].kind == "adj":
             d_lhs = d_lhs_expr  # alias: the adjoint is already a named quantity
         else:
             d_lhs = symbols.adj(lhs)
-            loop.append(Statement(d_lhs, "value", _tidy(d_lhs_expr, simplify), list(mv)))
-        adjoint_of[lhs] = d_lhs
+            self.loop.append(Statement(d_lhs, "value", self.tidy(d_lhs_expr), list(mv)))
+        self.adjoint_of[lhs] = d_lhs
+        # a zero adjoint (e.g. under stop_gradient) sends nothing: its statement is then dead and dropped
+        self.send_partials(idx, sympy.S.Zero if d_lhs_expr == 0 and not mv else d_lhs)
+        for term, first in self.first_use.items():
+            if first == idx:
+                self.term_adjoint(term)
 
+    def send_partials(self, idx: int, d_lhs) -> None:
+        """To each differentiable symbol equation idx reads: d_lhs times the partial derivative."""
+        fe, symbols = self.forward[idx], self.symbols
         for a in _differentiable(fe.expr, symbols):
-            partial = _name_function_values(sympy.diff(fe.expr, a), forward, symbols)
-            _check_defined(partial, cell, forward, idx, f"the derivative of {fe.lhs} with respect to {a}")
-            # a zero adjoint (e.g. under stop_gradient) sends nothing: its statement is then dead and dropped
-            contribution = (sympy.S.Zero if d_lhs_expr == 0 and not mv else d_lhs) * partial
-            if shape_of(a) == ("1",) and contribution != 0 and (
-                    fe.shape != ("1",) or _per_unit(partial, symbols, shape_of)):
+            partial = _name_function_values(sympy.diff(fe.expr, a), self.forward, symbols)
+            _check_defined(partial, self.cell, self.forward, idx, f"the derivative of {fe.lhs} with respect to {a}")
+            contribution = d_lhs * partial
+            if self.shape_of(a) == ("1",) and contribution != 0 and (
+                    fe.shape != ("1",) or _per_unit(partial, symbols, self.shape_of)):
                 # a per-sample value used by every unit (of the result, or of a reduction's argument:
                 # lse(s * v) sends sum_k softmax_k v_k to s)
                 contribution = UnitSum(contribution)
-            add(a, contribution)
+            self.add(a, contribution)
 
-        for term, first in first_use.items():
-            if first != idx:
-                continue
-            info = symbols.info[term]
-            d_term_expr = total(term)
-            if isinstance(d_term_expr, sympy.Symbol) and symbols.info[d_term_expr].kind == "adj" and \
-                    shape_of(symbols.info[d_term_expr].of) == shape_of(term):
-                d_term = d_term_expr  # an alias (not when a per-sample adjoint meets a vector term)
-            else:
-                d_term = symbols.adj(term)
-                loop.append(Statement(d_term, "term", _tidy(d_term_expr, simplify)))
-            adjoint_of[term] = d_term
-            operand = symbols.prev(info.operand) if info.prev else (
-                symbols.value(info.operand) if info.operand in defined or info.operand in cell.inputs
-                else symbols.param(info.operand))
-            matvecs.setdefault(operand, []).insert(0, (info.matrix, d_term))
-            outers.setdefault(info.matrix, []).insert(0, (d_term, operand))
-
-    # what step t sends back to step t-1
-    for s in cell.states:
-        p = symbols.prev(s)
-        d_p = symbols.adj(p)
-        loop.append(Statement(d_p, "prev", _tidy(total(p), simplify), list(matvecs.get(p, []))))
-        adjoint_of[p] = d_p
-
-    # inputs and parameters: once, after the loop, summed over time (and batch for parameters)
-    after: list[Statement] = []
-    for x in cell.inputs:
-        v = symbols.value(x)
-        d = symbols.adj(v)
-        after.append(Statement(d, "input", _tidy(total(v), simplify), list(matvecs.get(v, []))))
-        adjoint_of[v] = d
-    for pname, q in cell.parameters.items():
-        if len(q.shape) == 2:
-            sym = symbols.param(pname)
-            d = symbols.adj(sym)
-            after.append(Statement(d, "param_matrix", sympy.S.Zero, [], list(outers.get(pname, []))))
+    def term_adjoint(self, term) -> None:
+        """A linear term's adjoint (final now), sent on to its operand (M^T dL) and its matrix (dL v^T)."""
+        symbols, info = self.symbols, self.symbols.info[term]
+        d_term_expr = self.total(term)
+        if isinstance(d_term_expr, sympy.Symbol) and symbols.info[d_term_expr].kind == "adj" and \
+                self.shape_of(symbols.info[d_term_expr].of) == self.shape_of(term):
+            d_term = d_term_expr  # an alias (not when a per-sample adjoint meets a vector term)
         else:
+            d_term = symbols.adj(term)
+            self.loop.append(Statement(d_term, "term", self.tidy(d_term_expr)))
+        self.adjoint_of[term] = d_term
+        operand = symbols.prev(info.operand) if info.prev else (
+            symbols.value(info.operand) if info.operand in self.defined or info.operand in self.cell.inputs
+            else symbols.param(info.operand))
+        self.matvecs.setdefault(operand, []).insert(0, (info.matrix, d_term))
+        self.outers.setdefault(info.matrix, []).insert(0, (d_term, operand))
+
+    def to_previous_step(self) -> None:
+        """What step t sends back to step t-1."""
+        for s in self.cell.states:
+            p = self.symbols.prev(s)
+            d_p = self.symbols.adj(p)
+            self.loop.append(Statement(d_p, "prev", self.tidy(self.total(p)), list(self.matvecs.get(p, []))))
+            self.adjoint_of[p] = d_p
+
+    def after_loop(self) -> list[Statement]:
+        """Inputs and parameters: once, after the loop, summed over time (and batch for parameters)."""
+        symbols, after = self.symbols, []
+        for x in self.cell.inputs:
+            v = symbols.value(x)
+            d = symbols.adj(v)
+            after.append(Statement(d, "input", self.tidy(self.total(v)), list(self.matvecs.get(v, []))))
+            self.adjoint_of[v] = d
+        for pname, q in self.cell.parameters.items():
             sym = symbols.param(pname)
             d = symbols.adj(sym)
-            after.append(Statement(d, "param_vector", _tidy(total(sym), simplify)))
-        adjoint_of[sym] = d
-
-    live = _drop_dead(loop, after)
-    dead = {st.target for st in loop} - {st.target for st in live}
-    adjoint_of = {sym: adj for sym, adj in adjoint_of.items() if adj not in dead}  # nobody reads those
-    loop = _cse(live, symbols) if simplify else live
-    return Derivation(cell, symbols, forward, loop, after, adjoint_of, ns, _code_names(ns, symbols, forward))
+            if len(q.shape) == 2:
+                after.append(Statement(d, "param_matrix", sympy.S.Zero, [], list(self.outers.get(pname, []))))
+            else:
+                after.append(Statement(d, "param_vector", self.tidy(self.total(sym))))
+            self.adjoint_of[sym] = d
+        return after
 
 
 def _code_names(ns: Namespace, symbols: Symbols, forward: list[ForwardEquation]) -> dict:
