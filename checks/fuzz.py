@@ -162,30 +162,65 @@ def random_cell(rng: random.Random, odd_names: bool = False) -> bytes:
     D, H, x = N.pick("D"), N.pick("H"), N.pick("x")
     states = [N.pick("h")] + ([N.pick("c")] if rng.random() < 0.5 else [])
     fn = {f: N.pick(f, ODD_FUNCTIONS) for f in kinds}
-    params: dict[str, str] = {}
-    defined: list[str] = []
-    calls: set[str] = set()
+    E = _RandomExpressions(rng, N, x, states, fn)
+    equations = []
+    for k in range(rng.randint(1, 6)):
+        a = N.pick(f"a{k}")
+        equations.append(f"{a} = {E.vec(rng.randint(0, 3))}")
+        E.defined.append(a)
+    # states: each reads its previous value and every intermediate nobody used yet
+    for n, s in enumerate(states):
+        unused = [d for d in E.defined if not any(re.search(rf"\b{d}\b", e.split('=', 1)[1]) for e in equations)]
+        rhs = " + ".join(unused + [f"{E.param('H x H')} @ {s}[t-1]"] + ([E.vec(1)] if rng.random() < 0.5 else []))
+        if n == 0 and rng.random() < 0.5:
+            rhs = E.call("act", rhs)
+        equations.append(f"{s} = {rhs}")
+    if not any(f"@ {x}" in e for e in equations):
+        equations[-1] += f" + {E.param('H x D')} @ {x}"
+    lines = ['name = "fuzzcell"', f'output = "{rng.choice(states)}"', "equations = '''"] + equations + ["'''",
+             "[dimensions]", f'{D} = "in"', f'{H} = "hidden"', "[inputs]", f'{x} = "{D}"', "[states]"]
+    lines += [f'{s} = "{H}"' for s in states] + ["[parameters]"]
+    shown = {"H x D": f"{H} x {D}", "H x H": f"{H} x {H}", "H": H}
+    lines += [f'{p} = "{shown[shape]}"' for p, shape in E.params.items()]
+    lines += ["[functions]"] + [f'{fn[f]} = {kinds[f] if kinds[f].startswith("{") else chr(34) + kinds[f] + chr(34)}'
+                                for f in sorted(E.calls)]
+    return "\n".join(lines).encode("utf-8")
 
-    def param(shape):
-        name = N.pick({"H x D": "W", "H x H": "U", "H": "b"}[shape] + str(len(params)))
-        params[name] = shape
+
+class _RandomExpressions:
+    """Random vector expressions of one random cell over its input, states, the intermediates defined so
+    far and parameters it declares on use (params: name -> 'H x D' | 'H x H' | 'H'; calls: the functions used)."""
+
+    def __init__(self, rng: random.Random, names: _Namer, x: str, states: list, fn: dict):
+        self.rng, self.names, self.x, self.states, self.fn = rng, names, x, states, fn
+        self.params: dict[str, str] = {}
+        self.defined: list[str] = []
+        self.calls: set[str] = set()
+
+    def param(self, shape):
+        name = self.names.pick({"H x D": "W", "H x H": "U", "H": "b"}[shape] + str(len(self.params)))
+        self.params[name] = shape
         return name
 
-    def call(f, arg):
-        calls.add(f)
-        return f"{fn[f]}({arg})"
+    def call(self, f, arg):
+        self.calls.add(f)
+        return f"{self.fn[f]}({arg})"
 
-    def vec(depth):
+    def leaf(self):
+        rng, leaf = self.rng, self.rng.random()
+        if leaf < 0.3:
+            return f"({self.param('H x D')} @ {self.x})"
+        if leaf < 0.5:
+            return f"({self.param('H x H')} @ {rng.choice([s + '[t-1]' for s in self.states] + self.defined)})"
+        if leaf < 0.65:
+            return self.param("H")
+        return rng.choice([s + "[t-1]" for s in self.states] + self.defined)
+
+    def vec(self, depth):
+        rng, vec = self.rng, self.vec
         r = rng.random()
         if depth <= 0 or r < 0.3:
-            leaf = rng.random()
-            if leaf < 0.3:
-                return f"({param('H x D')} @ {x})"
-            if leaf < 0.5:
-                return f"({param('H x H')} @ {rng.choice([s + '[t-1]' for s in states] + defined)})"
-            if leaf < 0.65:
-                return param("H")
-            return rng.choice([s + "[t-1]" for s in states] + defined)
+            return self.leaf()
         if r < 0.55:
             return f"{vec(depth - 1)} {rng.choice(['+', '-', '*', '⊙', '*'])} {vec(depth - 1)}"
         if r < 0.6:
@@ -197,31 +232,8 @@ def random_cell(rng: random.Random, odd_names: bool = False) -> bytes:
         if r < 0.75:
             return f"{rng.choice(['0.5', '2', '1'])} {rng.choice(['*', '+', '-'])} {vec(depth - 1)}"
         if r < 0.8:
-            return f"{call(rng.choice(['total', 'lse', 'avg']), vec(depth - 1))} * {vec(0)}"
-        return call(rng.choice(["g", "act", "lin", "ex", "sg", "clp"]), vec(depth - 1))
-
-    equations = []
-    for k in range(rng.randint(1, 6)):
-        a = N.pick(f"a{k}")
-        equations.append(f"{a} = {vec(rng.randint(0, 3))}")
-        defined.append(a)
-    # states: each reads its previous value and every intermediate nobody used yet
-    for n, s in enumerate(states):
-        unused = [d for d in defined if not any(re.search(rf"\b{d}\b", e.split('=', 1)[1]) for e in equations)]
-        rhs = " + ".join(unused + [f"{param('H x H')} @ {s}[t-1]"] + ([vec(1)] if rng.random() < 0.5 else []))
-        if n == 0 and rng.random() < 0.5:
-            rhs = call("act", rhs)
-        equations.append(f"{s} = {rhs}")
-    if not any(f"@ {x}" in e for e in equations):
-        equations[-1] += f" + {param('H x D')} @ {x}"
-    lines = ['name = "fuzzcell"', f'output = "{rng.choice(states)}"', "equations = '''"] + equations + ["'''",
-             "[dimensions]", f'{D} = "in"', f'{H} = "hidden"', "[inputs]", f'{x} = "{D}"', "[states]"]
-    lines += [f'{s} = "{H}"' for s in states] + ["[parameters]"]
-    shown = {"H x D": f"{H} x {D}", "H x H": f"{H} x {H}", "H": H}
-    lines += [f'{p} = "{shown[shape]}"' for p, shape in params.items()]
-    lines += ["[functions]"] + [f'{fn[f]} = {kinds[f] if kinds[f].startswith("{") else chr(34) + kinds[f] + chr(34)}'
-                                for f in sorted(calls)]
-    return "\n".join(lines).encode("utf-8")
+            return f"{self.call(rng.choice(['total', 'lse', 'avg']), vec(depth - 1))} * {vec(0)}"
+        return self.call(rng.choice(["g", "act", "lin", "ex", "sg", "clp"]), vec(depth - 1))
 
 
 def token_soup(source: str, rng: random.Random) -> bytes:
