@@ -150,17 +150,7 @@ def make_module(name, *, output_layer: bool, fix_transpose=True, fix_softmax=Tru
         for t in range(T - 1, -1, -1):  # for t = T-1:0
             s = steps[t]
             if output_layer:
-                if fix_softmax:  # Y = softmax(zy): dzy = Y . (dY - <dY, Y>)
-                    dzy = s["Y"] * (dy[t] - (dy[t] * s["Y"]).sum(-1, keepdims=True))
-                else:  # as printed: dzo = dY(t) . sigmoid(zo(t)) . (1 - sigmoid(zo(t)))
-                    dzy = dy[t] * sigmoid(s["zy"]) * (1 - sigmoid(s["zy"]))
-                dWy = outer(dzy, h[t + 1]) if fix_transpose else outer(h[t + 1], dzy)  # dWo += h(t,L) dzo(t)
-                if dWy.shape != grads["Wy"].shape:
-                    raise ValueError(f"Wy: the pseudocode's gradient has shape {dWy.shape}, "
-                                     f"the weight {grads['Wy'].shape}")
-                grads["Wy"] = grads["Wy"] + dWy
-                grads["by"] = grads["by"] + dzy.sum(0)
-                dh_out = dzy @ P["Wy"]  # dh(t,L) = dzo(t) Wo
+                dh_out = _output_layer_backward(s, dy[t], h[t + 1], P, grads, fix_softmax, fix_transpose)
                 # as printed, the top layer's cell receives dh(t+1,L) + dx(t,L+1): there is no layer L+1, and
                 # dh(t,L) is overwritten by the cell's own result, so the output's gradient never enters
                 dho = dh_next + (dh_out if fix_output_routing else 0.0)
@@ -172,13 +162,34 @@ def make_module(name, *, output_layer: bool, fix_transpose=True, fix_softmax=Tru
                                                      fix_transpose)
             dx_all[t] = dx
             for k, v in dW.items():
-                if v.shape != grads[k].shape:
-                    raise ValueError(f"{k}: the pseudocode's gradient has shape {v.shape}, the weight {grads[k].shape}")
-                grads[k] = grads[k] + v  # d[W{l} b{l}] += d[W,b]
+                _add_gradient(grads, k, v)  # d[W{l} b{l}] += d[W,b]
         grads.update({"x": dx_all, "h0": dh_next, "c0": dC_next})
         return grads
 
     return types.SimpleNamespace(__name__=name, SIGNATURE=sig, forward=forward, backward=backward)
+
+
+def _output_layer_backward(s, dy_t, h_t, P, grads, fix_softmax, fix_transpose):
+    """One step back through the softmax output layer (the slides' Wo, bo: Wy, by here): its parameter
+    gradients added to grads; returns dh(t,L) = dzo(t) Wo."""
+    if fix_softmax:  # Y = softmax(zy): dzy = Y . (dY - <dY, Y>)
+        dzy = s["Y"] * (dy_t - (dy_t * s["Y"]).sum(-1, keepdims=True))
+    else:  # as printed: dzo = dY(t) . sigmoid(zo(t)) . (1 - sigmoid(zo(t)))
+        dzy = dy_t * sigmoid(s["zy"]) * (1 - sigmoid(s["zy"]))
+    dWy = outer(dzy, h_t) if fix_transpose else outer(h_t, dzy)  # dWo += h(t,L) dzo(t)
+    if dWy.shape != grads["Wy"].shape:
+        raise ValueError(f"Wy: the pseudocode's gradient has shape {dWy.shape}, "
+                         f"the weight {grads['Wy'].shape}")
+    grads["Wy"] = grads["Wy"] + dWy
+    grads["by"] = grads["by"] + dzy.sum(0)
+    return dzy @ P["Wy"]  # dh(t,L) = dzo(t) Wo
+
+
+def _add_gradient(grads, k, v):
+    """grads[k] += v, when the pseudocode's gradient has the weight's shape."""
+    if v.shape != grads[k].shape:
+        raise ValueError(f"{k}: the pseudocode's gradient has shape {v.shape}, the weight {grads[k].shape}")
+    grads[k] = grads[k] + v
 
 
 # ------------------------------------------------------------------------------------------ the report
