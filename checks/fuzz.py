@@ -402,7 +402,7 @@ STAGES = ("load", "derive", "generate", "compile", "run", "gradient", "hash seed
 
 
 @dataclass
-class Report:
+class FuzzReport:
     inputs: int = 0
     accepted: int = 0
     rejected: int = 0
@@ -442,11 +442,11 @@ class Report:
 
 def fuzz(n: int = 1000, seed: int = 0, derive_every: int = 10, timeout: float = 30.0,
          crash_dir: Path | str = "fuzz-crashes", run_generated: bool = True, progress=None,
-         cs_tol: float | None = CS_TOL, hash_seed: bool = True) -> Report:
+         cs_tol: float | None = CS_TOL, hash_seed: bool = True) -> FuzzReport:
     """Run the fuzzer on n inputs; every derive_every-th accepted spec is derived, generated and run (its
     gradients checked against complex step unless cs_tol is None), and with hash_seed the generated texts
     are compared with a second process's under another PYTHONHASHSEED."""
-    report = Report()
+    report = FuzzReport()
     crash_dir = Path(crash_dir)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lstm-spec-fuzz-") as tmp:

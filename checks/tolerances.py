@@ -52,7 +52,8 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         1e-10, "conformance, a float64 implementation against the float64 reference: summation order only"),
     ("conform", "float32"): Tolerance(
         1e-4, "conformance, a float32 implementation against the float64 reference on the same float32 "
-              "inputs: eps 6e-8 amplified through T <= 16 steps and sums over T * B (measured <= 1.4e-6: torch, T = 16)"),
+              "inputs: eps 6e-8 amplified through T <= 16 steps and sums over T * B (measured <= 1.4e-6: "
+              "torch, T = 16)"),
     ("bench", "float64"): Tolerance(
         1e-8, "lstm-spec bench: PyTorch / JAX against the reference on the benchmarked point (T <= 512, "
               "H <= 1024, sums over T * B <= 65536 in another order); loose, it only guards against timing "

@@ -545,10 +545,6 @@ class CaseWorker:
         self.stop()
 
 
-# Transitional: conformance/suite.py still imports the old name (bench/runner.Worker is the other Worker); drop
-# this line when suite.py imports CaseWorker.
-Worker = CaseWorker
-
 
 @dataclass
 class Report:

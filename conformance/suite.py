@@ -90,13 +90,14 @@ def lstm_spec_workers():
 
 
 def test_conformance(lstm_spec_case, request, lstm_spec_workers):
-    from .runner import Report, Worker, format_report, run_case
+    from .runner import CaseWorker, Report, format_report, run_case
 
     target, case, xfails = lstm_spec_case
     timeout = configured_timeout(request.config)
     worker = None
     if timeout and target.supports(case) is None:
-        worker = lstm_spec_workers.get(id(target)) or lstm_spec_workers.setdefault(id(target), Worker(target, timeout))
+        worker = (lstm_spec_workers.get(id(target))
+                  or lstm_spec_workers.setdefault(id(target), CaseWorker(target, timeout)))
     r = run_case(target, case, worker=worker)
     if r.status == "skip":
         pytest.skip(r.detail)
