@@ -252,51 +252,16 @@ class Bench:
         if projected > 2 * self.max_seconds:
             return {"status": "skipped", "reason": f"the warm-up runs took {sum(warm.values()):.1f} s: {self.reps} "
                     f"repetitions would take about {projected:.0f} s > 2 x --max-seconds {self.max_seconds:g}"}
-        # the gradient check: every implementation against the reference, on this very problem
-        tol = check_tolerance(p.dtype)
-        files = {n: self.workers[n].ask(self.timeout, op="check", path=str(self.tmp / f"{n}.npz"))["path"]
-                 for n in self.impls}
-        with np.load(files["reference"]) as f:
-            want = dict(f)
-        ok = True
-        for name in self.impls:
-            if name == "reference":
-                continue
-            with np.load(files[name]) as f:
-                err, where = compare_grads(dict(f), want)
-            out["check"][name] = {"max_rel_err": err, "worst": where, "tol": tol, "ok": bool(err <= tol)}
-            ok &= err <= tol
+        ok = self._check_gradients(p, out["check"])
         out["memory"] = self.workers["reference"].ask(self.timeout, op="memory")
         out["memory"]["peak_over_min_cache"] = out["memory"]["peak_bytes"] / pr.min_cache_bytes(p)
         out["memory"]["cache_over_min_cache"] = out["memory"]["cache_bytes"] / pr.min_cache_bytes(p)
         out["memory"]["per_step_cache_over_min_cache"] = out["memory"]["per_step_cache_bytes"] / pr.min_cache_bytes(p)
-        # interleaved repetitions
-        rows, k, n = pr.gemm_shape(p)
-        order = [*self.impls, "gemm"]
-        times = {name: [] for name in order}
-        cpu = {name: [] for name in order}  # CPU time of the process: less sensitive to a loaded machine
-        for r in range(self.reps):
-            for name in order[r % len(order):] + order[:r % len(order)]:
-                if name == "gemm":
-                    msg = self.workers["reference"].ask(self.timeout, op="gemm", rows=rows, k=k, n=n, dtype=p.dtype)
-                else:
-                    msg = self.workers[name].ask(self.timeout, op="run")
-                times[name].append(msg["seconds"])
-                cpu[name].append(msg["cpu_seconds"])
-        gemm = summary(times.pop("gemm"))
-        gemm["cpu"] = summary(cpu.pop("gemm"))
-        gemm.update(rows=rows, k=k, n=n, gflops=2 * rows * k * n / gemm["median"] / 1e9,
-                    gflops_cpu=2 * rows * k * n / max(gemm["cpu"]["median"], 1e-9) / 1e9)
-        out["gemm"] = gemm
+        times, cpu = self._repetitions(p)
+        out["gemm"] = gemm = self._gemm_summary(p, times.pop("gemm"), cpu.pop("gemm"))
         ref = None
         for name in self.impls:
-            s = summary(times[name])
-            s["first_run_seconds"] = setup[name]
-            s["cpu"] = summary(cpu[name])
-            s["cpu_over_wall"] = sum(cpu[name]) / sum(times[name])  # about the number of busy threads
-            s["gflops"] = pr.flops(p) / s["median"] / 1e9
-            s["fraction_of_gemm"] = s["gflops"] / gemm["gflops"]
-            s["fraction_of_gemm_cpu"] = pr.flops(p) / max(s["cpu"]["median"], 1e-9) / 1e9 / gemm["gflops_cpu"]
+            s = self._impl_summary(p, times[name], cpu[name], setup[name], gemm)
             if name == "reference":
                 ref = s
             else:
@@ -310,6 +275,60 @@ class Bench:
                 f"{n} {c['max_rel_err']:.1e} at {c['worst']} (tol {c['tol']:g})"
                 for n, c in out["check"].items() if not c["ok"])
         return out
+
+    def _check_gradients(self, p: pr.Point, check: dict) -> bool:
+        """The gradient check: every implementation against the reference, on this very problem (a row per
+        implementation into check); whether all agree."""
+        tol = check_tolerance(p.dtype)
+        files = {n: self.workers[n].ask(self.timeout, op="check", path=str(self.tmp / f"{n}.npz"))["path"]
+                 for n in self.impls}
+        with np.load(files["reference"]) as f:
+            want = dict(f)
+        ok = True
+        for name in self.impls:
+            if name == "reference":
+                continue
+            with np.load(files[name]) as f:
+                err, where = compare_grads(dict(f), want)
+            check[name] = {"max_rel_err": err, "worst": where, "tol": tol, "ok": bool(err <= tol)}
+            ok &= err <= tol
+        return ok
+
+    def _repetitions(self, p: pr.Point) -> tuple[dict, dict]:
+        """Interleaved repetitions of every implementation and the GEMM: (wall seconds, CPU seconds) by name."""
+        rows, k, n = pr.gemm_shape(p)
+        order = [*self.impls, "gemm"]
+        times = {name: [] for name in order}
+        cpu = {name: [] for name in order}  # CPU time of the process: less sensitive to a loaded machine
+        for r in range(self.reps):
+            for name in order[r % len(order):] + order[:r % len(order)]:
+                if name == "gemm":
+                    msg = self.workers["reference"].ask(self.timeout, op="gemm", rows=rows, k=k, n=n, dtype=p.dtype)
+                else:
+                    msg = self.workers[name].ask(self.timeout, op="run")
+                times[name].append(msg["seconds"])
+                cpu[name].append(msg["cpu_seconds"])
+        return times, cpu
+
+    @staticmethod
+    def _gemm_summary(p: pr.Point, times: list, cpu: list) -> dict:
+        rows, k, n = pr.gemm_shape(p)
+        gemm = summary(times)
+        gemm["cpu"] = summary(cpu)
+        gemm.update(rows=rows, k=k, n=n, gflops=2 * rows * k * n / gemm["median"] / 1e9,
+                    gflops_cpu=2 * rows * k * n / max(gemm["cpu"]["median"], 1e-9) / 1e9)
+        return gemm
+
+    @staticmethod
+    def _impl_summary(p: pr.Point, times: list, cpu: list, first_run: float, gemm: dict) -> dict:
+        s = summary(times)
+        s["first_run_seconds"] = first_run
+        s["cpu"] = summary(cpu)
+        s["cpu_over_wall"] = sum(cpu) / sum(times)  # about the number of busy threads
+        s["gflops"] = pr.flops(p) / s["median"] / 1e9
+        s["fraction_of_gemm"] = s["gflops"] / gemm["gflops"]
+        s["fraction_of_gemm_cpu"] = pr.flops(p) / max(s["cpu"]["median"], 1e-9) / 1e9 / gemm["gflops_cpu"]
+        return s
 
 
 # ------------------------------------------------------------------------------------------ machine, tools

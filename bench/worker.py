@@ -239,37 +239,18 @@ def serve(name: str, out) -> None:
             if op == "info":
                 answer({"info": library_info(name, threads)})
             elif op == "setup":
-                impl = None
-                point = Point(**msg["point"])
-                impl = CLASSES[name](make_problem(point, msg.get("seed", 0)))
-                t0 = time.perf_counter()
-                impl.step()
-                t1 = time.perf_counter()
-                impl.step()
-                answer({"first_seconds": t1 - t0, "seconds": time.perf_counter() - t1})
+                impl = None  # the previous problem freed before the next one is made
+                impl = CLASSES[name](make_problem(Point(**msg["point"]), msg.get("seed", 0)))
+                answer(_first_steps(impl))
             elif op == "run":
-                c0, t0 = time.process_time(), time.perf_counter()
-                result = impl.step()
-                seconds = time.perf_counter() - t0
-                cpu = time.process_time() - c0  # CPU time of all threads: cpu / seconds shows the threads used
-                del result
-                answer({"seconds": seconds, "cpu_seconds": cpu})
+                answer(_timed_step(impl))
             elif op == "check":
                 np.savez(msg["path"], **impl.canonical_grads())
                 answer({"path": msg["path"]})
             elif op == "memory":
                 answer(impl.memory())
             elif op == "gemm":
-                key = (msg["rows"], msg["k"], msg["n"], msg["dtype"])
-                if gemm.get("key") != key:  # operands made (and the product warmed up) once per shape
-                    rng = np.random.default_rng(1)
-                    dt = np.dtype(msg["dtype"])
-                    a = rng.standard_normal((msg["rows"], msg["k"])).astype(dt)
-                    b = rng.standard_normal((msg["k"], msg["n"])).astype(dt)
-                    gemm.update(key=key, a=a, b=b, out=a @ b)
-                c0, t0 = time.process_time(), time.perf_counter()
-                np.matmul(gemm["a"], gemm["b"], out=gemm["out"])
-                answer({"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0})
+                answer(_timed_gemm(msg, gemm))
             elif op == "free":
                 impl = None
                 gemm.clear()
@@ -278,6 +259,40 @@ def serve(name: str, out) -> None:
                 answer({"error": f"unknown op {op!r}"})
         except Exception as exc:  # reported to the runner, which names the implementation and the point
             answer({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _first_steps(impl) -> dict:
+    """The first step (compilation, caches) and the second one, timed."""
+    t0 = time.perf_counter()
+    impl.step()
+    t1 = time.perf_counter()
+    impl.step()
+    return {"first_seconds": t1 - t0, "seconds": time.perf_counter() - t1}
+
+
+def _timed_step(impl) -> dict:
+    c0, t0 = time.process_time(), time.perf_counter()
+    result = impl.step()
+    seconds = time.perf_counter() - t0
+    cpu = time.process_time() - c0  # CPU time of all threads: cpu / seconds shows the threads used
+    del result
+    return {"seconds": seconds, "cpu_seconds": cpu}
+
+
+def _timed_gemm(msg: dict, gemm: dict) -> dict:
+    """One (rows x k) @ (k x n) product of msg's dtype, timed; gemm keeps the operands between messages."""
+    import numpy as np
+
+    key = (msg["rows"], msg["k"], msg["n"], msg["dtype"])
+    if gemm.get("key") != key:  # operands made (and the product warmed up) once per shape
+        rng = np.random.default_rng(1)
+        dt = np.dtype(msg["dtype"])
+        a = rng.standard_normal((msg["rows"], msg["k"])).astype(dt)
+        b = rng.standard_normal((msg["k"], msg["n"])).astype(dt)
+        gemm.update(key=key, a=a, b=b, out=a @ b)
+    c0, t0 = time.process_time(), time.perf_counter()
+    np.matmul(gemm["a"], gemm["b"], out=gemm["out"])
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
 def pin_cpus() -> None:
