@@ -363,7 +363,37 @@ def derive(cell: Cell, simplify: bool = True) -> Derivation:
     dead = {st.target for st in r.loop} - {st.target for st in live}
     adjoint_of = {sym: adj for sym, adj in r.adjoint_of.items() if adj not in dead}  # nobody reads those
     loop = _cse(live, symbols) if simplify else live
+    loop, aliases = _without_aliases(loop, after)
+    adjoint_of = {sym: adj for sym, adj in adjoint_of.items() if adj not in aliases}
     return Derivation(cell, symbols, forward, loop, after, adjoint_of, ns, _code_names(ns, symbols, forward))
+
+
+def _without_aliases(loop: list[Statement], after: list[Statement]) -> tuple[list[Statement], set]:
+    """The loop without alias lines (an adjoint whose whole value is one other name, e.g. the four equal
+    adjoints of a mean's terms after common-subexpression elimination: d_mean_vh4 = tmp5): the name is
+    substituted where the loop's elementwise parts read it. Only an adjoint of a value or term that nothing
+    else reads (no matrix product, no outer product, nothing after the loop) is removed."""
+    read_elsewhere = set()
+    for st in loop + after:
+        read_elsewhere |= {dl for _, dl in st.matvec} | {dl for dl, _ in st.outer}
+    for st in after:
+        read_elsewhere |= st.elementwise.free_symbols if st.elementwise != 0 else set()
+    aliases = {st.target: st.elementwise for st in loop
+               if st.kind in ("value", "term") and isinstance(st.elementwise, sympy.Symbol) and not st.matvec
+               and not st.outer and st.target not in read_elsewhere and st.elementwise != st.target}
+    if not aliases:
+        return loop, set()
+    for target, value in list(aliases.items()):  # a chain a = b, b = tmp5: a reads tmp5
+        while value in aliases:
+            value = aliases[value]
+        aliases[target] = value
+    out = []
+    for st in loop:
+        if st.target in aliases:
+            continue
+        new = st.elementwise.xreplace(aliases) if st.elementwise != 0 else st.elementwise
+        out.append(Statement(st.target, st.kind, new, st.matvec, st.outer))
+    return out, set(aliases)
 
 
 class _Reverse:

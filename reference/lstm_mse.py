@@ -24,8 +24,7 @@ Forward equations of one time step (x is x_t; NAME[t-1] is the previous step's v
 Derived backward step (d_q is the adjoint dL/dq; products are elementwise; d_s_next is what
 step t+1 sent back to state s, d_s_prev what this step sends to step t-1; dy is the cotangent of
 the output y_t = loss_t; parameter sums run over time and batch):
-    d_loss = dy
-    d_sum_loss = (1/2) * d_loss
+    d_sum_loss = (1/2) * dy
     d_e = 2 * d_sum_loss * e
     d_h = d_h_next + W_hy^T d_e
     d_tanh_c = d_h * o
@@ -223,8 +222,7 @@ def backward(cache, dy=None, d_final=None, *, constants=None, nonfinite="propaga
     d_e = np.empty((T, B, K), dtype)
 
     for t in reversed(range(T)):
-        d_loss = dy[t]
-        d_sum_loss = ((1/2)) * d_loss
+        d_sum_loss = ((1/2)) * dy[t]
         d_e[t] = 2 * d_sum_loss * e[t]
         d_h = d_h_next + d_e[t] @ W_hy
         d_tanh_c = d_h * o[t]

@@ -25,8 +25,7 @@ Forward equations of one time step (x is x_t; NAME[t-1] is the previous step's v
 Derived backward step (d_q is the adjoint dL/dq; products are elementwise; d_s_next is what
 step t+1 sent back to state s, d_s_prev what this step sends to step t-1; dy is the cotangent of
 the output y_t = loss_t; parameter sums run over time and batch):
-    d_loss = dy
-    d_sum_loss = -d_loss
+    d_sum_loss = -dy
     d_log_p = d_sum_loss * target
     d_logsumexp_a = sum(-d_log_p)
     d_a = d_log_p + d_logsumexp_a * exp(a - logsumexp_a)
@@ -233,8 +232,7 @@ def backward(cache, dy=None, d_final=None, *, constants=None, nonfinite="propaga
     d_a = np.empty((T, B, K), dtype)
 
     for t in reversed(range(T)):
-        d_loss = dy[t]
-        d_sum_loss[t] = -d_loss
+        d_sum_loss[t] = -dy[t]
         d_log_p = d_sum_loss[t] * target[t]
         d_logsumexp_a = unit_sum(-d_log_p)
         d_a[t] = d_log_p + d_logsumexp_a * exp(a[t] - logsumexp_a[t])
