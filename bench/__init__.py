@@ -5,6 +5,6 @@ the cost of ``lstm-spec generate --check`` and ``lstm-spec verify``.
 
 problem.py: points, data, FLOPs, minimum cache. worker.py: one process per implementation.
 runner.py: the measurement and the JSON. report.py: tables and the plot (console and docs). cli.py: the
-command. Benchmarks are not timed tests: tests/test_bench.py only checks that this works and measures
+command. Benchmarks are not timed tests: tests/bench/test_bench.py only checks that this works and measures
 the right computation.
 """

@@ -871,7 +871,7 @@ def _evaluate_statement(st, env, S, n, alg=SYMPY):
 # unit depends on every other through three means and variances, and sympy.diff of the explicit step
 # spends its time deciding whether huge products are zero (> 20 minutes for one adjoint). With H = 1 the
 # two gate normalisations still reduce over 4H = 4 units; the cell-state normalisation (over H units) is
-# checked symbolically with N = 3 by the layer-normalised RNN of tests/test_regularisation.py, and
+# checked symbolically with N = 3 by the layer-normalised RNN of tests/reference/test_regularisation.py, and
 # numerically (complex step, finite differences, PyTorch's layer_norm) with H up to 4.
 STEP_SIZES = {"lstm_layer_norm": {"D": 1, "H": 1}}
 

@@ -28,7 +28,7 @@ _SYMBOLIC = [False]
 
 # The SymPy function behind each runtime function, for object arrays of SymPy expressions: registered by
 # lstm_spec.derivations.functions when it is imported (the runtime sits below the derivation: it never
-# imports it; see tests/test_layering.py).
+# imports it; see tests/house/test_layering.py).
 _SYMPY_FUNCTIONS: dict = {}
 
 

@@ -5,7 +5,7 @@ A derived formula is emitted as one HTML block
     <div class="arithmatex lstm-derived" data-cell="lstm" data-section="backward" data-index="3"
          data-target="d_c">\\[ <LaTeX of str(Rendered)> \\]</div>
 
-so that tests/test_docs.py can find every one of them on the built pages and compare it with what
+so that tests/docs/test_docs.py can find every one of them on the built pages and compare it with what
 ``lstm_spec.derivations.render`` gives for that cell, section and index. Composite formulas (the stacked
 4H layout, the concatenated input [x, h]) are assembled here from the derivation's own names and
 statements (``latex_name``, ``backward_equations``); they carry ``data-section="stacked"`` or

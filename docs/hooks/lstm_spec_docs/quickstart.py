@@ -1,5 +1,5 @@
 """The quickstart of the Home page and of the conformance guide (one text, shown on both): install, a
-minimal target class (docs/examples/my_lstm.py, included verbatim and run by tests/test_docs_pages.py),
+minimal target class (docs/examples/my_lstm.py, included verbatim and run by tests/docs/test_docs_pages.py),
 the command, and a failing report produced while the site is built, by running the command on a
 deliberately broken example of ``lstm_spec.conformance.examples``."""
 

@@ -1,4 +1,4 @@
-"""What the docs tests (tests/test_docs*.py) share: building the site once per process, and the checks
+"""What the docs tests (tests/docs/test_docs*.py) share: building the site once per process, and the checks
 they apply to a built site, written as functions of a site folder so that each has a negative control
 (the same function run on a deliberately broken copy must report the breakage)."""
 
