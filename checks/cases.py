@@ -11,8 +11,6 @@ import numpy as np
 
 from lstm_spec.reference.masks import dropout_mask
 
-from .tolerances import rel_error  # noqa: F401  (re-exported for callers that import it from here; defined in tolerances)
-
 # The case shapes, (T, B, D, H), written here once. SHAPES, for the numeric checks and conform: T = 1 and B = 1
 # together, B = 1, D != H (both ways), D = H, a longer sequence.
 SHAPES = [(1, 1, 3, 2), (2, 1, 2, 3), (4, 3, 5, 3), (6, 2, 4, 4)]
