@@ -33,7 +33,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from lstm_spec.checks.cases import KINK_MARGIN, dims_for
+from lstm_spec.checks.cases import KINK_MARGIN, dims_for, kinks
 from lstm_spec.layouts.frameworks import gate_names
 
 DIRECTIONS = ("forward", "reverse", "bidirectional")
@@ -193,8 +193,7 @@ def in_regimes(problem: Problem) -> Problem:
     module = problem.module
     if not getattr(module, "KINKS", None):
         return problem
-    values = {**(getattr(module.SIGNATURE, "constants", None) or {}), **dict(getattr(problem.case, "constants", ()))}
-    reach = max([1.0] + [float(values[b] if isinstance(b, str) else b) for _, b in module.KINKS])
+    reach = max([1.0] + [b for _, b in kinks(module, dict(getattr(problem.case, "constants", ())))])
     best = None
     for gates in (False, True):
         for gain in REGIME_GAINS:
@@ -234,9 +233,8 @@ def regimes_met(problem: Problem) -> tuple[dict, float]:
 
     def forward(*args, **kwargs):
         out = module.forward(*args, **kwargs)
-        constants = {**(getattr(module.SIGNATURE, "constants", None) or {}), **(kwargs.get("constants") or {})}
-        for key, bound in module.KINKS:
-            b, v = float(constants[bound] if isinstance(bound, str) else bound), np.asarray(out[2][key])
+        for key, b in kinks(module, kwargs.get("constants")):
+            v = np.asarray(out[2][key])
             met[key] |= {p for p, hit in zip(PIECES, (v < -b, np.abs(v) < b, v > b), strict=True) if hit.any()}
             nearest[0] = min(nearest[0], float(np.min(np.abs(np.abs(v) - b), initial=np.inf)))
         return out
