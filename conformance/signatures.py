@@ -112,7 +112,9 @@ def _forget_bias(problem, target, got):
     if k is None or abs(k) < tolerance("diagnosis_fit_zero", "float64"):
         return
     res = _ref(shifted(k), target)
-    yield f"forget_bias = {k:.4g} added to z_f at every step", res, None
+    declare = (f" (if that is your convention, declare it: \"constants\": {{\"forget_bias\": {k:.4g}}})"
+               if "forget_bias" in (getattr(problem.module.SIGNATURE, "constants", None) or {}) else "")
+    yield f"forget_bias = {k:.4g} added to z_f at every step{declare}", res, None
     if target.has_gradients:
         if explain._recomputable(explain.source(problem.module)):
             def add(p):

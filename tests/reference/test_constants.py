@@ -317,6 +317,7 @@ def test_an_undeclared_or_wrongly_declared_forget_bias_fails():
     report = conform(ProtocolTarget(_numpy_lstm("forget_bias"), "t"), _quick_cases())
     text = format_report(report)
     assert not report.passed and "forget bias added at run time" in text, text
+    assert 'declare it: "constants": {"forget_bias": 1}' in text, text  # the diagnosis says how to declare it
     report = conform(ProtocolTarget(_numpy_lstm(shift=0.5, constants={"forget_bias": 1.0}), "t"), _quick_cases())
     text = format_report(report)
     assert not report.passed and "does not conform to lstm with forget_bias = 1.0 (declared)" in text
