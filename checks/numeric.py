@@ -35,7 +35,7 @@ import inspect
 
 import numpy as np
 
-from lstm_spec.derivations.functions import FUNCTIONS
+from lstm_spec.spec.functions import KINDS
 
 from .cases import SHAPES, Instance, loss, random_instance, run
 from .tolerances import error_scale, rel_error, tolerance
@@ -44,9 +44,10 @@ CS_STEP = 1e-30
 FD_STEP = 1e-6
 
 
-# the runtime's numeric functions a generated module calls: their results carry rounding error
-_ROUNDED = frozenset({fk.runtime_name for fk in FUNCTIONS.values() if fk.kind not in ("unit_count", "clip_mask")}
-                     | {"seq_matmul"})
+# the runtime's numeric functions a generated module calls whose results carry rounding error (the exact ones,
+# a copy, a clip, a 0/1 mask or a count, have none), and its matrix product
+_EXACT = ("identity", "stop_gradient", "clip", "clip_mask", "unit_count")
+_ROUNDED = frozenset({k.runtime_name for k in KINDS.values() if k.name not in _EXACT} | {"seq_matmul"})
 
 
 @contextlib.contextmanager
